@@ -1,0 +1,58 @@
+"""The accelerators theseus knows: memory and dense bf16 peak, from each vendor's datasheet.
+
+Peaks are dense (no structured sparsity) bf16 matrix throughput per chip; MFU is measured against
+them. The CPU has no datasheet figure: its peak is measured at start-up instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from theseus.errors import UserError
+
+TERA = 1e12
+GIB = 1024**3
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One accelerator model."""
+
+    name: str
+    vendor: str
+    memory_bytes: float
+    bf16_flops: float | None
+    description: str
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_bytes / GIB
+
+
+_CATALOGUE = [
+    Chip("cpu", "any", 0.0, None, "host CPU (peak measured at start-up)"),
+    Chip("h100", "nvidia", 80 * GB, 989.4 * TERA, "NVIDIA H100 SXM5 80GB"),
+    Chip("h200", "nvidia", 141 * GB, 989.4 * TERA, "NVIDIA H200 SXM 141GB"),
+    Chip("b200", "nvidia", 180 * GB, 2250 * TERA, "NVIDIA B200 (HGX) 180GB"),
+    Chip("a100-40gb", "nvidia", 40 * GB, 312 * TERA, "NVIDIA A100 SXM4 40GB"),
+    Chip("a100-80gb", "nvidia", 80 * GB, 312 * TERA, "NVIDIA A100 SXM4 80GB"),
+    Chip("l40s", "nvidia", 48 * GB, 362.05 * TERA, "NVIDIA L40S 48GB"),
+    Chip("a6000", "nvidia", 48 * GB, 154.8 * TERA, "NVIDIA RTX A6000 48GB"),
+    Chip("rtx4090", "nvidia", 24 * GB, 165.2 * TERA, "NVIDIA GeForce RTX 4090 24GB"),
+    Chip("rtx5090", "nvidia", 32 * GB, 209.5 * TERA, "NVIDIA GeForce RTX 5090 32GB"),
+    Chip("tpu-v4", "google", 32 * GIB, 275 * TERA, "Google Cloud TPU v4 (32 GiB HBM)"),
+    Chip("tpu-v5e", "google", 16 * GIB, 197 * TERA, "Google Cloud TPU v5e (16 GiB HBM)"),
+    Chip("tpu-v5p", "google", 95 * GIB, 459 * TERA, "Google Cloud TPU v5p (95 GiB HBM)"),
+    Chip("tpu-v6e", "google", 32 * GIB, 918 * TERA, "Google Cloud TPU v6e Trillium (32 GiB HBM)"),
+]
+
+CHIPS: dict[str, Chip] = {chip.name: chip for chip in _CATALOGUE}
+
+
+def get_chip(name: str) -> Chip:
+    """The catalogue entry for `name`; an unknown name is an error listing the known ones."""
+    chip = CHIPS.get(name.lower())
+    if chip is None:
+        raise UserError(f"unknown chip {name!r}; known chips: {', '.join(CHIPS)}")
+    return chip

@@ -1,0 +1,193 @@
+"""The `theseus` command line: each command parses its arguments, then calls library code.
+
+Heavy modules (JAX and friends) are imported inside commands, never at the top, so that
+`theseus jobs` and `theseus configure` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from theseus.errors import UserError
+
+_VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def _verbose(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept -v after the subcommand too; main() reads it before parsing."""
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, help="show tracebacks")(f)
+
+
+def _load(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--load", "loads", multiple=True, metavar="MODULE|FILE.py", help="import user code that registers jobs (repeatable)"
+    )(f)
+
+
+def _do_loads(loads: tuple[str, ...]) -> None:
+    from theseus.registry import load
+
+    for target in loads:
+        load(target)
+
+
+def _nonneg(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < (1 if param.name == "n_shards" else 0):
+        raise click.BadParameter(f"must be {'>= 1' if param.name == 'n_shards' else '>= 0'}, got {value}")
+    return value
+
+
+def _chip(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from theseus.base.chips import get_chip
+
+    return get_chip(value).name
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@_verbose
+def cli() -> None:
+    """theseus: train language models from scratch on JAX."""
+
+
+@cli.command()
+@_verbose
+@_load
+def jobs(loads: tuple[str, ...]) -> None:
+    """List the registered jobs."""
+    from theseus.registry import JOBS
+
+    _do_loads(loads)
+    rows = JOBS.listings()
+    width = max((len(row.name) for row in rows), default=0)
+    for row in rows:
+        click.echo(f"{click.style(row.name.ljust(width), bold=True)}  {row.description}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("job")
+@click.argument("out_yaml", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("-p", "--previous", type=click.Path(), help="carry over the values of a previous YAML")
+@click.option("--chip", callback=_chip, help="chip type the run is planned for (see the catalogue)")
+@click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips (0 = CPU)")
+@click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
+@click.option("--force", is_flag=True, help="replace OUT_YAML if it exists")
+@_verbose
+@_load
+def configure(
+    job: str,
+    out_yaml: str,
+    overrides: tuple[str, ...],
+    previous: str | None,
+    chip: str | None,
+    n_chips: int | None,
+    n_shards: int | None,
+    force: bool,
+    loads: tuple[str, ...],
+) -> None:
+    """Write the config of JOB to OUT_YAML, with each field's help as a comment."""
+    from theseus import config as C
+    from theseus.job import Request
+    from theseus.stages import Stage, override
+
+    out = Path(out_yaml)
+    if out.exists() and not force and (previous is None or Path(previous).resolve() != out.resolve()):
+        raise UserError(f"{out} exists; pass -p {out} to carry its values over, or --force to replace it")
+    _do_loads(loads)
+    stage = Stage.new(job, Request(chip, n_chips, n_shards))
+    if previous is not None:
+        data = C.read_yaml(previous)
+        dropped = stage.carry_over(data.get("config") or {})
+        if previous_request := data.get("request"):
+            old = Request.from_dict(previous_request, f"{previous}: request")
+            stage.request = Request(chip or old.chip, old.n if n_chips is None else n_chips, n_shards or old.n_shards)
+        if dropped:
+            _echo(f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}")
+    override([stage], list(overrides))
+    stage.save(out)
+    missing = C.missing_keys(stage.cfg)
+    _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("yaml_path", metavar="YAML", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("-j", "--job", help="the job to run (default: the one named in YAML)")
+@click.option("-p", "--project", default="default", show_default=True)
+@click.option("-g", "--group", default="default", show_default=True)
+@click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
+@click.option("-s", "--stage", "stages", multiple=True, type=click.Path(dir_okay=False), help="a further stage YAML, run after the previous ones (repeatable)")
+@click.option("--restore", type=click.Path(), help="start from another run's checkpoint")
+@click.option("--fresh", is_flag=True, help="start over instead of resuming an existing run")
+@_verbose
+@_load
+def run(
+    name: str,
+    yaml_path: str,
+    out: str,
+    overrides: tuple[str, ...],
+    job: str | None,
+    project: str,
+    group: str,
+    n_shards: int | None,
+    stages: tuple[str, ...],
+    restore: str | None,
+    fresh: bool,
+    loads: tuple[str, ...],
+) -> None:
+    """Run the job(s) configured in YAML locally, writing under OUT."""
+    from theseus.job import ExecutionSpec
+    from theseus.stages import Stage, override, run_stages
+
+    _do_loads(loads)
+    pipeline = [Stage.from_yaml(yaml_path, job)] + [Stage.from_yaml(s) for s in stages]
+    override(pipeline, list(overrides))
+    request = pipeline[0].request
+    if n_shards is not None:
+        request.n_shards = n_shards
+    spec = ExecutionSpec(name, Path(out), project, group, request, fresh=fresh, restore=restore)
+    run_stages(pipeline, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = any(a in _VERBOSE_FLAGS for a in args)
+    try:
+        cli.main(args=args, prog_name="theseus", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _echo("aborted")
+        return 130
+    except click.ClickException as exc:
+        if verbose:
+            raise
+        _echo(f"error: {exc.format_message()}")
+        return 2
+    except UserError as exc:
+        if verbose:
+            raise
+        _echo(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _echo("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,511 @@
+"""Typed configuration: dataclass fields placed in one OmegaConf tree.
+
+A component declares its settings as a dataclass whose fields say where they live::
+
+    @dataclass
+    class OptimizerConfig:
+        lr: float = field("optimization/lr", default=3e-4, help="peak learning rate")
+
+A job's schema is the union of its components (`Schema(*classes)` / `build(*classes)`); the tree is
+an OmegaConf structured config, so assignments are type-checked and unknown keys are refused.
+While a job runs, `configuration(cfg)` makes the tree current and `configure(Cls)` reads a
+component's typed dataclass out of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import contextvars
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    ConfigTypeError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from theseus.errors import ConfigError, UserError
+
+MISSING = "???"
+_PATH = "theseus_path"
+_NO_DEFAULT: Any = object()
+T = TypeVar("T")
+
+
+def field(
+    path: str,
+    *,
+    default: Any = _NO_DEFAULT,
+    default_factory: Callable[[], Any] | None = None,
+    help: str = "",
+    choices: Sequence[Any] | None = None,
+) -> Any:
+    """A dataclass field that lives at `path` ("section/key") in the job's config tree.
+
+    Without a default the value is required (`???`) and must be set before the job runs.
+    `choices` restricts the value to a fixed set, checked whenever the tree is validated.
+    """
+    metadata = {_PATH: path, "help": help, "choices": tuple(choices) if choices else None}
+    if default_factory is not None:
+        if default is not _NO_DEFAULT:
+            raise TypeError(f"field {path!r}: give default or default_factory, not both")
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(
+        default=MISSING if default is _NO_DEFAULT else default, metadata=metadata
+    )
+
+
+@dataclasses.dataclass
+class Entry:
+    """One leaf of a schema: where it lives, its type, default, help and who declared it."""
+
+    key: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None
+    owners: list[str]
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is None:
+        return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+
+
+class Schema:
+    """The merged settings of a job's components, and the rules for changing them."""
+
+    def __init__(self, *components: type) -> None:
+        self.components = list(dict.fromkeys(components))
+        self.entries: dict[str, Entry] = {}
+        for component in self.components:
+            self._add(component)
+        self._check_prefixes()
+        self._root = self._make_dataclass("config", sorted(self.entries))
+
+    def _add(self, component: type) -> None:
+        if not dataclasses.is_dataclass(component):
+            raise TypeError(f"{component!r} is not a dataclass")
+        hints = typing.get_type_hints(component)
+        owner = f"{component.__module__}.{component.__qualname__}"
+        for f in dataclasses.fields(component):
+            if _PATH not in f.metadata:
+                raise TypeError(f"{owner}.{f.name} must be declared with theseus.config.field()")
+            key = f.metadata[_PATH].strip("/").replace("/", ".")
+            entry = Entry(
+                key, hints[f.name], _default_of(f), f.metadata["help"], f.metadata["choices"], [owner]
+            )
+            known = self.entries.get(key)
+            if known is None:
+                self.entries[key] = entry
+                continue
+            if known.default != entry.default or known.type != entry.type:
+                raise ConfigError(
+                    f"config key {key!r} is declared twice with different defaults: "
+                    f"{known.owners[0]} has {known.default!r} ({_type_name(known.type)}), "
+                    f"{owner} has {entry.default!r} ({_type_name(entry.type)})"
+                )
+            known.owners.append(owner)
+            known.help = known.help or entry.help
+
+    def _check_prefixes(self) -> None:
+        keys = sorted(self.entries)
+        for a, b in zip(keys, keys[1:], strict=False):
+            if b.startswith(a + "."):
+                raise ConfigError(
+                    f"config key {a!r} ({self.entries[a].owners[0]}) is both a value and the "
+                    f"section of {b!r} ({self.entries[b].owners[0]})"
+                )
+
+    def _make_dataclass(self, name: str, keys: list[str], prefix: str = "") -> type:
+        leaves: list[tuple[str, Any, Any]] = []
+        sections: dict[str, list[str]] = {}
+        for key in keys:
+            head, _, rest = key[len(prefix) :].partition(".")
+            if rest:
+                sections.setdefault(head, []).append(key)
+            else:
+                entry = self.entries[key]
+                if isinstance(entry.default, list | dict) or dataclasses.is_dataclass(entry.default):
+                    value = dataclasses.field(default_factory=lambda d=entry.default: copy.deepcopy(d))
+                else:
+                    value = dataclasses.field(default=entry.default)
+                leaves.append((head, entry.type, value))
+        for head, sub in sections.items():
+            section = self._make_dataclass(head, sub, prefix + head + ".")
+            leaves.append((head, section, dataclasses.field(default_factory=section)))
+        return dataclasses.make_dataclass(name, leaves)
+
+    def tree(self) -> DictConfig:
+        """A fresh config tree holding every default; typed and closed to unknown keys."""
+        cfg = OmegaConf.structured(self._root)
+        OmegaConf.set_struct(cfg, True)
+        return cfg
+
+    def keys(self) -> list[str]:
+        return sorted(self.entries)
+
+    def entry_for(self, key: str) -> Entry | None:
+        """The schema entry that owns `key` (a leaf, or an index/field below a list leaf)."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            entry = self.entries.get(".".join(parts[:n]))
+            if entry is not None:
+                return entry
+        return None
+
+    def suggest(self, key: str, n: int = 3) -> list[str]:
+        """The `n` valid keys nearest to `key`."""
+        keys = self.keys()
+        close = difflib.get_close_matches(key, keys, n=n, cutoff=0.0)
+        return close or keys[:n]
+
+    def validate(self, cfg: DictConfig) -> None:
+        """Check the value constraints OmegaConf cannot express (choices)."""
+        for key, entry in self.entries.items():
+            if not entry.choices:
+                continue
+            value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+            if value is not None and value != MISSING and value not in entry.choices:
+                options = ", ".join(repr(c) for c in entry.choices)
+                raise ConfigError(f"{key}: {value!r} is not one of {options}")
+
+
+def build(*components: type) -> DictConfig:
+    """Merge the components' dataclasses into one config tree holding their defaults."""
+    return Schema(*components).tree()
+
+
+# Overrides ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One `KEY=VALUE` (set), `KEY+=VALUE` (append to a list) or `~KEY.N` (remove from a list)."""
+
+    key: str
+    op: str
+    value: Any = None
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        if text.startswith("~"):
+            key = text[1:]
+            if not key or "=" in key:
+                raise ConfigError(f"bad override {text!r}: removal is written ~KEY.INDEX")
+            return cls(key, "remove", text=text)
+        if "=" not in text:
+            raise ConfigError(f"bad override {text!r}: expected KEY=VALUE (e.g. model.n_layers=12)")
+        key, _, raw = text.partition("=")
+        op = "set"
+        if key.endswith("+"):
+            key, op = key[:-1], "append"
+        key = key.strip()
+        if not key or not all(part.isidentifier() or part.isdigit() for part in key.split(".")):
+            raise ConfigError(f"bad override {text!r}: {key!r} is not a dotted key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"bad override {text!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
+        return cls(key, op, value, text)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _owned(schema: Schema, cfg: DictConfig, key: str) -> bool:
+    if schema.entry_for(key) is None:
+        return False
+    try:
+        OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+    except OmegaConfBaseException:
+        return False
+    return True
+
+
+def _node_type(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
+    return node._metadata.ref_type
+
+
+def _check_indices(cfg: DictConfig, key: str) -> None:
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, ListConfig):
+            if not part.isdigit():
+                raise ConfigError(f"{key}: {'.'.join(parts[:i])} is a list; index it with a number")
+            if int(part) >= len(node):
+                raise ConfigError(
+                    f"{key}: index {part} is out of range ({'.'.join(parts[:i])} has {len(node)}; append with +=)"
+                )
+        if not isinstance(node, DictConfig | ListConfig):
+            return
+        node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
+
+
+def _type_error(schema: Schema, cfg: DictConfig, key: str, value: Any, exc: Exception) -> ConfigError:
+    entry = schema.entry_for(key)
+    expected = _type_name(entry.type) if entry else "another type"
+    if entry is not None and entry.key != key:
+        try:
+            expected = _type_name(_node_type(cfg, key))
+        except (AttributeError, KeyError, IndexError, ValueError, TypeError):
+            expected = f"an element of {expected}"
+    return ConfigError(
+        f"{key}: expected {expected}, got {value!r} ({type(value).__name__})"
+        + (f" [{_first_line(exc)}]" if not isinstance(exc, ValidationError) else "")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _as_structured(kind: Any, value: Any) -> Any:
+    """A mapping meant for a dataclass-typed node becomes that dataclass (unknown keys fail)."""
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        return OmegaConf.merge(OmegaConf.structured(kind), value)
+    return value
+
+
+def _coerce(node: Any, value: Any) -> Any:
+    if isinstance(node, ListConfig) and isinstance(value, list):
+        return [_as_structured(node._metadata.element_type, v) for v in value]
+    if isinstance(node, DictConfig):
+        return _as_structured(node._metadata.object_type, value)
+    return value
+
+
+def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
+    """Apply one override to `cfg`; errors name the key and the fix."""
+    key, value = override.key, override.value
+    _check_indices(cfg, key if override.op != "remove" else key.rpartition(".")[0])
+    try:
+        if override.op == "set":
+            OmegaConf.update(cfg, key, _coerce(OmegaConf.select(cfg, key), value), merge=False, force_add=False)
+            return
+        parent_key, _, last = key.rpartition(".")
+        if override.op == "append":
+            node = OmegaConf.select(cfg, key)
+            if not isinstance(node, ListConfig):
+                raise ConfigError(f"{key}: += appends to a list, but {key} is not a list")
+            node.append(_as_structured(node._metadata.element_type, value))
+            return
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, ListConfig) or not last.isdigit():
+            raise ConfigError(f"{key}: ~ removes a list element, written ~LIST.INDEX")
+        if int(last) >= len(parent):
+            raise ConfigError(f"{key}: index {last} is out of range (the list has {len(parent)})")
+        del parent[int(last)]
+    except (ValidationError, ConfigTypeError) as exc:
+        raise _type_error(schema, cfg, key, value, exc) from None
+    except (ConfigAttributeError, ConfigKeyError, IndexError) as exc:
+        raise ConfigError(f"{key}: {_first_line(exc)}") from None
+
+
+def apply_overrides(stages: Sequence[tuple[Schema, DictConfig]], overrides: Sequence[str]) -> None:
+    """Apply each override to every stage whose schema owns its key.
+
+    An override no stage owns is an error listing the three nearest valid keys.
+    """
+    for text in overrides:
+        override = Override.parse(text)
+        owners = [(s, c) for s, c in stages if _owned(s, c, override.key)]
+        if not owners:
+            near: list[str] = []
+            for schema, _ in stages:
+                near += schema.suggest(override.key)
+            near = difflib.get_close_matches(override.key, near, n=3, cutoff=0.0) or near[:3]
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ConfigError(f"unknown config key {override.key!r}{hint}")
+        for schema, cfg in owners:
+            apply_override(schema, cfg, override)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def merge_values(
+    schema: Schema, cfg: DictConfig, values: dict[str, Any], *, strict: bool = True
+) -> list[str]:
+    """Set every leaf of a nested mapping (as read from YAML) on `cfg`.
+
+    Strict: an unknown key is an error. Lenient: unknown or ill-typed keys are skipped and
+    returned, so a previous YAML can be carried into a changed schema.
+    """
+    dropped = []
+    for key, value in _flatten(values):
+        if not _owned(schema, cfg, key):
+            if strict:
+                near = ", ".join(schema.suggest(key))
+                raise ConfigError(f"unknown config key {key!r}; did you mean {near}?")
+            dropped.append(key)
+            continue
+        try:
+            apply_override(schema, cfg, Override(key, "set", value))
+        except ConfigError:
+            if strict:
+                raise
+            dropped.append(key)
+    return dropped
+
+
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys whose value is still required (`???`)."""
+    return sorted(OmegaConf.missing_keys(cfg))
+
+
+def check_complete(schema: Schema, cfg: DictConfig, job: str = "") -> None:
+    """Fail before any work if a required value is unset, a choice is invalid, or an
+    interpolation does not resolve."""
+    missing = missing_keys(cfg)
+    if missing:
+        where = f" for {job}" if job else ""
+        sets = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"required config values missing{where}: {', '.join(missing)} (set them: {sets})")
+    schema.validate(cfg)
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as exc:
+        raise ConfigError(f"config interpolation failed: {_first_line(exc)}") from None
+
+
+# YAML --------------------------------------------------------------------------------------------
+
+
+def _dump_value(key: str, value: Any, indent: str) -> str:
+    text = yaml.safe_dump(
+        {key: value}, default_flow_style=False, sort_keys=False, width=1 << 30, allow_unicode=True
+    )
+    return "".join(indent + line + "\n" for line in text.splitlines())
+
+
+def _dump_tree(schema: Schema | None, node: dict[str, Any], prefix: str, indent: str) -> str:
+    out = []
+    for key, value in node.items():
+        dotted = prefix + key
+        entry = schema.entries.get(dotted) if schema else None
+        if entry is not None and entry.help:
+            out += [f"{indent}# {line}\n" for line in entry.help.strip().splitlines()]
+        if isinstance(value, dict) and value and entry is None:
+            out.append(f"{indent}{key}:\n")
+            out.append(_dump_tree(schema, value, dotted + ".", indent + "  "))
+        else:
+            out.append(_dump_value(key, value, indent))
+    return "".join(out)
+
+
+def to_yaml(cfg: DictConfig, schema: Schema | None = None, header: dict[str, Any] | None = None) -> str:
+    """YAML text of `cfg` under `config:`, each field preceded by its help as a comment."""
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    text = _dump_tree(None, header or {}, "", "")
+    return text + "config:\n" + _dump_tree(schema, container, "", "  ")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing files and syntax errors become one-line errors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, expected a YAML file") from None
+    except (PermissionError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"bad YAML in {path}: {_yaml_problem(exc)}") from None
+    if data is None:
+        raise UserError(f"{path} is empty; write one with `theseus configure JOB {path}`")
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping (job:, config:), not {type(data).__name__}")
+    return data
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# The current configuration -----------------------------------------------------------------------
+
+_CURRENT: contextvars.ContextVar[DictConfig | None] = contextvars.ContextVar("theseus_config", default=None)
+
+
+@contextlib.contextmanager
+def configuration(cfg: DictConfig) -> Iterator[DictConfig]:
+    """Make `cfg` the configuration `configure()` reads from, for the duration of the block."""
+    token = _CURRENT.set(cfg)
+    try:
+        yield cfg
+    finally:
+        _CURRENT.reset(token)
+
+
+def current() -> DictConfig:
+    cfg = _CURRENT.get()
+    if cfg is None:
+        raise RuntimeError("no active configuration: call configure() inside `with configuration(cfg):`")
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_object(value)
+    return value
+
+
+def configure(component: type[T], cfg: DictConfig | None = None) -> T:
+    """Read the typed dataclass `component` from `cfg` (default: the active configuration)."""
+    cfg = current() if cfg is None else cfg
+    values = {}
+    for f in dataclasses.fields(component):  # type: ignore[arg-type]
+        key = f.metadata[_PATH].strip("/").replace("/", ".")
+        try:
+            values[f.name] = _plain(OmegaConf.select(cfg, key, throw_on_missing=True))
+        except MissingMandatoryValue:
+            raise ConfigError(f"required config value missing: {key}") from None
+    return component(**values)
+

@@ -1,0 +1,171 @@
+"""Jobs: a typed config plus an execution spec, and a `run()` that does the work.
+
+`BasicJob` runs once. `CheckpointedJob` saves progress under its checkpoint folder and picks it up
+when run again. `RestoreableJob` can also start from another run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from omegaconf import DictConfig
+
+from theseus.config import Schema, configuration, configure
+from theseus.errors import UserError
+
+C = TypeVar("C")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names become folder names: refuse anything that could escape or confuse a path."""
+    if not _SAFE_NAME.match(value or "") or len(value) > 200:
+        raise UserError(
+            f"bad {kind} {value!r}: use letters, digits, '.', '_', '+' or '-' (not starting with '.' or '-')"
+        )
+    return value
+
+
+@dataclass
+class Request:
+    """The hardware a run asks for: chip type, chip count, and tensor-parallel shards."""
+
+    chip: str | None = None
+    n: int | None = None
+    n_shards: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chip": self.chip, "n": self.n, "n_shards": self.n_shards}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, source: str = "request") -> Request:
+        data = dict(data or {})
+        unknown = set(data) - {"chip", "n", "n_shards"}
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: chip, n, n_shards")
+        request = cls(data.get("chip"), data.get("n"), data.get("n_shards"))
+        request.check(source)
+        return request
+
+    def check(self, source: str = "request") -> None:
+        from theseus.base.chips import get_chip
+
+        if self.chip is not None:
+            get_chip(str(self.chip))
+        for key in ("n", "n_shards"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{source}.{key}: expected an integer, got {value!r}")
+            if value < (0 if key == "n" else 1):
+                raise UserError(f"{source}.{key}: must be {'>= 0' if key == 'n' else '>= 1'}, got {value}")
+
+
+@dataclass
+class ExecutionSpec:
+    """Where a run lives and how it was asked to start.
+
+    Output layout under `root`: `data/<dataset>/` token stores,
+    `checkpoints/<project>/<group>/<name>/` checkpoints, `runs/<project>/<group>/<name>/` the
+    run's config, metrics, logs and plots. Folders are created when first asked for.
+    """
+
+    name: str
+    root: Path
+    project: str = "default"
+    group: str = "default"
+    request: Request = field(default_factory=Request)
+    fresh: bool = False
+    restore: str | None = None
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).expanduser().resolve()
+        check_name("run name", self.name)
+        check_name("project", self.project)
+        check_name("group", self.group)
+
+    def _dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def run_dir(self) -> Path:
+        return self._dir("runs", self.project, self.group, self.name)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self._dir("checkpoints", self.project, self.group, self.name)
+
+    def data_dir(self, dataset: str) -> Path:
+        return self._dir("data", check_name("dataset", dataset))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "root": str(self.root),
+            "project": self.project,
+            "group": self.group,
+            "request": self.request.as_dict(),
+        }
+
+
+class BasicJob(Generic[C]):
+    """A job: `CONFIG` is its typed settings, `run()` does the work.
+
+    `components()` lists every config dataclass the job reads; the union is its schema.
+    """
+
+    CONFIG: ClassVar[type | None] = None
+
+    def __init__(self, cfg: DictConfig, spec: ExecutionSpec) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.config: C = configure(self.CONFIG, cfg) if self.CONFIG is not None else None  # type: ignore[assignment]
+
+    @classmethod
+    def components(cls) -> list[type]:
+        return [cls.CONFIG] if cls.CONFIG is not None else []
+
+    @classmethod
+    def schema(cls) -> Schema:
+        return Schema(*cls.components())
+
+    def run(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def __call__(self) -> Any:
+        with configuration(self.cfg):
+            return self.run()
+
+
+class CheckpointedJob(BasicJob[C], abc.ABC):
+    """A job that saves its progress under `spec.checkpoint_dir` and resumes from it.
+
+    Running a name that already has a complete checkpoint resumes it; `spec.fresh` starts over.
+    """
+
+    @abc.abstractmethod
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run, or None."""
+
+    @abc.abstractmethod
+    def save(self) -> Path:
+        """Write a checkpoint of the current state; returns where it went."""
+
+    @abc.abstractmethod
+    def load(self, path: Path) -> None:
+        """Replace the current state with the checkpoint at `path`."""
+
+
+class RestoreableJob(CheckpointedJob[C], abc.ABC):
+    """A checkpointed job that can also start from another run's checkpoint (`spec.restore`)."""
+
+    @abc.abstractmethod
+    def restore(self, path: Path, weights_only: bool = False) -> None:
+        """Start from the checkpoint at `path`: full state, or only the weights."""

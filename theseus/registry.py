@@ -1,0 +1,172 @@
+"""Name -> class registries for jobs, models, datasets and evaluations.
+
+Entries are added by decorators (`@job("gpt/train/pretrain")`). Listing must stay fast and must
+not import JAX, so the built-in modules are indexed by reading their source (the decorator calls
+and the first docstring line) and imported only when an entry is actually used.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from theseus.errors import UserError
+
+T = TypeVar("T")
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What `theseus jobs` shows for one name, known without importing its module."""
+
+    name: str
+    module: str
+    description: str
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n\n")[0].replace("\n", " ").strip()
+
+
+def _indexed(decorator: str) -> list[Listing]:
+    """Find `@decorator("name")` in the package's sources without importing them."""
+    found = []
+    for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
+        text = path.read_text()
+        if f"@{decorator}(" not in text:
+            continue
+        module = ".".join(path.relative_to(_PACKAGE_ROOT.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.ClassDef | ast.FunctionDef):
+                continue
+            for dec in node.decorator_list:
+                if (
+                    isinstance(dec, ast.Call)
+                    and isinstance(dec.func, ast.Name)
+                    and dec.func.id == decorator
+                    and dec.args
+                    and isinstance(dec.args[0], ast.Constant)
+                    and isinstance(dec.args[0].value, str)
+                ):
+                    found.append(Listing(dec.args[0].value, module, _first_line(ast.get_docstring(node))))
+    return found
+
+
+class Registry(Generic[T]):
+    """A name -> object table filled by a decorator; registering a name twice is an error."""
+
+    def __init__(self, kind: str, decorator: str) -> None:
+        self.kind = kind
+        self.decorator = decorator
+        self._entries: dict[str, T] = {}
+        self._index: dict[str, Listing] | None = None
+
+    def _builtin(self) -> dict[str, Listing]:
+        if self._index is None:
+            self._index = {}
+            for listing in _indexed(self.decorator):
+                if listing.name in self._index:
+                    other = self._index[listing.name].module
+                    raise RuntimeError(
+                        f"{self.kind} {listing.name!r} is registered twice: in {other} and {listing.module}"
+                    )
+                self._index[listing.name] = listing
+        return self._index
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: add the decorated object under `name`."""
+
+        def add(obj: T) -> T:
+            known = self._entries.get(name)
+            if known is not None and _qualname(known) != _qualname(obj):
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {_qualname(known)}; "
+                    f"cannot register {_qualname(obj)} under the same name"
+                )
+            listing = self._builtin().get(name)
+            module = getattr(obj, "__module__", "")
+            if listing is not None and listing.module != module and module != "__main__":
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {listing.module}; "
+                    f"cannot register {_qualname(obj)} under the same name"
+                )
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(set(self._builtin()) | set(self._entries))
+
+    def listings(self) -> list[Listing]:
+        """Every name with its one-line description; imports nothing that is not loaded yet."""
+        rows = dict(self._builtin())
+        for name, obj in self._entries.items():
+            rows[name] = Listing(name, getattr(obj, "__module__", ""), _first_line(obj.__doc__))
+        return [rows[name] for name in sorted(rows)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self._builtin()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._entries:
+            listing = self._builtin().get(name)
+            if listing is None:
+                raise UserError(self.unknown(name))
+            importlib.import_module(listing.module)
+        return self._entries[name]
+
+    def unknown(self, name: str) -> str:
+        import difflib
+
+        names = self.names()
+        near = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(names)}"
+        return f"unknown {self.kind} {name!r}; {hint}"
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+JOBS: Registry[Any] = Registry("job", "job")
+MODELS: Registry[Any] = Registry("model", "model")
+DATASETS: Registry[Any] = Registry("dataset", "dataset")
+EVALUATIONS: Registry[Any] = Registry("evaluation", "evaluation")
+
+job = JOBS.register
+model = MODELS.register
+dataset = DATASETS.register
+evaluation = EVALUATIONS.register
+
+
+def load(target: str) -> None:
+    """Import user code (a module name or a .py file) so that its registrations take effect."""
+    if target.endswith(".py") or "/" in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise UserError(f"--load {target}: no such file")
+        name = f"theseus_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise UserError(f"--load {target}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return
+    try:
+        importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and target.startswith(exc.name):
+            raise UserError(f"--load {target}: no module named {exc.name!r} (give a module on sys.path or a .py file)") from None
+        raise

@@ -1,0 +1,96 @@
+"""A stage is one job with its config; a run is one or more stages executed in order.
+
+This is the glue shared by `theseus configure`, `theseus run`, `theseus submit` and `quick()`:
+read a YAML written by `configure`, check it against the job's schema, apply overrides, write it
+back, run it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from theseus import config as C
+from theseus.errors import UserError
+from theseus.job import BasicJob, ExecutionSpec, Request
+from theseus.registry import JOBS
+
+
+@dataclass
+class Stage:
+    """One job, its schema and its (mutable) config tree."""
+
+    job: str
+    cls: type[BasicJob]
+    schema: C.Schema
+    cfg: DictConfig
+    request: Request
+    source: str = ""
+
+    @classmethod
+    def new(cls, job: str, request: Request | None = None) -> Stage:
+        job_cls = JOBS[job]
+        schema = job_cls.schema()
+        return cls(job, job_cls, schema, schema.tree(), request or Request(), source=job)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, job: str | None = None) -> Stage:
+        """Load a YAML written by `configure` (strict: unknown keys and bad types fail)."""
+        data = C.read_yaml(path)
+        unknown = set(data) - {"job", "request", "config"}
+        if unknown:
+            raise UserError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected job, request, config")
+        name = job or data.get("job")
+        if not name:
+            raise UserError(f"{path} names no job: add `job: NAME` or pass -j JOB")
+        if not isinstance(name, str):
+            raise UserError(f"{path}: job must be a string, got {name!r}")
+        values = data.get("config") or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: config must be a mapping, got {type(values).__name__}")
+        stage = cls.new(name, Request.from_dict(data.get("request"), f"{path}: request"))
+        stage.source = str(path)
+        try:
+            C.merge_values(stage.schema, stage.cfg, values, strict=True)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+        return stage
+
+    def carry_over(self, values: dict[str, Any]) -> list[str]:
+        """Take the values of a previous config that still fit; return the dropped keys."""
+        return C.merge_values(self.schema, self.cfg, values, strict=False)
+
+    def to_yaml(self) -> str:
+        header = {"job": self.job}
+        request = self.request.as_dict()
+        if any(v is not None for v in request.values()):
+            header["request"] = request
+        return C.to_yaml(self.cfg, self.schema, header)
+
+    def save(self, path: str | Path) -> None:
+        C.atomic_write(path, self.to_yaml())
+
+    def check(self) -> None:
+        C.check_complete(self.schema, self.cfg, self.job)
+
+    def instantiate(self, spec: ExecutionSpec) -> BasicJob:
+        return self.cls(self.cfg, spec)
+
+
+def override(stages: list[Stage], overrides: list[str]) -> None:
+    """Apply `KEY=VALUE` overrides to every stage that owns the key (strict)."""
+    C.apply_overrides([(s.schema, s.cfg) for s in stages], overrides)
+
+
+def run_stages(stages: list[Stage], spec: ExecutionSpec) -> list[Any]:
+    """Check every stage, then run them in order; the first failure stops the pipeline."""
+    for stage in stages:
+        stage.check()
+    results = []
+    for stage in stages:
+        job = stage.instantiate(spec)
+        results.append(job())
+    return results
