@@ -20,12 +20,18 @@ _VERBOSE_FLAGS = ("-v", "--verbose")
 
 def _verbose(f: Callable[..., Any]) -> Callable[..., Any]:
     """Accept -v after the subcommand too; main() reads it before parsing."""
-    return click.option("-v", "--verbose", is_flag=True, expose_value=False, help="show tracebacks")(f)
+    return click.option(
+        "-v", "--verbose", is_flag=True, expose_value=False, help="show tracebacks"
+    )(f)
 
 
 def _load(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--load", "loads", multiple=True, metavar="MODULE|FILE.py", help="import user code that registers jobs (repeatable)"
+        "--load",
+        "loads",
+        multiple=True,
+        metavar="MODULE|FILE.py",
+        help="import user code that registers jobs (repeatable)",
     )(f)
 
 
@@ -38,7 +44,9 @@ def _do_loads(loads: tuple[str, ...]) -> None:
 
 def _nonneg(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value < (1 if param.name == "n_shards" else 0):
-        raise click.BadParameter(f"must be {'>= 1' if param.name == 'n_shards' else '>= 0'}, got {value}")
+        raise click.BadParameter(
+            f"must be {'>= 1' if param.name == 'n_shards' else '>= 0'}, got {value}"
+        )
     return value
 
 
@@ -78,7 +86,9 @@ def jobs(loads: tuple[str, ...]) -> None:
 @click.argument("job")
 @click.argument("out_yaml", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("-p", "--previous", type=click.Path(), help="carry over the values of a previous YAML")
+@click.option(
+    "-p", "--previous", type=click.Path(), help="carry over the values of a previous YAML"
+)
 @click.option("--chip", callback=_chip, help="chip type the run is planned for (see the catalogue)")
 @click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips (0 = CPU)")
 @click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
@@ -102,8 +112,14 @@ def configure(
     from theseus.stages import Stage, override
 
     out = Path(out_yaml)
-    if out.exists() and not force and (previous is None or Path(previous).resolve() != out.resolve()):
-        raise UserError(f"{out} exists; pass -p {out} to carry its values over, or --force to replace it")
+    if (
+        out.exists()
+        and not force
+        and (previous is None or Path(previous).resolve() != out.resolve())
+    ):
+        raise UserError(
+            f"{out} exists; pass -p {out} to carry its values over, or --force to replace it"
+        )
     _do_loads(loads)
     stage = Stage.new(job, Request(chip, n_chips, n_shards))
     if previous is not None:
@@ -111,9 +127,13 @@ def configure(
         dropped = stage.carry_over(data.get("config") or {})
         if previous_request := data.get("request"):
             old = Request.from_dict(previous_request, f"{previous}: request")
-            stage.request = Request(chip or old.chip, old.n if n_chips is None else n_chips, n_shards or old.n_shards)
+            stage.request = Request(
+                chip or old.chip, old.n if n_chips is None else n_chips, n_shards or old.n_shards
+            )
         if dropped:
-            _echo(f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}")
+            _echo(
+                f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}"
+            )
     override([stage], list(overrides))
     stage.save(out)
     missing = C.missing_keys(stage.cfg)
@@ -129,7 +149,14 @@ def configure(
 @click.option("-p", "--project", default="default", show_default=True)
 @click.option("-g", "--group", default="default", show_default=True)
 @click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
-@click.option("-s", "--stage", "stages", multiple=True, type=click.Path(dir_okay=False), help="a further stage YAML, run after the previous ones (repeatable)")
+@click.option(
+    "-s",
+    "--stage",
+    "stages",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="a further stage YAML, run after the previous ones (repeatable)",
+)
 @click.option("--restore", type=click.Path(), help="start from another run's checkpoint")
 @click.option("--fresh", is_flag=True, help="start over instead of resuming an existing run")
 @_verbose

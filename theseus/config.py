@@ -15,10 +15,11 @@ component's typed dataclass out of it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import contextvars
+import copy
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -116,7 +117,12 @@ class Schema:
                 raise TypeError(f"{owner}.{f.name} must be declared with theseus.config.field()")
             key = f.metadata[_PATH].strip("/").replace("/", ".")
             entry = Entry(
-                key, hints[f.name], _default_of(f), f.metadata["help"], f.metadata["choices"], [owner]
+                key,
+                hints[f.name],
+                _default_of(f),
+                f.metadata["help"],
+                f.metadata["choices"],
+                [owner],
             )
             known = self.entries.get(key)
             if known is None:
@@ -133,7 +139,7 @@ class Schema:
 
     def _check_prefixes(self) -> None:
         keys = sorted(self.entries)
-        for a, b in zip(keys, keys[1:], strict=False):
+        for a, b in itertools.pairwise(keys):
             if b.startswith(a + "."):
                 raise ConfigError(
                     f"config key {a!r} ({self.entries[a].owners[0]}) is both a value and the "
@@ -149,8 +155,12 @@ class Schema:
                 sections.setdefault(head, []).append(key)
             else:
                 entry = self.entries[key]
-                if isinstance(entry.default, list | dict) or dataclasses.is_dataclass(entry.default):
-                    value = dataclasses.field(default_factory=lambda d=entry.default: copy.deepcopy(d))
+                if isinstance(entry.default, list | dict) or dataclasses.is_dataclass(
+                    entry.default
+                ):
+                    value = dataclasses.field(
+                        default_factory=lambda d=entry.default: copy.deepcopy(d)
+                    )
                 else:
                     value = dataclasses.field(default=entry.default)
                 leaves.append((head, entry.type, value))
@@ -188,7 +198,9 @@ class Schema:
         for key, entry in self.entries.items():
             if not entry.choices:
                 continue
-            value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+            value = OmegaConf.select(
+                cfg, key, throw_on_missing=False, throw_on_resolution_failure=False
+            )
             if value is not None and value != MISSING and value not in entry.choices:
                 options = ", ".join(repr(c) for c in entry.choices)
                 raise ConfigError(f"{key}: {value!r} is not one of {options}")
@@ -230,7 +242,9 @@ class Override:
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"bad override {text!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
+            raise ConfigError(
+                f"bad override {text!r}: value is not valid YAML ({_yaml_problem(exc)})"
+            ) from None
         return cls(key, op, value, text)
 
 
@@ -273,7 +287,9 @@ def _check_indices(cfg: DictConfig, key: str) -> None:
         node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
 
 
-def _type_error(schema: Schema, cfg: DictConfig, key: str, value: Any, exc: Exception) -> ConfigError:
+def _type_error(
+    schema: Schema, cfg: DictConfig, key: str, value: Any, exc: Exception
+) -> ConfigError:
     entry = schema.entry_for(key)
     expected = _type_name(entry.type) if entry else "another type"
     if entry is not None and entry.key != key:
@@ -293,6 +309,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _as_structured(kind: Any, value: Any) -> Any:
     """A mapping meant for a dataclass-typed node becomes that dataclass (unknown keys fail)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if dataclasses.is_dataclass(kind) and isinstance(value, dict):
         return OmegaConf.merge(OmegaConf.structured(kind), value)
     return value
@@ -312,7 +330,9 @@ def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
     _check_indices(cfg, key if override.op != "remove" else key.rpartition(".")[0])
     try:
         if override.op == "set":
-            OmegaConf.update(cfg, key, _coerce(OmegaConf.select(cfg, key), value), merge=False, force_add=False)
+            OmegaConf.update(
+                cfg, key, _coerce(OmegaConf.select(cfg, key), value), merge=False, force_add=False
+            )
             return
         parent_key, _, last = key.rpartition(".")
         if override.op == "append":
@@ -398,7 +418,9 @@ def check_complete(schema: Schema, cfg: DictConfig, job: str = "") -> None:
     if missing:
         where = f" for {job}" if job else ""
         sets = " ".join(f"{k}=..." for k in missing)
-        raise ConfigError(f"required config values missing{where}: {', '.join(missing)} (set them: {sets})")
+        raise ConfigError(
+            f"required config values missing{where}: {', '.join(missing)} (set them: {sets})"
+        )
     schema.validate(cfg)
     try:
         OmegaConf.to_container(cfg, resolve=True)
@@ -431,7 +453,9 @@ def _dump_tree(schema: Schema | None, node: dict[str, Any], prefix: str, indent:
     return "".join(out)
 
 
-def to_yaml(cfg: DictConfig, schema: Schema | None = None, header: dict[str, Any] | None = None) -> str:
+def to_yaml(
+    cfg: DictConfig, schema: Schema | None = None, header: dict[str, Any] | None = None
+) -> str:
     """YAML text of `cfg` under `config:`, each field preceded by its help as a comment."""
     container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     text = _dump_tree(None, header or {}, "", "")
@@ -471,7 +495,9 @@ def atomic_write(path: str | Path, text: str) -> None:
 
 # The current configuration -----------------------------------------------------------------------
 
-_CURRENT: contextvars.ContextVar[DictConfig | None] = contextvars.ContextVar("theseus_config", default=None)
+_CURRENT: contextvars.ContextVar[DictConfig | None] = contextvars.ContextVar(
+    "theseus_config", default=None
+)
 
 
 @contextlib.contextmanager
@@ -487,7 +513,9 @@ def configuration(cfg: DictConfig) -> Iterator[DictConfig]:
 def current() -> DictConfig:
     cfg = _CURRENT.get()
     if cfg is None:
-        raise RuntimeError("no active configuration: call configure() inside `with configuration(cfg):`")
+        raise RuntimeError(
+            "no active configuration: call configure() inside `with configuration(cfg):`"
+        )
     return cfg
 
 
@@ -508,4 +536,3 @@ def configure(component: type[T], cfg: DictConfig | None = None) -> T:
         except MissingMandatoryValue:
             raise ConfigError(f"required config value missing: {key}") from None
     return component(**values)
-

@@ -46,7 +46,9 @@ class Request:
         data = dict(data or {})
         unknown = set(data) - {"chip", "n", "n_shards"}
         if unknown:
-            raise UserError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: chip, n, n_shards")
+            raise UserError(
+                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: chip, n, n_shards"
+            )
         request = cls(data.get("chip"), data.get("n"), data.get("n_shards"))
         request.check(source)
         return request
@@ -63,7 +65,9 @@ class Request:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UserError(f"{source}.{key}: expected an integer, got {value!r}")
             if value < (0 if key == "n" else 1):
-                raise UserError(f"{source}.{key}: must be {'>= 0' if key == 'n' else '>= 1'}, got {value}")
+                raise UserError(
+                    f"{source}.{key}: must be {'>= 0' if key == 'n' else '>= 1'}, got {value}"
+                )
 
 
 @dataclass

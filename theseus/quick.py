@@ -1,10 +1,10 @@
 """`quick()`: configure and run a job from Python, or save it for `theseus run` / `submit`.
 
-    from theseus.quick import quick
-    with quick("gpt/train/pretrain", "/path/to/output", "my-run") as j:
-        j.config.training.per_device_batch_size = 16
-        j()                                         # run locally
-        j.save("config.yaml", chip="h100", n_chips=8)
+from theseus.quick import quick
+with quick("gpt/train/pretrain", "/path/to/output", "my-run") as j:
+    j.config.training.per_device_batch_size = 16
+    j()                                         # run locally
+    j.save("config.yaml", chip="h100", n_chips=8)
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from theseus.stages import Stage, override, run_stages
 class QuickJob:
     """A job being set up in Python: `.config` is live and type-checked on assignment."""
 
-    def __init__(self, job: str, out_path: str | Path, name: str, project: str | None, group: str | None) -> None:
+    def __init__(
+        self, job: str, out_path: str | Path, name: str, project: str | None, group: str | None
+    ) -> None:
         self._stage = Stage.new(job)
         self.job = job
         self.out_path = Path(out_path)
@@ -42,14 +44,26 @@ class QuickJob:
 
     def spec(self, fresh: bool = False, restore: str | None = None) -> ExecutionSpec:
         return ExecutionSpec(
-            self.name, self.out_path, self.project, self.group, self._stage.request, fresh=fresh, restore=restore
+            self.name,
+            self.out_path,
+            self.project,
+            self.group,
+            self._stage.request,
+            fresh=fresh,
+            restore=restore,
         )
 
     def __call__(self, fresh: bool = False, restore: str | None = None) -> Any:
         """Run the job here, in this process."""
         return run_stages([self._stage], self.spec(fresh, restore))[0]
 
-    def save(self, path: str | Path, chip: str | None = None, n_chips: int | None = None, n_shards: int | None = None) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        chip: str | None = None,
+        n_chips: int | None = None,
+        n_shards: int | None = None,
+    ) -> Path:
         """Write a YAML that `theseus run` and `theseus submit` accept (`n_chips=0` means CPU)."""
         from theseus.base.chips import get_chip
 

@@ -55,7 +55,9 @@ def _indexed(decorator: str) -> list[Listing]:
                     and isinstance(dec.args[0], ast.Constant)
                     and isinstance(dec.args[0].value, str)
                 ):
-                    found.append(Listing(dec.args[0].value, module, _first_line(ast.get_docstring(node))))
+                    found.append(
+                        Listing(dec.args[0].value, module, _first_line(ast.get_docstring(node)))
+                    )
     return found
 
 
@@ -168,5 +170,7 @@ def load(target: str) -> None:
         importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name and target.startswith(exc.name):
-            raise UserError(f"--load {target}: no module named {exc.name!r} (give a module on sys.path or a .py file)") from None
+            raise UserError(
+                f"--load {target}: no module named {exc.name!r} (give a module on sys.path or a .py file)"
+            ) from None
         raise

@@ -42,7 +42,9 @@ class Stage:
         data = C.read_yaml(path)
         unknown = set(data) - {"job", "request", "config"}
         if unknown:
-            raise UserError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected job, request, config")
+            raise UserError(
+                f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected job, request, config"
+            )
         name = job or data.get("job")
         if not name:
             raise UserError(f"{path} names no job: add `job: NAME` or pass -j JOB")

@@ -1,0 +1,250 @@
+"""The config system: merging components, strict overrides, types, lists, required values, YAML."""
+
+from dataclasses import dataclass
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from theseus import config as C
+from theseus.errors import ConfigError
+
+
+@dataclass
+class Model:
+    n_layers: int = C.field("architecture/n_layers", default=12, help="transformer blocks")
+    d_model: int = C.field("architecture/d_model", default=768, help="width")
+    block_size: int = C.field("architecture/block_size", default=1024, help="context length")
+
+
+@dataclass
+class Data:
+    block_size: int = C.field("architecture/block_size", default=1024, help="context length")
+    name: str = C.field("data/name", help="dataset source")
+    rates: list[float] = C.field("data/rates", default_factory=lambda: [1.0], help="weights")
+
+
+@dataclass
+class Other:
+    block_size: int = C.field("architecture/block_size", default=512)
+
+
+@dataclass
+class Entry:
+    name: str = "x"
+    rate: float = 1.0
+
+
+@dataclass
+class Mixture:
+    dataset: list[Entry] = C.field("training/dataset", default_factory=lambda: [Entry()])
+    doubled: int = C.field("training/doubled", default="${architecture.block_size}")
+
+
+def schema() -> C.Schema:
+    return C.Schema(Model, Data, Mixture)
+
+
+def test_components_merge_into_one_tree_sharing_equal_keys():
+    cfg = C.build(Model, Data)
+    assert cfg.architecture.n_layers == 12
+    assert cfg.architecture.block_size == 1024
+    assert OmegaConf.is_missing(cfg.data, "name")
+    assert sorted(C.Schema(Model, Data).entries["architecture.block_size"].owners)[0].endswith(
+        "Data"
+    )
+
+
+def test_conflicting_defaults_name_both_components():
+    with pytest.raises(ConfigError) as err:
+        C.build(Model, Other)
+    message = str(err.value)
+    assert "architecture.block_size" in message
+    assert "Model" in message and "Other" in message and "1024" in message and "512" in message
+
+
+def test_value_and_section_clash_is_an_error():
+    @dataclass
+    class Clash:
+        arch: int = C.field("architecture", default=1)
+
+    with pytest.raises(ConfigError, match="both a value and the section"):
+        C.Schema(Model, Clash)
+
+
+def test_field_without_path_is_refused():
+    @dataclass
+    class Plain:
+        x: int = 1
+
+    with pytest.raises(TypeError, match=r"theseus\.config\.field"):
+        C.Schema(Plain)
+
+
+def test_unknown_key_suggests_three_nearest():
+    s = schema()
+    with pytest.raises(ConfigError) as err:
+        C.apply_overrides([(s, s.tree())], ["architecture.n_layer=3"])
+    message = str(err.value)
+    assert message.startswith("unknown config key 'architecture.n_layer'")
+    suggestions = message.split("did you mean ")[1].rstrip("?").split(", ")
+    assert len(suggestions) == 3
+    assert suggestions[0] == "architecture.n_layers"
+
+
+def test_type_errors_name_key_type_and_value():
+    s = schema()
+    cfg = s.tree()
+    with pytest.raises(
+        ConfigError, match=r"architecture\.n_layers: expected int, got 'many' \(str\)"
+    ):
+        C.apply_overrides([(s, cfg)], ["architecture.n_layers=many"])
+    with pytest.raises(ConfigError, match=r"expected int, got 2\.5 \(float\)"):
+        C.apply_overrides([(s, cfg)], ["architecture.n_layers=2.5"])
+    with pytest.raises(ConfigError, match=r"training\.dataset\.0\.rate: expected float, got 'x'"):
+        C.apply_overrides([(s, cfg)], ["training.dataset.0.rate=x"])
+    with pytest.raises(ValidationError, match="n_layers"):
+        cfg.architecture.n_layers = "many"  # attribute edits are checked too
+    assert cfg.architecture.n_layers == 12
+
+
+def test_overrides_are_yaml_typed_and_reach_every_owning_stage():
+    a, b = C.Schema(Model), C.Schema(Data)
+    ca, cb = a.tree(), b.tree()
+    C.apply_overrides([(a, ca), (b, cb)], ["architecture.block_size=64", "data.rates=[0.5, 0.25]"])
+    assert ca.architecture.block_size == 64 and cb.architecture.block_size == 64
+    assert list(cb.data.rates) == [0.5, 0.25]
+
+
+def test_list_index_append_remove():
+    s = schema()
+    cfg = s.tree()
+    C.apply_overrides(
+        [(s, cfg)],
+        [
+            "training.dataset.0.rate=0.5",
+            "training.dataset+={name: web, rate: 0.25}",
+            "data.rates+=2",
+        ],
+    )
+    assert [(e.name, e.rate) for e in cfg.training.dataset] == [("x", 0.5), ("web", 0.25)]
+    assert list(cfg.data.rates) == [1.0, 2.0]
+    C.apply_overrides([(s, cfg)], ["~training.dataset.0"])
+    assert [e.name for e in cfg.training.dataset] == ["web"]
+    C.apply_overrides([(s, cfg)], ["training.dataset=[{name: a}, {name: b, rate: 3}]"])
+    assert [(e.name, e.rate) for e in cfg.training.dataset] == [("a", 1.0), ("b", 3.0)]
+    with pytest.raises(ConfigError, match="out of range"):
+        C.apply_overrides([(s, cfg)], ["training.dataset.9.rate=1"])
+    with pytest.raises(ConfigError, match="out of range"):
+        C.apply_overrides([(s, cfg)], ["~training.dataset.9"])
+    with pytest.raises(ConfigError, match="not in 'Entry'"):
+        C.apply_overrides([(s, cfg)], ["training.dataset+={name: c, weight: 1}"])
+    with pytest.raises(ConfigError, match="appends to a list"):
+        C.apply_overrides([(s, cfg)], ["architecture.n_layers+=1"])
+
+
+@pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1", "a.b=[1,", "~"])
+def test_malformed_overrides(text):
+    with pytest.raises(ConfigError, match="bad override"):
+        C.Override.parse(text)
+
+
+def test_required_values_are_all_listed_before_work():
+    @dataclass
+    class Two:
+        a: str = C.field("x/a")
+        b: int = C.field("x/b")
+
+    s = C.Schema(Two)
+    cfg = s.tree()
+    with pytest.raises(ConfigError) as err:
+        C.check_complete(s, cfg, "demo")
+    assert "x.a" in str(err.value) and "x.b" in str(err.value)
+    C.apply_overrides([(s, cfg)], ["x.a=hello", "x.b=3"])
+    C.check_complete(s, cfg)
+    assert C.configure(Two, cfg) == Two(a="hello", b=3)
+
+
+def test_choices_are_enforced():
+    @dataclass
+    class Pick:
+        mode: str = C.field("x/mode", default="a", choices=["a", "b"])
+
+    s = C.Schema(Pick)
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], ["x.mode=c"])
+    with pytest.raises(ConfigError, match="'c' is not one of 'a', 'b'"):
+        C.check_complete(s, cfg)
+
+
+def test_configure_reads_typed_dataclasses_inside_configuration():
+    s = schema()
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], ["data.name=web", "architecture.block_size=128"])
+    with C.configuration(cfg):
+        data = C.configure(Data)
+        mixture = C.configure(Mixture)
+    assert data == Data(block_size=128, name="web", rates=[1.0])
+    assert mixture.dataset == [Entry()] and isinstance(mixture.dataset[0], Entry)
+    assert mixture.doubled == 128  # interpolation resolved
+    with pytest.raises(RuntimeError, match="no active configuration"):
+        C.configure(Data)
+
+
+def test_yaml_has_help_comments_and_round_trips():
+    s = schema()
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], ["data.name='it''s: \"quoted\"'", "training.dataset+={name: b}"])
+    text = C.to_yaml(cfg, s, {"job": "demo"})
+    assert "  # transformer blocks\n    n_layers: 12\n" in text
+    assert "???" not in text  # data.name is set
+    data = yaml.safe_load(text)
+    back = s.tree()
+    C.merge_values(s, back, data["config"])
+    assert OmegaConf.to_container(back) == OmegaConf.to_container(cfg)
+    assert C.to_yaml(back, s, {"job": "demo"}) == text
+
+
+def test_hand_edited_yaml_loads_back_identically(tmp_path):
+    s = schema()
+    cfg = s.tree()
+    path = tmp_path / "c.yaml"
+    path.write_text(C.to_yaml(cfg, s, {"job": "demo"}))
+    edited = (
+        path.read_text()
+        .replace("n_layers: 12", "n_layers: 4   # fewer")
+        .replace("name: ???", "name: web")
+    )
+    path.write_text("# my notes\n" + edited)
+    back = s.tree()
+    C.merge_values(s, back, C.read_yaml(path)["config"])
+    C.apply_overrides([(s, cfg)], ["architecture.n_layers=4", "data.name=web"])
+    assert OmegaConf.to_container(back) == OmegaConf.to_container(cfg)
+
+
+def test_missing_values_round_trip_as_missing(tmp_path):
+    s = schema()
+    text = C.to_yaml(s.tree(), s, {})
+    back = s.tree()
+    C.merge_values(s, back, yaml.safe_load(text)["config"])
+    assert C.missing_keys(back) == ["data.name"]
+
+
+def test_lenient_merge_reports_dropped_keys():
+    s = schema()
+    cfg = s.tree()
+    dropped = C.merge_values(
+        s, cfg, {"architecture": {"n_layers": 2, "gone": 1}, "data": {"rates": "x"}}, strict=False
+    )
+    assert dropped == ["architecture.gone", "data.rates"]
+    assert cfg.architecture.n_layers == 2
+
+
+def test_read_yaml_errors(tmp_path):
+    with pytest.raises(C.UserError, match="no such file"):
+        C.read_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("config:\n  a: [1,\n")
+    with pytest.raises(C.UserError, match=r"bad YAML in .*line"):
+        C.read_yaml(bad)

@@ -1,0 +1,84 @@
+"""The registry and the execution spec's output layout."""
+
+import pytest
+
+from theseus.base.chips import CHIPS, get_chip
+from theseus.errors import UserError
+from theseus.job import ExecutionSpec, Request
+from theseus.registry import Registry
+
+
+def test_registering_a_name_twice_is_an_error():
+    reg: Registry = Registry("widget", "widget")
+
+    @reg.register("a")
+    class A:
+        """First."""
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @reg.register("a")
+        class B:
+            """Second."""
+
+    assert reg["a"] is A
+    assert [(row.name, row.description) for row in reg.listings()] == [("a", "First.")]
+
+
+def test_unknown_names_suggest_close_ones():
+    reg: Registry = Registry("widget", "widget")
+    reg.register("gpt/train/pretrain")(type("X", (), {}))
+    with pytest.raises(UserError, match="did you mean gpt/train/pretrain"):
+        reg["gpt/train/pretrian"]
+
+
+def test_load_registers_user_jobs(toy):
+    from theseus.registry import JOBS
+
+    assert JOBS["toy/echo"].__name__ == "Echo"
+
+
+def test_spec_creates_layout_on_demand(tmp_path):
+    root = tmp_path / "not" / "yet"
+    spec = ExecutionSpec("run-1", root, "proj", "grp")
+    assert not root.exists()
+    assert spec.run_dir == root / "runs" / "proj" / "grp" / "run-1" and spec.run_dir.is_dir()
+    assert spec.checkpoint_dir == root / "checkpoints" / "proj" / "grp" / "run-1"
+    assert spec.data_dir("fineweb") == root / "data" / "fineweb"
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "-x", ".hidden", "a b", "x\ny"])
+def test_spec_refuses_names_that_are_not_folder_names(tmp_path, name):
+    with pytest.raises(UserError):
+        ExecutionSpec(name, tmp_path)
+
+
+def test_chip_catalogue():
+    assert {
+        "cpu",
+        "h100",
+        "h200",
+        "b200",
+        "a100-40gb",
+        "a100-80gb",
+        "l40s",
+        "a6000",
+        "rtx4090",
+        "rtx5090",
+        "tpu-v4",
+        "tpu-v5e",
+        "tpu-v5p",
+        "tpu-v6e",
+    } == set(CHIPS)
+    assert get_chip("H100").bf16_flops == pytest.approx(989.4e12)
+    assert all(c.bf16_flops and c.memory_bytes > 0 for c in CHIPS.values() if c.name != "cpu")
+    with pytest.raises(UserError, match="known chips: cpu, h100"):
+        get_chip("v100")
+
+
+def test_request_validation():
+    Request.from_dict({"chip": "h100", "n": 0})
+    with pytest.raises(UserError, match="unknown key"):
+        Request.from_dict({"chips": 1})
+    with pytest.raises(UserError, match="expected an integer"):
+        Request.from_dict({"n": "8"})
