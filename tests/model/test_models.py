@@ -1,0 +1,140 @@
+"""Model layers and presets: shapes, causality, grouped-query attention, tying, FLOPs, sharding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from theseus.model.models import GPT, Llama
+from theseus.model.sharding import RULES, param_specs, spec_for
+from theseus.registry import MODELS
+
+V, T = 96, 12
+
+
+def small(cls, **overrides):
+    base = {
+        "n_layers": 2,
+        "n_heads": 4,
+        "d_model": 32,
+        "block_size": 16,
+        "vocab_size": V,
+        "dtype": "float32",
+    }
+    return cls(cls.CONFIG(**{**base, **overrides}), rngs=nnx.Rngs(0))
+
+
+def tokens(seed=0, shape=(2, T)):
+    return jax.random.randint(jax.random.key(seed), shape, 0, V, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("cls", [GPT, Llama])
+def test_logits_shape_and_dtype(cls):
+    model = small(cls, dtype="bfloat16")
+    logits = model(tokens())
+    assert logits.shape == (2, T, V)
+    assert logits.dtype == jnp.bfloat16
+    assert bool(jnp.isfinite(logits.astype(jnp.float32)).all())
+
+
+@pytest.mark.parametrize("cls", [GPT, Llama])
+def test_future_tokens_never_change_past_logits(cls):
+    model = small(cls)
+    x = tokens()
+    changed = x.at[:, 7].set((x[:, 7] + 1) % V)
+    a, b = model(x), model(changed)
+    np.testing.assert_array_equal(np.asarray(a[:, :7]), np.asarray(b[:, :7]))
+    assert not np.allclose(np.asarray(a[:, 7:]), np.asarray(b[:, 7:]))
+
+
+def test_grouped_query_attention_equals_repeated_kv_heads():
+    """GQA with 2 key/value heads == full multi-head attention whose k/v heads are repeated."""
+    gqa = small(Llama, n_heads=4, n_kv_heads=2)
+    mha = small(Llama, n_heads=4, n_kv_heads=4)
+    assert gqa.blocks[0].attn.k.shape == (32, 2, 8)
+    x = tokens(1)
+    expected = np.asarray(gqa(x))
+    state = nnx.state(gqa, nnx.Param)  # shares gqa's variables: gqa is not used again
+    for block in state["blocks"].values():
+        for name in ("k", "v"):
+            block["attn"][name].set_value(jnp.repeat(block["attn"][name][...], 2, axis=1))
+    nnx.update(mha, state)
+    np.testing.assert_allclose(expected, np.asarray(mha(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_tied_embeddings_share_the_output_head():
+    tied, untied = small(GPT, tie_embeddings=True), small(GPT, tie_embeddings=False)
+    assert tied.lm_head is None and untied.lm_head is not None
+    assert untied.n_params() - tied.n_params() == V * 32
+    # the head projects onto the embedding table: zero table, zero logits
+    x = tokens(2)
+    before = tied(x)
+    tied.embed.weight.set_value(tied.embed.weight[...] * 0)
+    assert np.allclose(np.asarray(tied(x)), 0.0)
+    assert not np.allclose(np.asarray(before), 0.0)
+
+
+def test_dropout_only_when_not_deterministic():
+    model = small(GPT, dropout=0.5)
+    x = tokens(3)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(model(x)))
+    nnx.reseed(model, dropout=7)
+    a = model(x, deterministic=False)
+    nnx.reseed(model, dropout=7)
+    b = model(x, deterministic=False)
+    c = model(x, deterministic=False)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(a), np.asarray(model(x)))
+    assert not np.allclose(np.asarray(b), np.asarray(c))
+
+
+def test_gpt_defaults_are_gpt2_small_and_flops_match_the_shape():
+    config = dataclasses.replace(GPT.CONFIG(), vocab_size=50304)
+    assert (config.n_layers, config.d_model, config.n_heads, config.block_size) == (
+        12,
+        768,
+        12,
+        1024,
+    )
+    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    L, D, Vp, S = 12, 768, 50304, 1024
+    per_layer = (4 * D * D + 4 * D) + (8 * D * D + 5 * D) + 4 * D  # attention, MLP, two LayerNorms
+    assert model.n_params() == Vp * D + S * D + L * per_layer + 2 * D  # ~124M, GPT-2 small
+    matmul_params = Vp * D + L * per_layer + 2 * D  # the position table is a lookup, not a matmul
+    assert model.flops_per_token(S) == 6 * matmul_params + 12 * L * D * S
+
+
+def test_llama_swiglu_width_and_untied_flops():
+    model = small(Llama, d_model=48, n_heads=4, n_kv_heads=2)
+    assert model.blocks[0].mlp.gate.kernel.shape == (48, 256)  # 8/3 * 48 rounded up to 256
+    assert model.flops_per_token(T) == 6 * (model.n_params() - V * 48) + 12 * 2 * 48 * T
+
+
+def test_models_are_registered():
+    assert MODELS["gpt"] is GPT and MODELS["llama"] is Llama
+
+
+def test_param_specs_follow_the_rules():
+    model = small(Llama, n_heads=4, n_kv_heads=2)
+    specs = param_specs(model, nnx.Param)
+    assert specs["embed"]["weight"] == P(RULES["vocab"], RULES["embed"])
+    assert specs["blocks"][0]["attn"]["q"] == P("fsdp", "tensor", None)
+    assert specs["blocks"][0]["mlp"]["down"]["kernel"] == P("tensor", "fsdp")
+    assert specs["final_norm"]["scale"] == P(None)
+    # a dimension the mesh does not divide stays replicated
+    devices = np.asarray(jax.devices()[:1]).reshape(1, 1, 1)
+    mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "tensor"))
+    fake_mesh = type("M", (), {"shape": {"data": 1, "fsdp": 1, "tensor": 4}})()
+    assert spec_for(("embed", "kv_heads", "head_dim"), (32, 2, 8), fake_mesh) == P(
+        "fsdp", None, None
+    )
+    assert spec_for(("embed", "heads", "head_dim"), (32, 4, 8), fake_mesh) == P(
+        "fsdp", "tensor", None
+    )
+    assert spec_for(("batch", None), (8, 4), mesh) == P(("data", "fsdp"), None)

@@ -1,0 +1,76 @@
+"""Logical axis names -> mesh axes. Model code names axes; only this table knows the mesh.
+
+Mesh axes: "data" (batch only), "fsdp" (batch, and parameters sharded ZeRO-3 style) and
+"tensor" (heads, MLP width and vocabulary split Megatron style).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, PartitionSpec
+
+from theseus.model.layers.params import logical_axes
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "sequence": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "norm": None,
+}
+
+
+def make_mesh(n_data: int = 1, n_fsdp: int = 1, n_tensor: int = 1, devices: Any = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all), which must number the product."""
+    devices = jax.devices() if devices is None else list(devices)
+    need = n_data * n_fsdp * n_tensor
+    if need != len(devices):
+        raise ValueError(
+            f"mesh {n_data}x{n_fsdp}x{n_tensor} needs {need} devices, found {len(devices)}"
+        )
+    grid = np.asarray(devices, dtype=object).reshape(n_data, n_fsdp, n_tensor)
+    return Mesh(grid, MESH_AXES)
+
+
+def spec_for(
+    axes: tuple[str | None, ...], shape: tuple[int, ...] | None = None, mesh: Mesh | None = None
+) -> PartitionSpec:
+    """The PartitionSpec for logical `axes`. With `shape` and `mesh`, a dimension that the mesh
+    axes do not divide evenly (e.g. 2 key/value heads over 4 tensor shards) stays replicated."""
+    used: set[str] = set()
+    out: list[str | tuple[str, ...] | None] = []
+    for i, name in enumerate(axes):
+        target = RULES.get(name) if name is not None else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = tuple(n for n in names if n not in used)
+        if names and shape is not None and mesh is not None:
+            size = int(np.prod([mesh.shape[n] for n in names]))
+            if shape[i] % size:
+                names = ()
+        used.update(names)
+        out.append(None if not names else names[0] if len(names) == 1 else names)
+    return PartitionSpec(*out)
+
+
+def param_specs(model: nnx.Module, *filters: Any, mesh: Mesh | None = None) -> Any:
+    """A pytree of PartitionSpec matching `nnx.state(model, *filters)` (default: all state);
+    state without logical axes (RNG counters) is replicated."""
+    state = nnx.state(model, *filters)
+
+    def spec(variable: Any) -> PartitionSpec:
+        axes = logical_axes(variable) if isinstance(variable, nnx.Variable) else None
+        if axes is None:
+            return PartitionSpec()
+        return spec_for(axes, tuple(variable.shape), mesh)
+
+    return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
