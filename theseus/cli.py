@@ -189,6 +189,160 @@ def run(
     run_stages(pipeline, spec)
 
 
+def _split_commas(values: tuple[str, ...]) -> list[str] | None:
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return names or None
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("name")
+@click.argument("yaml_path", metavar="YAML", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--chip", callback=_chip, help="chip type (default: the YAML's request, else cpu)")
+@click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips")
+@click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
+@click.option("-p", "--project", default="default", show_default=True)
+@click.option("-g", "--group", default="default", show_default=True)
+@click.option("--cluster", "clusters", multiple=True, help="only these clusters (comma-separated)")
+@click.option("--exclude-cluster", "exclude_clusters", multiple=True, help="never these clusters")
+@click.option(
+    "--dirty/--clean",
+    default=True,
+    show_default=True,
+    help="include uncommitted changes, or ship HEAD only",
+)
+@click.option("--untracked", is_flag=True, help="also ship untracked (not ignored) files")
+@click.option(
+    "-s",
+    "--stage",
+    "stages",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="a further stage YAML (repeatable)",
+)
+@click.option("--restore", help="start from another run's checkpoint (a path on the host)")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="K=V",
+    help="environment variable for the job (repeatable)",
+)
+@click.option(
+    "-d",
+    "--dispatch",
+    "dispatch_file",
+    type=click.Path(dir_okay=False),
+    help="dispatch file (default ~/.theseus.yaml)",
+)
+@click.option("--dry-run", is_flag=True, help="print the scripts it would run; change nothing")
+@_verbose
+@_load
+def submit(
+    name: str,
+    yaml_path: str,
+    overrides: tuple[str, ...],
+    chip: str | None,
+    n_chips: int | None,
+    n_shards: int | None,
+    project: str,
+    group: str,
+    clusters: tuple[str, ...],
+    exclude_clusters: tuple[str, ...],
+    dirty: bool,
+    untracked: bool,
+    stages: tuple[str, ...],
+    restore: str | None,
+    env: tuple[str, ...],
+    dispatch_file: str | None,
+    dry_run: bool,
+    loads: tuple[str, ...],
+) -> None:
+    """Run the job(s) in YAML on a host from the dispatch file (or this machine), detached."""
+    from theseus.dispatch.submit import submit as do_submit
+
+    _do_loads(loads)
+    done = do_submit(
+        name,
+        yaml_path,
+        overrides=list(overrides),
+        stages=list(stages),
+        chip=chip,
+        n=n_chips,
+        n_shards=n_shards,
+        project=project,
+        group=group,
+        clusters=_split_commas(clusters),
+        exclude_clusters=_split_commas(exclude_clusters),
+        dirty=dirty,
+        untracked=untracked,
+        restore=restore,
+        env=list(env),
+        loads=list(loads),
+        dispatch_file=dispatch_file,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        click.echo(done.describe())
+        return
+    record = done.record
+    assert record is not None
+    queued = " (queued: no host is free now)" if done.placement.queued else ""
+    _echo(
+        f"submitted {name} to {record.host_name} ({record.backend} id {record.backend_id}){queued}; log: {record.log}"
+    )
+
+
+@cli.command()
+@click.argument("name", required=False)
+@_verbose
+def status(name: str | None) -> None:
+    """Show the state of submitted runs (all, or NAME) with their last metrics line."""
+    from theseus.dispatch import records
+    from theseus.dispatch.submit import status as run_status
+
+    chosen = [records.load(name)] if name else records.all_records()
+    for record in chosen:
+        try:
+            state, metrics = run_status(record)
+        except UserError as exc:
+            state, metrics = "unknown", str(exc)
+        click.echo(
+            f"{record.name}  {state}  {record.host_name} ({record.backend} {record.backend_id})  {metrics}".rstrip()
+        )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="keep printing until the run ends")
+@_verbose
+def logs(name: str, follow: bool) -> None:
+    """Print the log of a submitted run."""
+    from theseus.dispatch import records
+    from theseus.dispatch.submit import logs as run_logs
+
+    out = click.get_binary_stream("stdout")
+
+    def write(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+
+    run_logs(records.load(name), follow, write)
+
+
+@cli.command()
+@click.argument("name")
+@_verbose
+def cancel(name: str) -> None:
+    """Stop a submitted run (it saves a checkpoint first when it can)."""
+    from theseus.dispatch import records
+    from theseus.dispatch.submit import cancel as run_cancel
+
+    record = records.load(name)
+    run_cancel(record)
+    _echo(f"cancelled {name} on {record.host_name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv

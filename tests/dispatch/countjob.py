@@ -1,0 +1,72 @@
+"""A test-only job for the dispatch tests: counts steps, checkpoints on a signal, resumes.
+
+It stands in for the trainer where a test checks the dispatch machinery itself (it imports no
+JAX, so it starts fast); the end-to-end tests use the real trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from theseus.config import field
+from theseus.job import CheckpointedJob
+from theseus.registry import job
+
+STOPPED_EARLY = 75
+
+
+@dataclass
+class CountConfig:
+    steps: int = field("count/steps", default=5, help="steps to count")
+    sleep: float = field("count/sleep", default=0.0, help="seconds per step")
+
+
+@job("test/dispatch/count")
+class CountJob(CheckpointedJob[CountConfig]):
+    """Count steps; checkpoint and exit 75 on SIGTERM/SIGUSR1/SIGINT."""
+
+    CONFIG = CountConfig
+
+    def latest_checkpoint(self) -> Path | None:
+        path = self.spec.checkpoint_dir / "state.json"
+        return path if path.exists() else None
+
+    def save(self) -> Path:
+        path = self.spec.checkpoint_dir / "state.json"
+        path.write_text(json.dumps({"step": self.step}))
+        return path
+
+    def load(self, path: Path) -> None:
+        self.step = json.loads(path.read_text())["step"]
+
+    def run(self) -> int:
+        stop: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, lambda num, frame: stop.append(num))
+        self.step = 0
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            self.load(latest)
+            print(f"resuming from step {self.step}", flush=True)
+        print(
+            f"count: pid {os.getpid()} secret {'set' if os.environ.get('THESEUS_TEST_SECRET') else 'unset'}",
+            flush=True,
+        )
+        metrics = self.spec.run_dir / "metrics.jsonl"
+        while self.step < self.config.steps:
+            if stop:
+                self.save()
+                print(f"stopped at step {self.step}, checkpoint saved", flush=True)
+                sys.exit(STOPPED_EARLY)
+            time.sleep(self.config.sleep)
+            self.step += 1
+            with metrics.open("a") as out:
+                out.write(json.dumps({"step": self.step, "loss": 1.0 / self.step}) + "\n")
+        print(f"done at step {self.step}", flush=True)
+        return self.step

@@ -1,0 +1,141 @@
+"""Backends start, inspect and cancel jobs; each talks to its host through a `Shell`.
+
+`local` and `ssh` start a detached process (on this machine or over ssh); `slurm` submits a batch
+job with `sbatch` (over ssh to a login node, or locally).
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import shlex
+import subprocess
+import tarfile
+from typing import Protocol
+
+from theseus.dispatch.bootstrap import JobFiles
+from theseus.dispatch.records import Record
+from theseus.dispatch.snapshot import Snapshot
+from theseus.errors import UserError
+
+# What `state()` reports.
+STATES = (
+    "starting",
+    "queued",
+    "running",
+    "completed",
+    "preempted",
+    "failed",
+    "cancelled",
+    "unknown",
+)
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class Shell(Protocol):
+    """Runs a bash command line on a host."""
+
+    where: str
+
+    def run(
+        self, command: str, *, stdin: bytes = b"", timeout: float | None = 300
+    ) -> subprocess.CompletedProcess[bytes]: ...
+
+
+def check(result: subprocess.CompletedProcess[bytes], what: str, where: str) -> bytes:
+    """The stdout of a command that must succeed; otherwise a one-line error with its last words."""
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        raise UserError(
+            f"{what} failed on {where} (exit {result.returncode}): {lines[-1] if lines else 'no message'}"
+        )
+    return result.stdout
+
+
+def tarball(files: dict[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, (content, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), mode, 0
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def env_stream(env: dict[str, str]) -> bytes:
+    """The job's environment as the launcher reads it from stdin: NAME=VALUE, NUL-terminated."""
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+
+
+class Backend(abc.ABC):
+    """One way to run jobs on a host reached through `shell`."""
+
+    kind: str
+
+    def __init__(self, shell: Shell) -> None:
+        self.shell = shell
+
+    def ship_snapshot(self, snapshot: Snapshot, target: str) -> bool:
+        """Unpack `snapshot` at `target` unless it is there already; True if it was sent."""
+        q = shlex.quote(target)
+        present = self.shell.run(f"test -e {q}/.complete")
+        if present.returncode == 0:
+            return False
+        staging = shlex.quote(f"{target}.incoming.{id(snapshot)}")
+        command = (
+            f"set -e; mkdir -p {staging}; tar -xzf - -C {staging}; touch {staging}/.complete; "
+            f"mv -T {staging} {q} 2>/dev/null || rm -rf {staging}"
+        )
+        check(
+            self.shell.run(command, stdin=snapshot.tarball()),
+            "unpacking the code snapshot",
+            self.shell.where,
+        )
+        return True
+
+    def write_files(self, job: JobFiles) -> None:
+        """Create the job folder (private: it holds the job's configs) and its files."""
+        files = {name: (text.encode(), mode) for name, (text, mode) in job.files.items()}
+        q = shlex.quote(job.dir)
+        command = f"set -e; umask 077; mkdir -p {q}; tar -xzf - -C {q}"
+        check(
+            self.shell.run(command, stdin=tarball(files)), "writing the job files", self.shell.where
+        )
+
+    def read_log(self, record: Record, offset: int) -> bytes:
+        """The job's log from byte `offset` on (empty if it has not started writing)."""
+        q = shlex.quote(record.log)
+        result = self.shell.run(f"[ -e {q} ] && tail -c +{offset + 1} {q} || true", timeout=60)
+        return check(result, "reading the log", self.shell.where)
+
+    def last_metrics(self, record: Record) -> str:
+        q = shlex.quote(record.metrics)
+        result = self.shell.run(f"tail -n 1 {q} 2>/dev/null || true", timeout=60)
+        return result.stdout.decode(errors="replace").strip()
+
+    @abc.abstractmethod
+    def launch(self, job: JobFiles, env: dict[str, str]) -> str:
+        """Start the job; returns its id on the host (a process id or a SLURM job id)."""
+
+    @abc.abstractmethod
+    def state(self, record: Record) -> str:
+        """One of STATES."""
+
+    @abc.abstractmethod
+    def cancel(self, record: Record) -> None:
+        """Stop the job (it gets SIGTERM first, so it can checkpoint)."""
+
+
+def backend_for(record_or_kind: Record | str, host: dict | None) -> Backend:
+    """The backend of a host described by its (secret-free) settings; `host` None is this machine."""
+    from theseus.dispatch.backends.local import LocalShell, ProcessBackend
+    from theseus.dispatch.backends.slurm import SlurmBackend
+    from theseus.dispatch.backends.ssh import SshShell
+
+    kind = record_or_kind if isinstance(record_or_kind, str) else record_or_kind.backend
+    shell: Shell = (
+        SshShell.from_host(host) if host and (host.get("ssh") or host.get("host")) else LocalShell()
+    )
+    if kind == "slurm":
+        return SlurmBackend(shell)
+    return ProcessBackend(shell, kind)

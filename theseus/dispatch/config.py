@@ -1,0 +1,244 @@
+"""The dispatch file (`~/.theseus.yaml`): clusters (shared storage) and hosts (where jobs run).
+
+Validated with pydantic: unknown keys and wrong types are refused with the path of the key.
+Values may be `${oc.env:VAR}` (resolved from this machine's environment when the file is read),
+which is how secrets such as `META_PASSWORD` stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from theseus.base.chips import CHIPS
+from theseus.errors import UserError
+
+LOCAL = "local"
+DEFAULT_PATH = Path("~/.theseus.yaml")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SIZE = re.compile(r"^[0-9]+[KMGT]?$")
+_SLURM_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
+
+Name = Annotated[str, Field(pattern=_NAME.pattern, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not _ENV_NAME.match(key):
+            raise ValueError(f"environment variable name {key!r} is not a valid identifier")
+        if "\0" in value:
+            raise ValueError(f"value of {key} contains a NUL byte")
+    return env
+
+
+class Cluster(_Strict):
+    """Storage shared by the hosts of one site: outputs under `root`, code and job files under `work`."""
+
+    root: str
+    work: str
+    mount: str | None = None
+    cache_size: Annotated[int, Field(gt=0)] | None = None
+    cache_dir: str | None = None
+    env: dict[str, str] = {}
+
+    @field_validator("root", "work", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must be an absolute path, got {value!r}")
+        if value is not None and ("\n" in value or "\0" in value):
+            raise ValueError("must not contain newlines")
+        return value
+
+    @field_validator("mount")
+    @classmethod
+    def _meta_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                f"must be a JuiceFS metadata URL such as redis://host:6379/1, got {value!r}"
+            )
+        if value is not None and re.search(r"://[^/@]*:[^/@]+@", value):
+            raise ValueError("holds a password: set META_PASSWORD in the cluster's env instead")
+        return value
+
+    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+
+
+class Host(_Strict):
+    """A machine (type ssh) or a SLURM login node (type slurm) that runs jobs."""
+
+    type: Literal["ssh", "slurm"]
+    cluster: Name
+    chips: dict[str, Annotated[int, Field(gt=0)]]
+    ssh: str | None = None
+    host: str | None = None
+    port: Annotated[int, Field(gt=0, lt=65536)] | None = None
+    user: str | None = None
+    identity: str | None = None
+    uv_groups: list[str] = ["all", "cpu"]
+    env: dict[str, str] = {}
+    # SLURM only
+    partitions: list[str] | dict[str, str] | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    cpus_per_task: Annotated[int, Field(gt=0)] | None = None
+    gres: dict[str, str] = {}
+    exclude: list[str] = []
+    directives: list[str] = []
+
+    @field_validator("chips")
+    @classmethod
+    def _known_chips(cls, chips: dict[str, int]) -> dict[str, int]:
+        for chip in chips:
+            if chip not in CHIPS:
+                raise ValueError(f"unknown chip {chip!r}; known chips: {', '.join(CHIPS)}")
+        if not chips:
+            raise ValueError("name at least one chip, e.g. {h100: 8}")
+        return chips
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_TIME.match(value):
+            raise ValueError(f"expected a SLURM time such as 2-00:00:00 or 04:00:00, got {value!r}")
+        return value
+
+    @field_validator("mem")
+    @classmethod
+    def _slurm_mem(cls, value: str | None) -> str | None:
+        if value is not None and not _SIZE.match(value):
+            raise ValueError(f"expected a size such as 64G or 500000M, got {value!r}")
+        return value
+
+    @field_validator("directives")
+    @classmethod
+    def _directives(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.startswith("--") or any(c in value for c in "\n\r\0"):
+                raise ValueError(
+                    f"a directive is one sbatch option such as --constraint=a100, got {value!r}"
+                )
+        return values
+
+    @field_validator("uv_groups")
+    @classmethod
+    def _groups(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _NAME.match(value):
+                raise ValueError(f"bad uv group name {value!r}")
+        return values
+
+    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Host:
+        if self.ssh is not None and self.host is not None:
+            raise ValueError("give either ssh (an alias from ~/.ssh/config) or host, not both")
+        if self.type == "ssh" and self.ssh is None and self.host is None:
+            raise ValueError("an ssh host needs ssh (an alias from ~/.ssh/config) or host")
+        slurm_only = ["partitions", "account", "qos", "time", "mem", "cpus_per_task"]
+        if self.type == "ssh":
+            given = [k for k in slurm_only if getattr(self, k) is not None]
+            given += [k for k in ("gres", "exclude", "directives") if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to slurm hosts")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        """Reached over ssh (a SLURM host without ssh/host submits with the local sbatch)."""
+        return self.ssh is not None or self.host is not None
+
+
+class DispatchConfig(_Strict):
+    """The whole dispatch file."""
+
+    clusters: dict[Name, Cluster] = {}
+    hosts: dict[Name, Host] = {}
+    priority: list[str] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> DispatchConfig:
+        if LOCAL in self.hosts:
+            raise ValueError(f"the host name {LOCAL!r} is reserved for this machine; rename it")
+        for name, host in self.hosts.items():
+            if host.cluster not in self.clusters:
+                known = ", ".join(self.clusters) or "none defined"
+                raise ValueError(
+                    f"hosts.{name}.cluster: no cluster {host.cluster!r} (clusters: {known})"
+                )
+        for name in self.priority:
+            if name not in self.hosts and name != LOCAL:
+                raise ValueError(
+                    f"priority: no host {name!r} (hosts: {', '.join(self.hosts) or 'none'})"
+                )
+        return self
+
+    def local_cluster(self, home: Path) -> Cluster:
+        """The cluster of the implicit `local` host: `clusters.local`, or folders under `home`."""
+        if LOCAL in self.clusters:
+            return self.clusters[LOCAL]
+        return Cluster(root=str(Path.cwd() / "output"), work=str(home / "work"))
+
+
+def _resolve(data: Any, where: str) -> Any:
+    """Resolve `${oc.env:VAR}` (and only plain interpolations) from this machine's environment."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    except OmegaConfBaseException as exc:
+        problem = str(exc).splitlines()[0]
+        raise UserError(f"{where}: cannot resolve a ${{...}} value: {problem}") from None
+
+
+def _location(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+
+
+def parse(data: Any, where: str) -> DispatchConfig:
+    """Validate an already-loaded dispatch mapping; errors name the file and the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must hold a mapping with clusters:, hosts:, priority:")
+    data = _resolve(data, where)
+    try:
+        return DispatchConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _location(first)
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise UserError(f"{where}: {key + ': ' if key else ''}{message}{more}") from None
+
+
+def load(path: str | Path | None = None) -> DispatchConfig:
+    """Read the dispatch file: `path`, else $THESEUS_DISPATCH, else ~/.theseus.yaml if it exists."""
+    explicit = path or os.environ.get("THESEUS_DISPATCH")
+    target = Path(explicit or DEFAULT_PATH).expanduser()
+    if not target.exists():
+        if explicit:
+            raise UserError(f"no dispatch file {target}; see examples/dispatch.yaml for one")
+        return DispatchConfig()
+    try:
+        data = yaml.safe_load(target.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"bad YAML in {target}{at}: {getattr(exc, 'problem', exc)}") from None
+    return parse(data, str(target))

@@ -1,0 +1,72 @@
+"""Local records of submissions, so `status`, `logs` and `cancel` work for every backend.
+
+One JSON file per run name under `$THESEUS_HOME/runs/` (default `~/.theseus/runs/`). Host
+settings are kept without their `env` (which may hold secrets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from theseus.config import atomic_write
+from theseus.errors import UserError
+from theseus.job import check_name
+
+
+def home() -> Path:
+    return Path(os.environ.get("THESEUS_HOME") or "~/.theseus").expanduser()
+
+
+@dataclass
+class Record:
+    """One submission: where it runs, its id there, and where its files are."""
+
+    name: str
+    host_name: str
+    backend: str
+    backend_id: str
+    job_dir: str
+    root: str
+    project: str
+    group: str
+    snapshot: str
+    host: dict[str, Any] | None = None
+    submitted_at: float = field(default_factory=time.time)
+    cancelled: bool = False
+
+    @property
+    def log(self) -> str:
+        return f"{self.job_dir}/output.log"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.root}/runs/{self.project}/{self.group}/{self.name}/metrics.jsonl"
+
+
+def _path(name: str) -> Path:
+    return home() / "runs" / f"{check_name('run name', name)}.json"
+
+
+def save(record: Record) -> None:
+    atomic_write(_path(record.name), json.dumps(asdict(record), indent=2))
+
+
+def load(name: str) -> Record:
+    path = _path(name)
+    if not path.exists():
+        raise UserError(f"no submitted run named {name!r}; `theseus status` lists them")
+    try:
+        return Record(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise UserError(f"{path} is damaged ({exc}); delete it to forget this run") from None
+
+
+def all_records() -> list[Record]:
+    folder = home() / "runs"
+    names = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    return sorted((load(n) for n in names), key=lambda r: r.submitted_at)

@@ -1,0 +1,119 @@
+"""Host selection: the first host, in priority order, that has the chips and can start now;
+otherwise the first SLURM host that has them (the job waits in its queue)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from theseus.dispatch.config import LOCAL, Cluster, DispatchConfig, Host
+from theseus.errors import UserError
+from theseus.job import Request
+
+# probe(host_name, host, placement) -> True when the host can start the job right now.
+Probe = Callable[[str, Host, "Placement"], bool]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job goes and how it is laid out over nodes."""
+
+    host_name: str
+    host: Host | None  # None: this machine
+    cluster: Cluster
+    chip: str
+    n: int
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    queued: bool = False
+
+    @property
+    def backend(self) -> str:
+        return LOCAL if self.host is None else self.host.type
+
+
+def _wanted(request: Request) -> tuple[str, int]:
+    chip = (request.chip or "cpu").lower()
+    n = request.n if request.n else 1
+    if request.n == 0:
+        chip = "cpu"
+    return chip, n
+
+
+def layout(name: str, host: Host, cluster: Cluster, chip: str, n: int) -> Placement | str:
+    """How `n` chips fit on `host`, or why they do not."""
+    per_node = host.chips.get(chip)
+    if per_node is None:
+        return f"{name} has no {chip} (has {', '.join(host.chips)})"
+    if n <= per_node:
+        nodes, used = 1, n
+    elif host.type == "slurm" and n % per_node == 0:
+        nodes, used = n // per_node, per_node
+    elif host.type == "slurm":
+        return f"{name} has {per_node} {chip} per node and {n} is not a multiple of it"
+    else:
+        return f"{name} has only {per_node} {chip}"
+    gpu = chip != "cpu"
+    # One JAX process per node drives all its GPUs; on CPU every slot is its own process.
+    return Placement(
+        name,
+        host,
+        cluster,
+        chip,
+        n,
+        nodes=nodes,
+        tasks_per_node=1 if gpu else used,
+        gpus_per_node=used if gpu else 0,
+    )
+
+
+def choose(
+    config: DispatchConfig,
+    request: Request,
+    local_cluster: Cluster,
+    *,
+    clusters: list[str] | None = None,
+    exclude_clusters: list[str] | None = None,
+    probe: Probe | None = None,
+) -> Placement:
+    """Pick a host for `request` (see the module docstring); errors say what each host lacks."""
+    chip, n = _wanted(request)
+    for listed in (clusters or []) + (exclude_clusters or []):
+        if listed not in config.clusters and listed != LOCAL:
+            raise UserError(
+                f"no cluster {listed!r} (clusters: {', '.join(config.clusters) or 'none'}, {LOCAL})"
+            )
+    order = list(dict.fromkeys([*config.priority, *config.hosts, LOCAL]))
+    reasons: list[str] = []
+    candidates: list[Placement] = []
+    for name in order:
+        cluster_name = LOCAL if name == LOCAL else config.hosts[name].cluster
+        if (clusters and cluster_name not in clusters) or cluster_name in (exclude_clusters or []):
+            continue
+        if name == LOCAL:
+            if chip != "cpu":
+                reasons.append(f"{LOCAL} runs CPU jobs only")
+                continue
+            candidates.append(Placement(LOCAL, None, local_cluster, chip, n))
+            continue
+        fit = layout(name, config.hosts[name], config.clusters[cluster_name], chip, n)
+        if isinstance(fit, str):
+            reasons.append(fit)
+        else:
+            candidates.append(fit)
+    for placement in candidates:
+        if (
+            placement.host is None
+            or probe is None
+            or probe(placement.host_name, placement.host, placement)
+        ):
+            return placement
+    for placement in candidates:
+        if placement.backend == "slurm":
+            return Placement(**{**placement.__dict__, "queued": True})
+    busy = [p.host_name for p in candidates]
+    detail = (
+        "; ".join(reasons + [f"{b} is busy" for b in busy]) or "no host matches the cluster filters"
+    )
+    raise UserError(f"no host can run {n} × {chip} now: {detail}")

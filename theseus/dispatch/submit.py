@@ -1,0 +1,228 @@
+"""`theseus submit`: check the stages here, pick a host, ship code and configs, start the job."""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from theseus.dispatch import bootstrap, records
+from theseus.dispatch import config as dispatch_config
+from theseus.dispatch.backends import Backend, backend_for, check
+from theseus.dispatch.config import LOCAL, Host
+from theseus.dispatch.snapshot import repository_root, take
+from theseus.dispatch.solve import Placement, choose
+from theseus.errors import UserError
+from theseus.job import Request, check_name
+from theseus.stages import Stage, override
+
+ACTIVE = ("starting", "queued", "running")
+
+
+@dataclass
+class Submission:
+    """What `submit` did (or, for a dry run, would do)."""
+
+    placement: Placement
+    job: bootstrap.JobFiles
+    record: records.Record | None
+    snapshot_sent: bool = False
+
+    def describe(self) -> str:
+        where = f"{self.placement.host_name} ({self.placement.backend})"
+        lines = [f"# host: {where}; job folder: {self.job.dir}; code: {self.job.snapshot_dir}"]
+        for name, (text, _) in self.job.files.items():
+            lines += [f"# ==> {self.job.path(name)} <==", text.rstrip("\n"), ""]
+        return "\n".join(lines)
+
+
+def _host_settings(host: Host | None) -> dict | None:
+    return None if host is None else host.model_dump(exclude={"env"})
+
+
+def _backend(placement: Placement) -> Backend:
+    return backend_for(placement.backend, _host_settings(placement.host))
+
+
+def _gpu_dir(placement: Placement) -> str:
+    return f"{placement.cluster.work}/gpus/{placement.host_name}"
+
+
+def probe(name: str, host: Host, placement: Placement) -> bool:
+    """Can `host` start the job now? SSH: enough free GPUs; SLURM: enough idle nodes."""
+    backend = _backend(placement)
+    if host.type == "ssh":
+        if not placement.gpus_per_node:
+            return True
+        script = (bootstrap.TEMPLATES / "free_gpus.sh").read_text()
+        result = backend.shell.run(
+            f"set -- {shlex.quote(_gpu_dir(placement))}\n{script}", timeout=60
+        )
+        return result.returncode == 0 and len(result.stdout.split()) >= placement.gpus_per_node
+    partition = ""
+    if isinstance(host.partitions, dict) and placement.chip in host.partitions:
+        partition = f"-p {shlex.quote(host.partitions[placement.chip])}"
+    elif isinstance(host.partitions, list) and host.partitions:
+        partition = f"-p {shlex.quote(','.join(host.partitions))}"
+    result = backend.shell.run(f"sinfo -h -t idle {partition} -o %D", timeout=60)
+    idle = (
+        sum(int(w) for w in result.stdout.split() if w.isdigit()) if result.returncode == 0 else 0
+    )
+    return idle >= placement.nodes
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not dispatch_config._ENV_NAME.match(key):
+            raise UserError(
+                f"--env {pair.split('=')[0]!r}: expected NAME=VALUE with NAME a valid variable name"
+            )
+        env[key] = value
+    return env
+
+
+def submit(
+    name: str,
+    yaml_path: str,
+    *,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    stages: list[str] = (),  # type: ignore[assignment]
+    chip: str | None = None,
+    n: int | None = None,
+    n_shards: int | None = None,
+    project: str = "default",
+    group: str = "default",
+    clusters: list[str] | None = None,
+    exclude_clusters: list[str] | None = None,
+    dirty: bool = True,
+    untracked: bool = False,
+    restore: str | None = None,
+    env: list[str] = (),  # type: ignore[assignment]
+    loads: list[str] = (),  # type: ignore[assignment]
+    dispatch_file: str | None = None,
+    dry_run: bool = False,
+) -> Submission:
+    """Validate, place, ship and start one run; a dry run stops before anything leaves here."""
+    check_name("run name", name)
+    check_name("project", project)
+    check_name("group", group)
+    pipeline = [Stage.from_yaml(yaml_path)] + [Stage.from_yaml(s) for s in stages]
+    override(pipeline, list(overrides))
+    first = pipeline[0].request
+    request = Request(chip or first.chip, first.n if n is None else n, n_shards or first.n_shards)
+    request.check("request")
+    for stage in pipeline:
+        stage.request = request
+        stage.check()
+    job_env = _parse_env(list(env))
+
+    settings = dispatch_config.load(dispatch_file)
+    placement = choose(
+        settings,
+        request,
+        settings.local_cluster(records.home()),
+        clusters=clusters,
+        exclude_clusters=exclude_clusters,
+        probe=None if dry_run else probe,
+    )
+    host = placement.host
+    repo = repository_root()
+    snapshot = take(repo, clean=not dirty, untracked=untracked)
+    for load in loads:
+        if not (repo / load).is_file() and "/" in load:
+            raise UserError(
+                f"--load {load}: not a file of the snapshot; give a path relative to {repo}"
+            )
+    cluster = placement.cluster
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    run_args = ["-p", project, "-g", group]
+    if restore:
+        run_args += ["--restore", restore]
+    for load in loads:
+        run_args += ["--load", load]
+    job = bootstrap.job_files(
+        name=name,
+        job_dir=f"{cluster.work}/jobs/{name}/{stamp}",
+        snapshot_dir=f"{cluster.work}/snapshots/{snapshot.id}",
+        cluster=cluster,
+        host=host,
+        placement=placement,
+        run_args=run_args,
+        stage_yamls=[stage.to_yaml() for stage in pipeline],
+        backend=placement.backend,
+        gpu_dir=_gpu_dir(placement),
+    )
+    if dry_run:
+        return Submission(placement, job, None)
+
+    backend = _backend(placement)
+    try:
+        previous = records.load(name)
+    except UserError:
+        previous = None
+    if previous is not None:
+        state = backend_for(previous, previous.host).state(previous)
+        if state in ACTIVE:
+            raise UserError(
+                f"{name} is still {state} on {previous.host_name}; wait, or `theseus cancel {name}` first"
+            )
+    sent = backend.ship_snapshot(snapshot, job.snapshot_dir)
+    backend.write_files(job)
+    full_env = {**cluster.env, **(host.env if host else {}), **job_env}
+    backend_id = backend.launch(job, full_env)
+    record = records.Record(
+        name=name,
+        host_name=placement.host_name,
+        backend=placement.backend,
+        backend_id=backend_id,
+        job_dir=job.dir,
+        root=cluster.root,
+        project=project,
+        group=group,
+        snapshot=snapshot.id,
+        host=_host_settings(host),
+    )
+    records.save(record)
+    return Submission(placement, job, record, sent)
+
+
+def status(record: records.Record) -> tuple[str, str]:
+    """(state, last metrics line) of a recorded run."""
+    backend = backend_for(record, record.host)
+    return backend.state(record), backend.last_metrics(record)
+
+
+def logs(record: records.Record, follow: bool, write, poll_seconds: float = 1.0) -> None:
+    """Write the job's log through `write(bytes)`; with `follow`, until the job ends."""
+    backend = backend_for(record, record.host)
+    offset = 0
+    while True:
+        chunk = backend.read_log(record, offset)
+        if chunk:
+            write(chunk)
+            offset += len(chunk)
+        if not follow:
+            return
+        state = backend.state(record)
+        if state in ("completed", "failed", "cancelled", "unknown") or (
+            state == "preempted" and record.backend != "slurm"
+        ):
+            rest = backend.read_log(record, offset)
+            if rest:
+                write(rest)
+            return
+        time.sleep(poll_seconds)
+
+
+def cancel(record: records.Record) -> None:
+    """Stop a run (it checkpoints on SIGTERM) and remember that it was cancelled."""
+    backend_for(record, record.host).cancel(record)
+    record.cancelled = True
+    records.save(record)
+
+
+__all__ = ["LOCAL", "Path", "Submission", "cancel", "check", "logs", "status", "submit"]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Start a job on this host. The job's environment (secrets included) arrives on stdin as
+# NUL-separated NAME=VALUE pairs, so it is never written to a file or put on a command line.
+set -euo pipefail
+while IFS= read -r -d '' pair; do export "${pair?}"; done
+JOB_DIR={{JOB_DIR}}
+NEEDS_JUICEFS={{NEEDS_JUICEFS}}
+BACKEND={{BACKEND}}
+N_GPUS={{N_GPUS}}
+GPU_DIR={{GPU_DIR}}
+fail() { echo "$1" >&2; exit 3; }
+command -v uv >/dev/null || fail "uv is not installed on $(hostname): install it (pip install uv) or add its folder to PATH in the host's env"
+if [ "$NEEDS_JUICEFS" = 1 ]; then
+  command -v juicefs >/dev/null || fail "juicefs is not installed on $(hostname): install it (https://juicefs.com/docs/community/installation) or add its folder to PATH in the host's env"
+fi
+if [ "$BACKEND" = slurm ]; then
+  command -v sbatch >/dev/null || fail "sbatch is not on PATH on $(hostname): is this a SLURM login node?"
+  sbatch --parsable {{SBATCH}}
+  exit 0
+fi
+if [ "$N_GPUS" -gt 0 ]; then
+  # Reserve free GPUs under a lock so that two submits never book the same one.
+  mkdir -p "$GPU_DIR"
+  exec 8>"$GPU_DIR/.lock"
+  flock 8
+  chosen=$(bash {{FREE_GPUS}} "$GPU_DIR" | head -n "$N_GPUS" | paste -sd, -)
+  [ "$(printf '%s' "$chosen" | tr ',' '\n' | grep -c .)" -ge "$N_GPUS" ] || fail "$(hostname) has fewer than $N_GPUS free GPUs now"
+  export CUDA_VISIBLE_DEVICES=$chosen
+fi
+setsid bash {{RUN}} </dev/null >>{{LOG}} 2>&1 &
+pid=$!
+echo "$pid" >"$JOB_DIR/pid"
+if [ "$N_GPUS" -gt 0 ]; then
+  for gpu in ${chosen//,/ }; do echo "$pid" >"$GPU_DIR/$gpu"; done
+  flock -u 8
+fi
+echo "$pid"

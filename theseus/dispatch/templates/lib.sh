@@ -1,0 +1,57 @@
+# Shared by the scripts of one job; every value below was quoted when the script was written.
+JOB_DIR={{JOB_DIR}}
+SNAPSHOT={{SNAPSHOT}}
+ROOT={{ROOT}}
+META_URL={{META_URL}}
+JUICEFS_MOUNT_OPTIONS=({{JUICEFS_MOUNT_OPTIONS}})
+UV_GROUP_ARGS=({{UV_GROUP_ARGS}})
+RUN_ARGS=({{RUN_ARGS}})
+MOUNTED_HERE=0
+
+set_status() {
+  printf '%s\n' "$1" >"$JOB_DIR/status.tmp.$$" && mv -f "$JOB_DIR/status.tmp.$$" "$JOB_DIR/status"
+}
+
+# Mount the cluster's JuiceFS volume at ROOT unless it is mounted already; the metadata password
+# comes from META_PASSWORD in the environment, never from the command line.
+mount_root() {
+  [ -n "$META_URL" ] || return 0
+  mkdir -p "$ROOT"
+  exec 9>"$JOB_DIR/.mount.lock"
+  flock 9
+  if mountpoint -q "$ROOT"; then
+    echo "theseus: $ROOT is already mounted; using it as is"
+  else
+    echo "theseus: mounting JuiceFS at $ROOT"
+    juicefs mount -d "${JUICEFS_MOUNT_OPTIONS[@]}" "$META_URL" "$ROOT" || { flock -u 9; return 1; }
+    MOUNTED_HERE=1
+  fi
+  flock -u 9
+}
+
+# Unmount only what this job mounted, and never by force: another job may still use it.
+unmount_root() {
+  [ "$MOUNTED_HERE" = 1 ] || return 0
+  if juicefs umount "$ROOT"; then
+    echo "theseus: unmounted $ROOT"
+  else
+    echo "theseus: $ROOT is busy; left mounted"
+  fi
+}
+
+sync_environment() {
+  (cd "$SNAPSHOT" && flock "$SNAPSHOT/.sync.lock" uv sync --frozen --quiet "${UV_GROUP_ARGS[@]}")
+}
+
+run_stages() {
+  (cd "$SNAPSHOT" && "$SNAPSHOT/.venv/bin/theseus" run "${RUN_ARGS[@]}")
+}
+
+# 75 is the trainer's "stopped early, checkpoint saved".
+finish() {
+  case $1 in
+    0) set_status completed ;;
+    75) set_status preempted ;;
+    *) set_status "failed $1" ;;
+  esac
+}
