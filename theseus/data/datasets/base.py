@@ -1,0 +1,104 @@
+"""The source interface and its settings (all under `data/`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from theseus.config import field
+from theseus.errors import UserError
+
+#: A document: plain text, or a chat as a list of {"role", "content"} messages.
+Document = str | list[dict[str, str]]
+
+
+@dataclass
+class SourceConfig:
+    """Where the documents come from."""
+
+    name: str = field(
+        "data/name",
+        default="pystdlib",
+        help="dataset source: fineweb | hf | files | tinyshakespeare | pystdlib (or one you registered)",
+    )
+    hub_id: str | None = field(
+        "data/hub_id", default=None, help="hf: the hub dataset id, e.g. allenai/c4"
+    )
+    subset: str | None = field(
+        "data/subset",
+        default=None,
+        help="hub dataset config; fineweb: sample-10BT, sample-100BT, CC-MAIN-2024-10, ...",
+    )
+    split: str = field("data/split", default="train", help="hub dataset split to read")
+    paths: list[str] = field(
+        "data/paths",
+        default_factory=list,
+        help="files: local paths or globs (.txt .jsonl .json .parquet .csv); tinyshakespeare: a local copy",
+    )
+    text_column: str = field(
+        "data/text_column", default="text", help="column holding the document text"
+    )
+    chat_column: str = field(
+        "data/chat_column",
+        default="messages",
+        help="column holding a chat (a list of {role, content})",
+    )
+    separator: str | None = field(
+        "data/separator",
+        default=None,
+        help="split each .txt file into documents at this string (default: one document per file)",
+    )
+    max_samples: int | None = field(
+        "data/max_samples", default=None, help="read at most this many documents"
+    )
+
+
+class Source:
+    """Documents in a fixed order. Subclasses implement `documents()`; `check()` fails fast."""
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.config = config
+
+    def describe(self) -> dict[str, Any]:
+        """What the store's manifest records about where its documents came from."""
+        return {"name": self.config.name}
+
+    def check(self) -> None:
+        """Raise a UserError now if `documents()` cannot work (missing files, no network)."""
+
+    def size_hint(self) -> int | None:
+        """The number of documents, when known cheaply (for the ETA)."""
+        return None
+
+    def documents(self) -> Iterator[Document]:
+        raise NotImplementedError
+
+
+def record_document(record: dict[str, Any], config: SourceConfig, where: str) -> Document:
+    """The document in one table row: its text column, or else its chat column."""
+    text = record.get(config.text_column)
+    if isinstance(text, str):
+        return text
+    chat = record.get(config.chat_column)
+    if isinstance(chat, list) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in chat
+    ):
+        return [{"role": str(m["role"]), "content": str(m["content"] or "")} for m in chat]
+    columns = ", ".join(sorted(record)) or "none"
+    raise UserError(
+        f"{where}: no text in column {config.text_column!r} and no chat in {config.chat_column!r} "
+        f"(columns: {columns}); set data.text_column or data.chat_column"
+    )
+
+
+def open_source(config: SourceConfig) -> Source:
+    """The source `data.name` selects, checked so that it fails now rather than mid-run."""
+    from theseus.registry import DATASETS
+
+    cls = DATASETS[config.name]
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise UserError(f"dataset {config.name!r} is not a Source subclass")
+    source = cls(config)
+    source.check()
+    return source

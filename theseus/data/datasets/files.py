@@ -1,0 +1,107 @@
+"""Local files: .txt read directly; .jsonl / .json / .parquet / .csv through Hugging Face `datasets`."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from collections.abc import Iterator
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from theseus.data.datasets.base import Document, Source, record_document
+from theseus.errors import UserError
+from theseus.registry import dataset
+
+BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def expand(patterns: list[str], what: str) -> list[Path]:
+    """Every file the paths/globs name, in the order given (each glob sorted); none missing."""
+    if not patterns:
+        raise UserError(
+            f"{what} needs data.paths: local files or globs, e.g. data.paths=[corpus/*.jsonl]"
+        )
+    files: list[Path] = []
+    for pattern in patterns:
+        expanded = str(Path(pattern).expanduser())
+        matches = (
+            sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
+        )
+        matches = [m for m in matches if Path(m).is_file()]
+        if not matches:
+            raise UserError(f"data.paths: {pattern!r} matches no file")
+        files += [Path(m).resolve() for m in matches]
+    for path in files:
+        if path.suffix.lower() not in BUILDERS:
+            raise UserError(
+                f"data.paths: {path} has an unsupported type; use {', '.join(BUILDERS)}"
+            )
+    return files
+
+
+def text_documents(path: Path, separator: str | None) -> Iterator[str]:
+    """A .txt file: one document, or one per piece between separators (empty pieces skipped)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if not separator:
+        yield text
+        return
+    for piece in text.split(separator):
+        if piece.strip():
+            yield piece
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataset("files")
+class LocalFiles(Source):
+    """Local text, JSON lines, JSON, Parquet or CSV files named by data.paths."""
+
+    def check(self) -> None:
+        self.files = expand(self.config.paths, "data.name=files")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "files": [{"path": str(p), "bytes": p.stat().st_size} for p in self.files],
+            "text_column": self.config.text_column,
+            "chat_column": self.config.chat_column,
+            "separator": self.config.separator,
+        }
+
+    def size_hint(self) -> int | None:
+        if self.config.separator is None and all(p.suffix.lower() == ".txt" for p in self.files):
+            return len(self.files)
+        return None
+
+    def documents(self) -> Iterator[Document]:
+        for builder, group in groupby(self.files, key=lambda p: BUILDERS[p.suffix.lower()]):
+            paths = list(group)
+            if builder == "text":
+                for path in paths:
+                    yield from text_documents(path, self.config.separator)
+            else:
+                yield from self._table_documents(builder, paths)
+
+    def _table_documents(self, builder: str, paths: list[Path]) -> Iterator[Document]:
+        from datasets import load_dataset
+
+        where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
+        try:
+            table = load_dataset(
+                builder, data_files=[str(p) for p in paths], split="train", streaming=True
+            )
+            for record in table:
+                yield record_document(record, self.config, where)
+        except UserError:
+            raise
+        except Exception as exc:  # datasets raises many types for unreadable files
+            raise UserError(
+                f"cannot read {where} as {builder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None

@@ -1,0 +1,37 @@
+"""Reaching the Hugging Face hub: a fast check first, so that no network means a quick, clear error."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+
+from theseus.errors import UserError
+
+_TIMEOUT_S = 5.0
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout: float = _TIMEOUT_S) -> str | None:
+    """None when the hub answers within `timeout` seconds, else the reason it does not."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    request = urllib.request.Request(hub_endpoint() + "/api/whoami-v2", method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # any HTTP answer means the hub is there
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{hub_endpoint()} unreachable: {reason}"
+    return None
+
+
+def require_hub(what: str, fix: str) -> None:
+    """Raise a one-line UserError naming `fix` when the hub cannot be reached."""
+    reason = hub_reachable()
+    if reason is not None:
+        raise UserError(f"{what} needs the Hugging Face hub ({reason}); {fix}")

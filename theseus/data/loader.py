@@ -1,0 +1,281 @@
+"""The training loader: the batch for step s on process p is a pure function of its inputs.
+
+Each store is cut into windows (variable stores: `seq_len + 1` tokens starting every `seq_len`;
+blockwise stores: one example each). Global batch rows are dealt to stores by a fixed table
+that follows the mixture rates, and each store serves its windows through a seeded permutation,
+a new one per epoch — so every window is served exactly once per epoch, processes take
+disjoint slices of the same global batch, and any step can be computed directly (O(1) seek),
+which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from theseus.data.shuffle import permute, round_keys
+from theseus.data.store import TokenStore
+from theseus.errors import UserError
+
+MIX_PERIOD = 4096
+
+
+@dataclass
+class DatasetMix:
+    """One entry of `training.dataset`: the store `<root>/data/<name>` and its relative share of each batch."""
+
+    name: str
+    rate: float = 1.0
+
+
+class _Windows:
+    """One store's split seen as numbered windows of `seq_len + 1` tokens."""
+
+    def __init__(self, store: TokenStore, split: str, seq_len: int) -> None:
+        self.store, self.seq_len = store, seq_len
+        self.kind = store.manifest.kind
+        self.eot = store.manifest.eot_id
+        self.tokens = store.memmaps(split, "tokens")
+        sizes = np.array([len(m) for m in self.tokens], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        if self.kind == "blockwise":
+            if store.manifest.seq_len != seq_len:
+                raise UserError(
+                    f"store {store.path.name} holds examples of seq_len {store.manifest.seq_len}, "
+                    f"the loader asks for {seq_len}; set the training seq_len to match or re-tokenize"
+                )
+            self.masks = store.memmaps(split, "loss_mask")
+            self.lengths = store.memmaps(split, "lengths")
+            self.count = int(self.offsets[-1])
+        else:
+            self.count = max(0, int(self.offsets[-1]) - 1) // seq_len
+        if self.count == 0:
+            raise UserError(
+                f"store {store.path.name} has no {split} window of {seq_len + 1} tokens "
+                f"({store.n_tokens(split):,} tokens); "
+                + (
+                    "tokenize with data.val_pct > 0"
+                    if split == "val"
+                    else "tokenize more data or lower seq_len"
+                )
+            )
+
+    def _locate(self, start: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        return shard, start - int(self.offsets[shard])
+
+    def read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Rows of `seq_len + 1` tokens, plus loss masks and padding lengths for blockwise stores."""
+        rows = np.empty((len(windows), self.seq_len + 1), dtype=np.int32)
+        if self.kind == "blockwise":
+            masks = np.empty((len(windows), self.seq_len), dtype=np.float32)
+            pads = np.empty(len(windows), dtype=np.int32)
+            for i, w in enumerate(windows):
+                shard, at = self._locate(int(w))
+                rows[i] = self.tokens[shard][at]
+                masks[i] = self.masks[shard][at]
+                pads[i] = self.seq_len + 1 - int(self.lengths[shard][at])
+            return rows, masks, pads
+        for i, w in enumerate(windows):
+            start, filled = int(w) * self.seq_len, 0
+            while filled < self.seq_len + 1:
+                shard, at = self._locate(start + filled)
+                piece = self.tokens[shard][at : at + self.seq_len + 1 - filled]
+                rows[i, filled : filled + len(piece)] = piece
+                filled += len(piece)
+        return rows, None, None
+
+
+def mixture_table(
+    rates: list[float], period: int = MIX_PERIOD
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(store of each row of a period, rows per store per period, rows of each store before row i)."""
+    total = float(sum(rates))
+    exact = np.array(rates, dtype=np.float64) / total * period
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: period - int(counts.sum())]] += 1
+    for k, rate in enumerate(rates):
+        if rate > 0 and counts[k] == 0:
+            raise UserError(
+                f"training.dataset.{k}.rate={rate} is below 1/{period} of the mixture; raise it or drop the entry"
+            )
+    slots = [((j + 0.5) / c, k) for k, c in enumerate(counts) for j in range(c)]
+    table = np.array([k for _, k in sorted(slots)], dtype=np.int64)
+    before = np.zeros((len(rates), period + 1), dtype=np.int64)
+    for k in range(len(rates)):
+        before[k, 1:] = np.cumsum(table == k)
+    return table, counts, before
+
+
+class Loader:
+    """Batches for training or validation from a mixture of token stores.
+
+    `batch(step)` -> {"inputs", "targets", "positions"} int32 and {"loss_mask"} float32, each
+    [global_batch / process_count, seq_len]: this process's slice of the global batch.
+    """
+
+    def __init__(
+        self,
+        stores: list[TokenStore],
+        rates: list[float],
+        seq_len: int,
+        global_batch: int,
+        *,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        split: str = "train",
+        reset_at_eot: bool = False,
+    ) -> None:
+        if not stores or len(stores) != len(rates):
+            raise UserError(
+                f"the loader needs one rate per store (got {len(stores)} stores, {len(rates)} rates)"
+            )
+        if any(r < 0 for r in rates) or sum(rates) <= 0:
+            raise UserError(f"mixture rates must be >= 0 and not all 0, got {rates}")
+        if seq_len < 1 or global_batch < 1:
+            raise UserError(
+                f"seq_len and global batch size must be >= 1 (got {seq_len}, {global_batch})"
+            )
+        if not 0 <= process_index < process_count:
+            raise UserError(f"process index {process_index} is outside 0..{process_count - 1}")
+        if global_batch % process_count:
+            raise UserError(
+                f"global batch {global_batch} does not split over {process_count} processes; use a multiple of {process_count}"
+            )
+        hashes = {s.manifest.tokenizer.get("hash") for s in stores}
+        if len(hashes) > 1:
+            names = ", ".join(s.path.name for s in stores)
+            raise UserError(
+                f"stores {names} were written by different tokenizers; a mixture needs one tokenizer"
+            )
+        self.stores, self.seq_len, self.global_batch = stores, seq_len, global_batch
+        self.seed, self.split, self.reset_at_eot = seed, split, reset_at_eot
+        self.process_index, self.process_count = process_index, process_count
+        self.local_batch = global_batch // process_count
+        self.windows = [_Windows(s, split, seq_len) for s in stores]
+        self.table, self.per_period, self.before = mixture_table(list(rates))
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps until the first store (at its rate) starts serving its windows again."""
+        steps = [
+            w.count * MIX_PERIOD // (int(c) * self.global_batch)
+            for w, c in zip(self.windows, self.per_period, strict=True)
+            if c
+        ]
+        return max(1, min(steps))
+
+    def assignments(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """For this process's rows of `step`: (store index, ordinal of the row within that store)."""
+        start = step * self.global_batch + self.process_index * self.local_batch
+        rows = np.arange(start, start + self.local_batch, dtype=np.int64)
+        cycle, at = rows // MIX_PERIOD, rows % MIX_PERIOD
+        store = self.table[at]
+        ordinal = cycle * self.per_period[store] + self.before[store, at]
+        return store, ordinal
+
+    def window_ids(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(store index, window index) of each of this process's rows of `step`."""
+        if step < 0:
+            raise UserError(f"step must be >= 0, got {step}")
+        store, ordinal = self.assignments(step)
+        window = np.empty_like(ordinal)
+        for k, source in enumerate(self.windows):
+            mine = store == k
+            if not mine.any():
+                continue
+            epochs, index = np.divmod(ordinal[mine], source.count)
+            out = np.empty_like(index)
+            for epoch in np.unique(epochs):
+                same = epochs == epoch
+                out[same] = permute(index[same], source.count, round_keys(self.seed, k, int(epoch)))
+            window[mine] = out
+        return store, window
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's slice of the global batch of `step`."""
+        store, window = self.window_ids(step)
+        rows = np.empty((self.local_batch, self.seq_len + 1), dtype=np.int32)
+        mask = np.ones((self.local_batch, self.seq_len), dtype=np.float32)
+        positions = np.broadcast_to(
+            np.arange(self.seq_len, dtype=np.int32), (self.local_batch, self.seq_len)
+        ).copy()
+        for k, source in enumerate(self.windows):
+            mine = np.flatnonzero(store == k)
+            if not len(mine):
+                continue
+            tokens, masks, pads = source.read(window[mine])
+            rows[mine] = tokens
+            if masks is not None:
+                mask[mine] = masks
+                positions[mine] = np.maximum(positions[mine] - pads[:, None], 0)
+            elif self.reset_at_eot:
+                mask[mine], positions[mine] = self._document_bounds(tokens[:, :-1], source.eot)
+        return {
+            "inputs": rows[:, :-1].copy(),
+            "targets": rows[:, 1:].copy(),
+            "loss_mask": mask,
+            "positions": positions,
+        }
+
+    @staticmethod
+    def _document_bounds(inputs: np.ndarray, eot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions restart after each end-of-text; no loss on predicting across a boundary."""
+        t = np.arange(inputs.shape[1], dtype=np.int32)
+        starts = np.zeros(inputs.shape, dtype=bool)
+        starts[:, 0] = True
+        starts[:, 1:] = inputs[:, :-1] == eot
+        last_start = np.maximum.accumulate(np.where(starts, t, 0), axis=1)
+        return (inputs != eot).astype(np.float32), (t - last_start).astype(np.int32)
+
+    def iterate(
+        self, start_step: int = 0, prefetch: int = 4
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(step, batch) from `start_step` on, computed ahead in a thread into a queue of `prefetch`."""
+        slots: queue.Queue[tuple[int, dict[str, np.ndarray] | BaseException]] = queue.Queue(
+            maxsize=max(1, prefetch)
+        )
+        stop = threading.Event()
+
+        def produce() -> None:
+            step = start_step
+            while not stop.is_set():
+                try:
+                    item: dict[str, np.ndarray] | BaseException = self.batch(step)
+                except BaseException as exc:  # re-raised in the consumer
+                    item = exc
+                while not stop.is_set():
+                    try:
+                        slots.put((step, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, BaseException):
+                    return
+                step += 1
+
+        thread = threading.Thread(target=produce, name="theseus-loader", daemon=True)
+        self._threads.append((thread, stop))
+        thread.start()
+        try:
+            while True:
+                step, item = slots.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield step, item
+        finally:
+            stop.set()
+
+    def close(self) -> None:
+        """Stop every prefetch thread."""
+        for thread, stop in self._threads:
+            stop.set()
+            thread.join(timeout=5)
+        self._threads.clear()

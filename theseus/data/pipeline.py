@@ -1,0 +1,227 @@
+"""The tokenize loop: read documents in a background thread, encode batches on every core, commit.
+
+Output order is the source order whatever the parallelism: each batch is encoded by the
+tokenizer's own thread pool (`encode_batch` keeps order) while the next batch is being read.
+After every batch the writer commits, so a killed run resumes at the last committed document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+
+from theseus.data.chat import example, render, segments
+from theseus.data.datasets.base import Document, Source
+from theseus.data.store import StoreWriter
+from theseus.data.tokenizers import Tokenizer
+
+_DONE = object()
+
+
+@dataclass
+class Plan:
+    """What to tokenize and how (everything that shapes the store's bytes)."""
+
+    kind: str
+    max_samples: int | None
+    max_tokens: int | None
+    val_pct: float
+    batch_docs: int
+    template: str = "chatml"
+    seq_len: int | None = None
+    padding: str = "right"
+    loss_on: str = "assistant"
+
+
+def is_val(document: Document, val_pct: float) -> bool:
+    """Held out for validation: a stable function of the document's content, not of run order."""
+    if val_pct <= 0:
+        return False
+    key = (
+        document
+        if isinstance(document, str)
+        else repr([(m["role"], m["content"]) for m in document])
+    )
+    value = int.from_bytes(
+        hashlib.blake2b(key.encode("utf-8", errors="replace"), digest_size=8).digest(), "big"
+    )
+    return value < val_pct / 100.0 * 2**64
+
+
+def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Iterate `items` in a background thread, at most `depth` ahead; errors surface here."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put((_DONE, exc))
+
+    thread = threading.Thread(target=fill, name="theseus-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def batches(source: Source, skip: int, plan: Plan) -> Iterator[list[Document]]:
+    docs = islice(source.documents(), skip, plan.max_samples)
+    while batch := list(islice(docs, plan.batch_docs)):
+        yield batch
+
+
+class Encoder:
+    """Turns a batch of documents into store rows, per split."""
+
+    def __init__(self, tokenizer: Tokenizer, plan: Plan, dtype: str) -> None:
+        self.tokenizer = tokenizer
+        self.plan = plan
+        self.dtype = np.dtype(dtype)
+        self.eot = np.array([tokenizer.eot_id], dtype=self.dtype)
+        self.truncated = 0
+
+    def variable(self, docs: list[Document]) -> list[tuple[str, dict[str, np.ndarray], int]]:
+        """Per document: (split, {"tokens": ids + EOT}, token count)."""
+        encoded = self.tokenizer.encode_batch_arrays([render(d, self.plan.template) for d in docs])
+        rows = []
+        for doc, ids in zip(docs, encoded, strict=True):
+            tokens = np.concatenate([ids.astype(self.dtype, copy=False), self.eot])
+            rows.append((self._split(doc), {"tokens": tokens}, len(tokens)))
+        return rows
+
+    def blockwise(self, docs: list[Document]) -> list[tuple[str, dict[str, np.ndarray], int]]:
+        """Per document: (split, one fixed-length example, real token count)."""
+        plan, seq_len = self.plan, int(self.plan.seq_len or 0)
+        pieces = [segments(d, plan.template, plan.loss_on) for d in docs]
+        flat = self.tokenizer.encode_batch_arrays([text for doc in pieces for text, _ in doc])
+        rows, at = [], 0
+        for doc, doc_pieces in zip(docs, pieces, strict=True):
+            ids: list[int] = []
+            weights: list[bool] = []
+            for _, learn in doc_pieces:
+                ids += flat[at].tolist()
+                weights += [learn] * len(flat[at])
+                at += 1
+            ids.append(self.tokenizer.eot_id)
+            weights.append(doc_pieces[-1][1] if doc_pieces else True)
+            tokens, mask, length, truncated = example(
+                ids, weights, seq_len, self.tokenizer.eot_id, plan.padding
+            )
+            self.truncated += truncated
+            arrays = {
+                "tokens": tokens[None].astype(self.dtype),
+                "loss_mask": mask[None],
+                "lengths": np.array([length], dtype=np.int32),
+            }
+            rows.append((self._split(doc), arrays, length))
+        return rows
+
+    def _split(self, doc: Document) -> str:
+        return "val" if is_val(doc, self.plan.val_pct) else "train"
+
+
+class _Progress:
+    """A progress line on stderr: documents, tokens, rates, and an ETA when the size is known."""
+
+    def __init__(self, description: str, total: int | None, done: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns: list[Any] = [
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.fields[stats]}"),
+        ]
+        if total:
+            columns += [BarColumn(), TimeRemainingColumn()]
+        columns.append(TimeElapsedColumn())
+        self.bar = Progress(*columns, console=Console(stderr=True), transient=False)
+        self.task = self.bar.add_task(description, total=total, completed=done, stats="")
+        self.start, self.docs, self.tokens = time.perf_counter(), 0, 0
+        self.bar.start()
+
+    def advance(self, docs: int, tokens: int, total_docs: int) -> None:
+        self.docs += docs
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        stats = f"{total_docs:,} docs  {self.docs / elapsed:,.0f} docs/s  {self.tokens / elapsed:,.0f} tok/s"
+        self.bar.update(self.task, completed=total_docs, stats=stats)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def tokenize(
+    source: Source, tokenizer: Tokenizer, writer: StoreWriter, plan: Plan, label: str
+) -> dict[str, int]:
+    """Run (or finish) the tokenization `writer` was set up for; returns the final counts."""
+    encoder = Encoder(tokenizer, plan, writer.manifest.dtype)
+    stats = {"docs_read": 0, "tokens": 0, "truncated": 0, "skipped_empty": 0, **writer.stats}
+    done = plan.max_tokens is not None and stats["tokens"] >= plan.max_tokens
+    progress = _Progress(
+        label,
+        source.size_hint() if plan.max_samples is None else plan.max_samples,
+        writer.docs_read,
+    )
+    try:
+        reader = (
+            prefetch(batches(source, writer.docs_read, plan), depth=4) if not done else iter(())
+        )
+        for batch in reader:
+            kept = [i for i, d in enumerate(batch) if d and (not isinstance(d, str) or d.strip())]
+            rows = (encoder.variable if plan.kind == "variable" else encoder.blockwise)(
+                [batch[i] for i in kept]
+            )
+            used, tokens, written = len(batch), 0, 0
+            for position, (split, arrays, count) in zip(kept, rows, strict=True):
+                writer.add(split, arrays)
+                tokens += count
+                written += 1
+                if plan.max_tokens is not None and stats["tokens"] + tokens >= plan.max_tokens:
+                    used, done = position + 1, True
+                    break
+            stats["skipped_empty"] += used - written
+            stats["docs_read"] = writer.docs_read + used
+            stats["tokens"] += tokens
+            stats["truncated"] += encoder.truncated
+            encoder.truncated = 0
+            writer.commit(writer.docs_read + used, stats)
+            progress.advance(used, tokens, writer.docs_read)
+            if done:
+                break
+    finally:
+        progress.close()
+    sys.stderr.flush()
+    return stats

@@ -1,0 +1,276 @@
+"""The data jobs: tokenize a source into a token store, or train a tokenizer on one.
+
+    theseus configure data/tokenize_variable_dataset tokenize.yaml data.name=pystdlib tokenizer.backend=bytes
+    theseus run tokenize-stdlib tokenize.yaml ./output        # -> ./output/data/pystdlib/
+
+Only light modules are imported here: configuring a data job never loads JAX, `datasets`,
+`tokenizers` or tiktoken.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from theseus.config import field
+from theseus.data.chat import TEMPLATES
+from theseus.data.datasets.base import SourceConfig
+from theseus.data.tokenizers import TokenizerConfig
+from theseus.errors import UserError
+from theseus.job import BasicJob, ExecutionSpec, check_name
+from theseus.registry import job
+
+
+@dataclass
+class StoreConfig:
+    """Where the store goes and what it holds."""
+
+    store: str = field(
+        "data/store", default="${data.name}", help="store name: written to OUT/data/<store>/"
+    )
+    max_tokens: int | None = field(
+        "data/max_tokens", default=None, help="stop once this many tokens are written"
+    )
+    val_pct: float = field(
+        "data/val_pct",
+        default=1.0,
+        help="percent of documents held out for validation (chosen by a hash of each document)",
+    )
+    shard_tokens: int = field("data/shard_tokens", default=1 << 28, help="tokens per shard file")
+    batch_docs: int = field(
+        "data/batch_docs",
+        default=1024,
+        help="documents tokenized per batch; progress is saved after each batch",
+    )
+    chat_template: str = field(
+        "data/chat_template",
+        default="chatml",
+        choices=TEMPLATES,
+        help="how chat messages become text",
+    )
+
+
+@dataclass
+class BlockwiseConfig:
+    """Fixed-length examples for fine-tuning."""
+
+    seq_len: int = field(
+        "data/seq_len",
+        default=1024,
+        help="tokens per example seen by the model (rows hold seq_len + 1)",
+    )
+    padding: str = field(
+        "data/padding",
+        default="right",
+        choices=("right", "left"),
+        help="which side short examples are padded on",
+    )
+    loss_on: str = field(
+        "data/loss_on",
+        default="assistant",
+        choices=("assistant", "all"),
+        help="chats: learn only the assistant's replies, or everything",
+    )
+
+
+@dataclass
+class TokenizerTrainingConfig:
+    """A byte-level BPE trained with Hugging Face `tokenizers`."""
+
+    vocab_size: int = field(
+        "tokenizer_training/vocab_size",
+        default=8192,
+        help="vocabulary size, special tokens included",
+    )
+    min_frequency: int = field(
+        "tokenizer_training/min_frequency", default=2, help="merge only pairs seen this often"
+    )
+
+
+def store_path(spec: ExecutionSpec, store: str) -> Path:
+    """`<root>/data/<store>`, without creating anything."""
+    return spec.root / "data" / check_name("data.store", store)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class TokenizeJob(BasicJob[StoreConfig]):
+    """Shared by both tokenize jobs: open, check, resume or skip, run, finish."""
+
+    CONFIG = StoreConfig
+    KIND = "variable"
+
+    @classmethod
+    def components(cls) -> list[type]:
+        return [SourceConfig, StoreConfig, TokenizerConfig]
+
+    def plan(self) -> Any:
+        from theseus.data.pipeline import Plan
+
+        c = self.config
+        return Plan(
+            self.KIND,
+            self.source_config.max_samples,
+            c.max_tokens,
+            c.val_pct,
+            c.batch_docs,
+            c.chat_template,
+        )
+
+    def settings(self, plan: Any) -> dict[str, Any]:
+        """Everything that shapes the store's bytes (the batch size does not)."""
+        return {
+            "max_samples": plan.max_samples,
+            "max_tokens": plan.max_tokens,
+            "val_pct": plan.val_pct,
+            "shard_tokens": self.config.shard_tokens,
+            "chat_template": plan.template,
+        }
+
+    def shard_rows(self) -> int:
+        return self.config.shard_tokens
+
+    def _check(self) -> None:
+        c = self.config
+        if not 0 <= c.val_pct < 100:
+            raise UserError(f"data.val_pct={c.val_pct}: give a percentage in [0, 100)")
+        if c.batch_docs < 1 or c.shard_tokens < 1:
+            raise UserError("data.batch_docs and data.shard_tokens must be >= 1")
+        if self.source_config.max_samples is not None and self.source_config.max_samples < 1:
+            raise UserError("data.max_samples must be >= 1 (or null for all)")
+        if c.max_tokens is not None and c.max_tokens < 1:
+            raise UserError("data.max_tokens must be >= 1 (or null for all)")
+
+    def run(self) -> Path:
+        from theseus.config import configure
+        from theseus.data.datasets import open_source
+        from theseus.data.pipeline import tokenize
+        from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
+        from theseus.data.tokenizers import make_tokenizer
+
+        self.source_config = configure(SourceConfig, self.cfg)
+        tokenizer_config = configure(TokenizerConfig, self.cfg)
+        self._check()
+        final = store_path(self.spec, self.config.store)
+        source = open_source(self.source_config)
+        tokenizer = make_tokenizer(tokenizer_config.backend, tokenizer_config.name)
+        plan = self.plan()
+        dtype = token_dtype(tokenizer.vocab_size)
+        manifest = Manifest(
+            kind=self.KIND,
+            vocab_size=tokenizer.vocab_size,
+            eot_id=tokenizer.eot_id,
+            dtype=dtype,
+            tokenizer=tokenizer.identity,
+            source=source.describe(),
+            settings=self.settings(plan),
+            splits={},
+            seq_len=plan.seq_len,
+            padding=plan.padding if self.KIND == "blockwise" else None,
+        )
+        writer = StoreWriter(final, manifest, self.shard_rows())
+        if (final / "manifest.json").is_file() and not self.spec.fresh:
+            existing = TokenStore.open(final, verify=False)
+            if writer.fingerprint == {
+                k: getattr(existing.manifest, k)
+                for k in ("kind", "tokenizer", "source", "settings")
+            }:
+                _say(
+                    f"store {final} is already complete ({existing.n_tokens('train'):,} train tokens); nothing to do"
+                )
+                return final
+            raise UserError(
+                f"{final} already holds a store made with other settings; pass --fresh to replace it, or set data.store=NEW_NAME"
+            )
+        if self.spec.fresh and writer.partial.exists():
+            shutil.rmtree(writer.partial)
+        started = time.perf_counter()
+        resumed = writer.resume()
+        if resumed:
+            _say(
+                f"resuming {final.name} after {writer.docs_read:,} documents (from {writer.partial.name})"
+            )
+        try:
+            stats = tokenize(source, tokenizer, writer, plan, final.name)
+        except BaseException:
+            if not resumed and writer.docs_read == 0 and writer.partial.exists():
+                shutil.rmtree(writer.partial)  # nothing done: leave nothing behind
+            raise
+        extra = {"tokenizer.json": Path(tokenizer.path)} if hasattr(tokenizer, "path") else {}
+        if final.exists():
+            shutil.rmtree(final)  # --fresh: the old store goes only once the new one is complete
+        store = writer.finish(extra)
+        elapsed = time.perf_counter() - started
+        total = store.n_tokens("train") + store.n_tokens("val")
+        _say(
+            f"wrote {final}: {store.n_tokens('train'):,} train / {store.n_tokens('val'):,} val tokens, "
+            f"{stats['docs_read']:,} documents, {sum(len(store.shards(s)) for s in ('train', 'val'))} shards"
+            + (f", {stats['truncated']:,} examples truncated" if stats.get("truncated") else "")
+            + f" ({total / max(elapsed, 1e-9):,.0f} tok/s)"
+        )
+        return final
+
+
+@job("data/tokenize_variable_dataset")
+class TokenizeVariableDataset(TokenizeJob):
+    """Tokenize a source into one token stream (documents joined by end-of-text) for pretraining."""
+
+
+@job("data/tokenize_blockwise_dataset")
+class TokenizeBlockwiseDataset(TokenizeJob):
+    """Tokenize a source into fixed-length examples with a loss mask (chats: assistant-only) for fine-tuning."""
+
+    KIND = "blockwise"
+
+    @classmethod
+    def components(cls) -> list[type]:
+        return [*super().components(), BlockwiseConfig]
+
+    def plan(self) -> Any:
+        from theseus.config import configure
+
+        block = configure(BlockwiseConfig, self.cfg)
+        if block.seq_len < 1:
+            raise UserError(f"data.seq_len={block.seq_len}: must be >= 1")
+        plan = super().plan()
+        plan.seq_len, plan.padding, plan.loss_on = block.seq_len, block.padding, block.loss_on
+        return plan
+
+    def settings(self, plan: Any) -> dict[str, Any]:
+        return {
+            **super().settings(plan),
+            "seq_len": plan.seq_len,
+            "padding": plan.padding,
+            "loss_on": plan.loss_on,
+        }
+
+    def shard_rows(self) -> int:
+        plan_seq_len = self.cfg.data.seq_len
+        return max(1, self.config.shard_tokens // (plan_seq_len + 1))
+
+
+@job("data/train_tokenizer")
+class TrainTokenizer(BasicJob[TokenizerTrainingConfig]):
+    """Train a byte-level BPE tokenizer on any source; writes OUT/tokenizers/<run name>/tokenizer.json."""
+
+    CONFIG = TokenizerTrainingConfig
+
+    @classmethod
+    def components(cls) -> list[type]:
+        return [SourceConfig, TokenizerTrainingConfig]
+
+    def run(self) -> Path:
+        from theseus.config import configure
+        from theseus.data.tokenizer_training import train_bpe
+
+        source_config = configure(SourceConfig, self.cfg)
+        out = self.spec.root / "tokenizers" / self.spec.name / "tokenizer.json"
+        train_bpe(source_config, self.config.vocab_size, self.config.min_frequency, out)
+        _say(f"wrote {out}; use it with tokenizer.backend=huggingface tokenizer.name={out}")
+        return out

@@ -1,0 +1,259 @@
+"""Tokenizers behind one small interface: tiktoken encodings, Hugging Face `tokenizers`, or bytes.
+
+A tokenizer is known by its identity `{backend, name, hash}`; the hash covers the vocabulary (and
+everything else that changes the ids), so a token store can tell which tokenizer produced it.
+Anything that would need a download and cannot get one fails at once with the setting to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from theseus.config import field
+from theseus.errors import UserError
+
+BACKENDS = ("tiktoken", "huggingface", "bytes")
+TIKTOKEN_ENCODINGS = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
+EOT_TEXT = "<|endoftext|>"
+_HF_EOT_CANDIDATES = (EOT_TEXT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer turns text into ids."""
+
+    backend: str = field(
+        "tokenizer/backend",
+        default="tiktoken",
+        choices=BACKENDS,
+        help="tiktoken | huggingface (a tokenizer.json, a folder holding one, or a hub id) | bytes (no download)",
+    )
+    name: str = field(
+        "tokenizer/name",
+        default="gpt2",
+        help="tiktoken encoding (gpt2, r50k_base, cl100k_base, o200k_base) or Hugging Face tokenizer path/hub id; ignored for bytes",
+    )
+
+
+class Tokenizer:
+    """Text <-> ids. `encode_batch` uses every core the backend can use and keeps input order."""
+
+    eot_id: int
+    vocab_size: int
+    identity: dict[str, str]
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def encode_batch_arrays(self, texts: list[str]) -> list[Any]:
+        """`encode_batch` as numpy int arrays (what the tokenize jobs write)."""
+        import numpy as np
+
+        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+
+class BytesTokenizer(Tokenizer):
+    """UTF-8 bytes as ids 0..255, plus 256 for end-of-text."""
+
+    def __init__(self) -> None:
+        self.eot_id = 256
+        self.vocab_size = 257
+        self.identity = {
+            "backend": "bytes",
+            "name": "utf-8",
+            "hash": _sha256("bytes:utf-8:eot=256"),
+        }
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(text.encode("utf-8")) for text in texts]
+
+    def encode_batch_arrays(self, texts: list[str]) -> list[Any]:
+        import numpy as np
+
+        return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken encoding; `encode_batch` runs on a thread per core (tiktoken releases the GIL)."""
+
+    def __init__(self, name: str) -> None:
+        self.encoding = _tiktoken_encoding(name)
+        self.eot_id = self.encoding.eot_token
+        self.vocab_size = self.encoding.n_vocab
+        ranks = self.encoding._mergeable_ranks
+        digest = hashlib.sha256()
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+            digest.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+        digest.update(json.dumps(self.encoding._special_tokens, sort_keys=True).encode())
+        digest.update(self.encoding._pat_str.encode())
+        self.identity = {"backend": "tiktoken", "name": name, "hash": digest.hexdigest()}
+        self._threads = os.cpu_count() or 1
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=self._threads)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids)
+
+
+class HuggingFaceTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` tokenizer; `encode_batch` runs in its Rust thread pool."""
+
+    def __init__(self, name: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.path = _huggingface_file(name)
+        text = self.path.read_text()
+        try:
+            self.tokenizer = HFTokenizer.from_str(text)
+        except Exception as exc:  # the Rust side raises a plain Exception for bad files
+            raise UserError(f"tokenizer.name={name}: not a valid tokenizer.json ({exc})") from None
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        eot = next((vocab[t] for t in _HF_EOT_CANDIDATES if t in vocab), None)
+        if eot is None:
+            raise UserError(
+                f"tokenizer.name={name}: no end-of-text token (looked for {', '.join(_HF_EOT_CANDIDATES)}); "
+                "train one with data/train_tokenizer or add one of these special tokens"
+            )
+        self.eot_id = eot
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+        ident = name if not Path(name).expanduser().exists() else str(self.path)
+        self.identity = {"backend": "huggingface", "name": ident, "hash": _sha256(canonical)}
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_TIKTOKEN_LOCK = threading.Lock()
+
+
+class _NeedsDownload(Exception):
+    pass
+
+
+def _tiktoken_encoding(name: str) -> Any:
+    """Load a tiktoken encoding from its cache only: a cache miss is an error, not a download."""
+    if name not in TIKTOKEN_ENCODINGS:
+        raise UserError(
+            f"tokenizer.name={name!r} is not a tiktoken encoding; use one of {', '.join(TIKTOKEN_ENCODINGS)}"
+        )
+    import tiktoken
+    import tiktoken.load
+
+    with _TIKTOKEN_LOCK:
+        original = tiktoken.load.read_file
+
+        def local_only(blobpath: str) -> bytes:
+            if "://" in blobpath:
+                raise _NeedsDownload(blobpath)
+            return original(blobpath)
+
+        tiktoken.load.read_file = local_only
+        try:
+            return tiktoken.get_encoding(name)
+        except _NeedsDownload as missing:
+            cache = (
+                os.environ.get("TIKTOKEN_CACHE_DIR")
+                or os.environ.get("DATA_GYM_CACHE_DIR")
+                or "the default cache"
+            )
+            raise UserError(
+                f"tiktoken {name} is not in {cache} and theseus does not download at run time "
+                f"({missing.args[0]}); set TIKTOKEN_CACHE_DIR to a folder holding it, or use "
+                "tokenizer.backend=bytes, or tokenizer.backend=huggingface tokenizer.name=/path/to/tokenizer.json"
+            ) from None
+        finally:
+            tiktoken.load.read_file = original
+
+
+def _huggingface_file(name: str) -> Path:
+    """The local tokenizer.json for a path, a folder, or a hub id found in the local hub cache."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"tokenizer.name={name}: the folder holds no tokenizer.json")
+        return path.resolve()
+    if path.is_file():
+        return path.resolve()
+    if name.endswith(".json") or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(
+            f"tokenizer.name={name}: no such file; give a tokenizer.json, a folder holding one, or a hub id"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(name, "tokenizer.json", local_files_only=True))
+    except Exception:
+        pass
+    from theseus.data.datasets.hub import require_hub
+
+    require_hub(
+        f"tokenizer.name={name}",
+        "give a local tokenizer.json or folder, or use tokenizer.backend=bytes",
+    )
+    try:
+        return Path(hf_hub_download(name, "tokenizer.json"))
+    except Exception as exc:
+        raise UserError(
+            f"tokenizer.name={name}: cannot fetch tokenizer.json from the hub ({type(exc).__name__})"
+        ) from None
+
+
+def make_tokenizer(backend: str, name: str) -> Tokenizer:
+    """The tokenizer a config names."""
+    if backend == "bytes":
+        return BytesTokenizer()
+    if backend == "tiktoken":
+        return TiktokenTokenizer(name)
+    if backend == "huggingface":
+        return HuggingFaceTokenizer(name)
+    raise UserError(f"tokenizer.backend={backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+def load_tokenizer(identity: dict[str, Any], fallback: Path | None = None) -> Tokenizer:
+    """The tokenizer a store's manifest names; refuses one whose vocabulary hash differs.
+
+    `fallback` is a tokenizer.json to use when the original Hugging Face file is gone
+    (stores keep a copy of theirs).
+    """
+    backend, name = identity.get("backend", ""), identity.get("name", "")
+    try:
+        tokenizer = make_tokenizer(backend, name)
+    except UserError:
+        if backend != "huggingface" or fallback is None or not fallback.is_file():
+            raise
+        tokenizer = make_tokenizer(backend, str(fallback))
+    if identity.get("hash") and tokenizer.identity["hash"] != identity["hash"]:
+        if backend == "huggingface" and fallback is not None and fallback.is_file():
+            copy = make_tokenizer(backend, str(fallback))
+            if copy.identity["hash"] == identity["hash"]:
+                return copy
+        raise UserError(
+            f"tokenizer {backend}:{name} has changed since the store was written (vocabulary hash differs); "
+            "re-tokenize, or point tokenizer.name at the original file"
+        )
+    return tokenizer
