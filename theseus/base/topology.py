@@ -81,7 +81,9 @@ class Layout:
         """Split `n_devices`: `tensor` and `fsdp` as asked, the rest data-parallel."""
         tensor = tensor or 1
         if fsdp < 1 or tensor < 1:
-            raise UserError(f"parallel.fsdp and tensor shards must be >= 1, got fsdp={fsdp} tensor={tensor}")
+            raise UserError(
+                f"parallel.fsdp and tensor shards must be >= 1, got fsdp={fsdp} tensor={tensor}"
+            )
         if n_devices % (fsdp * tensor):
             raise UserError(
                 f"{n_devices} devices do not split into fsdp={fsdp} x tensor={tensor}; "

@@ -1,0 +1,223 @@
+"""Checkpoints: the one module that talks to Orbax.
+
+A checkpoint is a step folder written by an Orbax `CheckpointManager` (asynchronously, and
+atomically: it is written under a temporary name and renamed when complete, so an interrupted
+save never becomes the latest). It holds three items: `params`, `opt` (the optimizer state) and
+`meta` (step, seed, the full RNG key, the resolved config, the job and its spec, the vocabulary
+size and the training store's tokenizer identity). With the deterministic loader that is all a
+run needs to resume bitwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from theseus.errors import UserError
+
+FORMAT = 1
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Save and restore train states under one run's checkpoint folder.
+
+    Keeps the last `keep_last` checkpoints plus every one whose step is a multiple of
+    `keep_every`. A save that fails is reported and leaves the earlier checkpoints as they were.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep_last: int = 3,
+        keep_every: int | None = None,
+        asynchronous: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        self.directory = Path(directory).resolve()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep_last,
+            keep_period=keep_every,
+            enable_async_checkpointing=asynchronous,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt", "meta")
+        )
+        self.failures: list[str] = []
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step (an interrupted write does not count)."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def steps(self) -> list[int]:
+        self._manager.reload()
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, params: Any, opt: Any, meta: dict[str, Any]) -> bool:
+        """Start writing a checkpoint of `step`; False (and a report) if it could not be written.
+
+        An error of an earlier asynchronous save surfaces here too and is reported the same way.
+        """
+        self._collect_errors()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(params),
+                    opt=ocp.args.StandardSave(opt),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+        except Exception as exc:
+            self._fail(step, exc)
+            return False
+        return True
+
+    def wait(self) -> bool:
+        """Block until pending saves are on disk; False if one failed (it is reported)."""
+        before = len(self.failures)
+        self._collect_errors()
+        return len(self.failures) == before
+
+    def _collect_errors(self) -> None:
+        try:
+            self._manager.wait_until_finished()
+        except Exception as exc:
+            self._fail(None, exc)
+
+    def _fail(self, step: int | None, exc: BaseException) -> None:
+        previous = self._manager.latest_step()
+        kept = (
+            f"the previous checkpoint (step {previous}) is intact"
+            if previous is not None
+            else "no earlier checkpoint exists"
+        )
+        what = f"step {step}" if step is not None else "an asynchronous save"
+        message = f"checkpoint of {what} failed: {_first_line(exc)}; {kept}"
+        self.failures.append(message)
+        log.error(message)
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The metadata item of checkpoint `step`."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore(self, step: int, params: Any, opt: Any | None) -> tuple[Any, Any, dict[str, Any]]:
+        """Restore checkpoint `step` into the shapes, dtypes and shardings of `params` and `opt`
+        (pass `opt=None` for weights only)."""
+        items: dict[str, Any] = {
+            "params": ocp.args.StandardRestore(_abstract(params)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if opt is not None:
+            items["opt"] = ocp.args.StandardRestore(_abstract(opt))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"checkpoint {self.directory / str(step)} does not fit this model/optimizer: {_first_line(exc)}"
+            ) from None
+        return (
+            restored["params"],
+            restored.get("opt") if opt is not None else None,
+            dict(restored["meta"]),
+        )
+
+    def close(self) -> None:
+        self._collect_errors()
+        self._manager.close()
+
+
+def _abstract(tree: Any) -> Any:
+    def spec(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree.map(spec, tree)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def key_data(key: jax.Array) -> list[int]:
+    """A typed PRNG key as plain integers (lossless, JSON-friendly)."""
+    return np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
+
+
+def checkpoint_dir_of(path: str | Path) -> Path:
+    """The checkpoint folder for a run folder, a checkpoint folder, or one step inside it.
+
+    A run folder `ROOT/runs/P/G/NAME` maps to `ROOT/checkpoints/P/G/NAME`.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"no such run or checkpoint: {path}")
+    parts = path.parts
+    if "runs" in parts and not any((path / d).is_dir() and d.isdigit() for d in _listdir(path)):
+        i = len(parts) - 1 - parts[::-1].index("runs")
+        candidate = Path(*parts[:i], "checkpoints", *parts[i + 1 :])
+        if candidate.is_dir():
+            return candidate
+    return path
+
+
+def _listdir(path: Path) -> list[str]:
+    return [p.name for p in path.iterdir()] if path.is_dir() else []
+
+
+def locate(path: str | Path) -> tuple[Path, int]:
+    """(checkpoint folder, step) for a run folder, checkpoint folder or step folder."""
+    path = checkpoint_dir_of(path)
+    if path.name.isdigit() and (path / "meta").exists():
+        return path.parent, int(path.name)
+    steps = sorted(int(d) for d in _listdir(path) if d.isdigit() and (path / d / "meta").exists())
+    if not steps:
+        raise UserError(
+            f"no complete checkpoint under {path}; give a run folder or a checkpoint folder"
+        )
+    return path, steps[-1]
+
+
+def load_model(
+    run_or_checkpoint_path: str | Path, root: str | Path | None = None
+) -> tuple[Any, Any, dict[str, Any] | None]:
+    """Build a trained model from a run or checkpoint folder: `(model, cfg, tokenizer identity)`.
+
+    `root`, when given, resolves a relative path against the output folder.
+    """
+    from omegaconf import OmegaConf
+
+    from theseus.registry import JOBS
+
+    path = Path(run_or_checkpoint_path)
+    if root is not None and not path.is_absolute():
+        path = Path(root) / path
+    directory, step = locate(path)
+    checkpointer = Checkpointer(directory, read_only=True, asynchronous=False)
+    try:
+        meta = checkpointer.meta(step)
+        cfg = OmegaConf.create(meta["config"])
+        trainer = JOBS[meta["job"]]
+        model = trainer.build_model(cfg, vocab_size=int(meta["vocab_size"]), seed=int(meta["seed"]))
+        from flax import nnx
+
+        params = nnx.state(model, nnx.Param)
+        params, _, _ = checkpointer.restore(step, params, None)
+        nnx.update(model, params)
+    finally:
+        checkpointer.close()
+    return model, cfg, meta.get("tokenizer")

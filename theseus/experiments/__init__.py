@@ -1,0 +1,1 @@
+"""The registered jobs that train models (`theseus jobs` lists them)."""

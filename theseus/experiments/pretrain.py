@@ -1,0 +1,29 @@
+"""Pretraining jobs: GPT-2 and Llama on token stores, with the shared `BaseTrainer` loop."""
+
+from __future__ import annotations
+
+from theseus.model.models import GPT, Llama
+from theseus.registry import job
+from theseus.training.base import BaseTrainer, BaseTrainerConfig
+
+
+@job("gpt/train/pretrain")
+class PretrainGPT(BaseTrainer[BaseTrainerConfig, GPT]):
+    """Pretrain a GPT-2 style model (default GPT-2 small) with AdamW and a cosine schedule."""
+
+    MODEL = GPT
+    CONFIG = BaseTrainerConfig
+
+    def schedule(self) -> str:
+        return "cosine"
+
+
+@job("llama/train/pretrain")
+class PretrainLlama(BaseTrainer[BaseTrainerConfig, Llama]):
+    """Pretrain a Llama style model (RoPE, RMSNorm, SwiGLU, GQA) with a warmup-stable-decay schedule."""
+
+    MODEL = Llama
+    CONFIG = BaseTrainerConfig
+
+    def schedule(self) -> str:
+        return "wsd"

@@ -1,0 +1,253 @@
+"""`BaseTrainer[Config, Model]`: pretraining with exact, crash-safe checkpoint and resume.
+
+A trainer job names its model class and config, and optionally its schedule::
+
+    @job("my/train/pretrain")
+    class PretrainMyModel(BaseTrainer[BaseTrainerConfig, MyModel]):
+        \"\"\"Pretrain MyModel.\"\"\"
+        MODEL = MyModel
+        CONFIG = BaseTrainerConfig
+
+        def schedule(self) -> str:
+            return "wsd"
+
+The loop (`run`) is: open the token stores, build the model and optimizer on a device mesh,
+resume or restore, then for each step feed the deterministic batch to one jitted step. Metrics
+are logged every `logging.interval` steps, validation every `logging.val_interval`, checkpoints
+every `logging.checkpoint_interval` and when a signal (SIGTERM, SIGUSR1, SIGINT) asks to stop:
+then the run exits with code 75 ("stopped early, checkpoint saved; run again to resume").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from theseus.config import configure, field
+from theseus.data.loader import DatasetMix
+from theseus.errors import UserError
+from theseus.job import RestoreableJob
+from theseus.training.metrics import LoggingConfig
+from theseus.training.optimizers import OptimizerConfig
+
+EXIT_STOPPED = 75
+C = TypeVar("C")
+M = TypeVar("M", bound=nnx.Module)
+_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+@dataclass
+class BaseTrainerConfig:
+    """What to train on, for how long, with which batch; the seed; failure policies."""
+
+    dataset: list[DatasetMix] = field(
+        "training/dataset",
+        default_factory=lambda: [DatasetMix("pystdlib")],
+        help="token stores under OUT/data to train on, each with a sampling rate",
+    )
+    steps: int = field(
+        "training/steps", default=5000, help="optimizer steps (ignored when training.tokens is set)"
+    )
+    tokens: int | None = field(
+        "training/tokens", default=None, help="token budget; sets the step count when given"
+    )
+    batch_size: int = field(
+        "training/batch_size", default=512, help="global batch in sequences per optimizer step"
+    )
+    per_device_batch_size: int | None = field(
+        "training/per_device_batch_size",
+        default=None,
+        help="sequences per device per micro-batch (null = the most that fits; gradient accumulation covers the rest)",
+    )
+    seq_len: int | None = field(
+        "training/seq_len",
+        default=None,
+        help="training sequence length (null = architecture.block_size)",
+    )
+    seed: int = field(
+        "training/seed", default=0, help="seed of initialization, data order and dropout"
+    )
+    z_loss: float = field(
+        "training/z_loss", default=0.0, help="weight of the z-loss (log-sum-exp squared); 0 = off"
+    )
+    reset_at_eot: bool = field(
+        "training/reset_at_eot",
+        default=False,
+        help="restart positions after each end-of-text token",
+    )
+    on_nonfinite: str = field(
+        "training/on_nonfinite",
+        default="stop",
+        choices=("stop", "skip"),
+        help="a non-finite loss or gradient: stop the run naming the step, or skip that update",
+    )
+    overwrite: bool = field(
+        "training/overwrite",
+        default=False,
+        help="with --fresh: move this run's existing checkpoints and logs aside (else --fresh refuses)",
+    )
+    restore_weights_only: bool = field(
+        "training/restore_weights_only",
+        default=False,
+        help="with --restore: take only the weights (fresh optimizer, step 0) instead of the full state",
+    )
+
+
+@dataclass
+class ParallelConfig:
+    """How devices split into data-parallel, FSDP and tensor-parallel groups."""
+
+    fsdp: int = field(
+        "parallel/fsdp",
+        default=1,
+        help="devices sharing one copy of parameters and optimizer state (FSDP)",
+    )
+    tensor: int | None = field(
+        "parallel/tensor",
+        default=None,
+        help="tensor-parallel shards (null = --n_shards, else 1); the rest is data-parallel",
+    )
+
+
+class StoppedEarly(SystemExit):
+    """A signal asked the run to stop; it saved a checkpoint and exits with code 75."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(EXIT_STOPPED)
+        self.step = step
+        self.reason = reason
+
+
+class BaseTrainer(RestoreableJob[C], Generic[C, M]):
+    """Pretrain `MODEL` on token stores; subclasses set MODEL and CONFIG and may override
+    `schedule()` ("wsd", "cosine" or "constant")."""
+
+    MODEL: ClassVar[type]
+    CONFIG: ClassVar[type | None] = BaseTrainerConfig
+
+    @classmethod
+    def components(cls) -> list[type]:
+        return [cls.CONFIG, OptimizerConfig, LoggingConfig, ParallelConfig, cls.MODEL.CONFIG]
+
+    def schedule(self) -> str:
+        """The learning-rate schedule when `optimization.schedule` is null."""
+        return "cosine"
+
+    @classmethod
+    def build_model(cls, cfg: DictConfig, *, vocab_size: int, seed: int) -> M:
+        """The model of `cfg` with its vocabulary set, initialized from `seed`."""
+        config = dataclasses.replace(configure(cls.MODEL.CONFIG, cfg), vocab_size=vocab_size)
+        return cls.MODEL(config, rngs=nnx.Rngs(seed))
+
+    # RestoreableJob ------------------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> Path | None:
+        step = self._checkpointer().latest_step()
+        return None if step is None else self.spec.checkpoint_dir / str(step)
+
+    def save(self) -> Path:
+        self.session.save(self.session.step)
+        self.session.checkpointer.wait()
+        return self.spec.checkpoint_dir / str(self.session.step)
+
+    def load(self, path: Path) -> None:
+        self.session.load(Path(path), weights_only=False, own=True)
+
+    def restore(self, path: Path, weights_only: bool = False) -> None:
+        self.session.load(Path(path), weights_only=weights_only, own=False)
+
+    # Running -------------------------------------------------------------------------------------
+
+    def _checkpointer(self) -> Any:
+        from theseus.checkpoint import Checkpointer
+
+        logging = configure(LoggingConfig, self.cfg)
+        return Checkpointer(
+            self.spec.checkpoint_dir,
+            keep_last=logging.checkpoint_keep,
+            keep_every=logging.checkpoint_keep_every,
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Train to the configured step count (resuming when this run has checkpoints)."""
+        from theseus.base.topology import initialize_distributed
+        from theseus.training.session import Session
+
+        initialize_distributed()
+        self._start_over_if_asked()
+        self.session = Session(self)
+        with _StopSignals() as stop:
+            return self.session.train(stop)
+
+    def _start_over_if_asked(self) -> None:
+        """--fresh: refuse to hide existing checkpoints unless training.overwrite says to move them."""
+        if not self.spec.fresh:
+            return
+        import jax
+
+        directory = self.spec.checkpoint_dir
+        if not any(p.name.isdigit() for p in directory.iterdir()):
+            return
+        config = configure(BaseTrainerConfig, self.cfg)
+        if not config.overwrite:
+            raise UserError(
+                f"--fresh: run {self.spec.name!r} already has checkpoints in {directory}; "
+                "add training.overwrite=true to move them (and its logs) aside, or pick another run name"
+            )
+        if jax.process_index() != 0:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for folder in (directory, self.spec.run_dir):
+            target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+            shutil.move(str(folder), str(target))
+            print(f"--fresh: moved {folder} to {target}", flush=True)
+
+
+def job_name_of(trainer: type) -> str:
+    """The registered name of a job class ("" when it is not registered)."""
+    from theseus.registry import JOBS
+
+    for name in JOBS.names():
+        if JOBS._entries.get(name) is trainer:
+            return name
+    return ""
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data with every interpolation resolved."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
+    return multiple * math.ceil(vocab_size / multiple)
+
+
+class _StopSignals:
+    """Turns SIGTERM / SIGUSR1 / SIGINT into a flag checked at each step boundary."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

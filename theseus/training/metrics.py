@@ -1,0 +1,222 @@
+"""What a run reports: a live progress bar, `metrics.jsonl`, `log.txt`, W&B and TensorBoard.
+
+`metrics.jsonl` is always written (one JSON object per log interval, validation lines carry
+`val_loss`); Weights & Biases (`logging.wandb`, honours `WANDB_MODE=offline`) and TensorBoard
+(`logging.tensorboard`) only when asked. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from theseus.config import field
+
+
+@dataclass
+class LoggingConfig:
+    """How often to log, validate and checkpoint, and where metrics go."""
+
+    interval: int = field(
+        "logging/interval",
+        default=10,
+        help="steps between metric lines (losses are averaged over them)",
+    )
+    val_interval: int = field(
+        "logging/val_interval", default=500, help="steps between validations (0 = never)"
+    )
+    val_batches: int = field(
+        "logging/val_batches", default=20, help="validation batches (the same fixed set each time)"
+    )
+    checkpoint_interval: int = field(
+        "logging/checkpoint_interval", default=1000, help="steps between checkpoints"
+    )
+    checkpoint_keep: int = field(
+        "logging/checkpoint_keep", default=3, help="keep this many latest checkpoints"
+    )
+    checkpoint_keep_every: int | None = field(
+        "logging/checkpoint_keep_every",
+        default=None,
+        help="also keep every checkpoint whose step is a multiple of this",
+    )
+    wandb: bool = field(
+        "logging/wandb", default=False, help="log to Weights & Biases (WANDB_MODE=offline works)"
+    )
+    tensorboard: bool = field(
+        "logging/tensorboard", default=False, help="write TensorBoard events to RUN/tensorboard"
+    )
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` (a torn last line from a crash is ignored)."""
+    records = []
+    path = Path(path)
+    if not path.exists():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLog:
+    """Writes a run's metrics and log, and shows progress; a no-op on processes other than 0."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        config: LoggingConfig,
+        run_name: str,
+        project: str,
+        group: str,
+        hyperparameters: dict[str, Any],
+    ) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.console = Console(stderr=True)
+        self._wandb: Any = None
+        self._tensorboard: Any = None
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if not enabled:
+            return
+        self._log = (run_dir / "log.txt").open("a", buffering=1)
+        if config.wandb:
+            import wandb
+
+            self._wandb = wandb.init(
+                project=project,
+                group=group,
+                name=run_name,
+                dir=str(run_dir),
+                config=hyperparameters,
+                resume="allow",
+            )
+        if config.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        """A line for the user (stderr) and for log.txt."""
+        if not self.enabled:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        self._log.write(f"{stamp} {message}\n")
+        if self._progress is not None:
+            self._progress.console.print(message)
+        else:
+            self.console.print(message, markup=False, highlight=False)
+
+    def keep_until(self, step: int) -> None:
+        """Drop metric lines after `step` (a resumed run rewrites them identically)."""
+        if not self.enabled or not self.metrics_path.exists():
+            return
+        kept = [r for r in read_metrics(self.metrics_path) if int(r.get("step", 0)) <= step]
+        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.metrics_path)
+
+    def reset(self) -> None:
+        """Start the metrics over (a fresh run under an existing name)."""
+        if self.enabled and self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+    def record(self, values: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl and forward it to W&B / TensorBoard."""
+        if not self.enabled:
+            return
+        clean = {k: _finite(v) for k, v in values.items()}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+        step = int(values["step"])
+        numbers = {k: v for k, v in values.items() if k != "step" and isinstance(v, int | float)}
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+        if self._tensorboard is not None:
+            for key, value in numbers.items():
+                self._tensorboard.add_scalar(key, value, step)
+
+    def progress(self, start: int, total: int) -> _ProgressContext:
+        return _ProgressContext(self, start, total)
+
+    def update(self, step: int, summary: str) -> None:
+        """Advance the bar to `step` with the latest interval's figures."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, summary=summary)
+        elif self.enabled and summary:
+            self.info(f"step {step}  {summary}")
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        self._log.close()
+
+
+class _ProgressContext:
+    def __init__(self, log: RunLog, start: int, total: int) -> None:
+        self.log, self.start, self.total = log, start, total
+
+    def __enter__(self) -> RunLog:
+        log = self.log
+        if log.enabled and sys.stderr.isatty():
+            log._progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.fields[summary]}"),
+                TimeRemainingColumn(),
+                console=log.console,
+                refresh_per_second=4,
+            )
+            log._task = log._progress.add_task(
+                "train", total=self.total, completed=self.start, summary="compiling"
+            )
+            log._progress.start()
+        return log
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.log._progress is not None:
+            self.log._progress.stop()
+            self.log._progress = None
+
+
+def summary_line(values: dict[str, Any]) -> str:
+    """The figures shown on the progress bar for one interval."""
+    parts = [
+        f"loss {values['loss']:.4f}",
+        f"lr {values['lr']:.2e}",
+        f"gnorm {values['grad_norm']:.3f}",
+    ]
+    parts.append(f"{values['tokens_per_s']:,.0f} tok/s")
+    if values.get("mfu") is not None:
+        parts.append(f"MFU {100 * values['mfu']:.1f}%")
+    return "  ".join(parts)
+
+
+def interval_records(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The training lines of a metrics file (validation lines excluded)."""
+    return (r for r in records if "loss" in r)

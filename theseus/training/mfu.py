@@ -1,0 +1,64 @@
+"""Peak FLOP/s for MFU: the chip catalogue for accelerators, a measured matmul peak on CPU."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from theseus.base.chips import CHIPS, Chip
+
+# device_kind substrings per catalogue chip: any alternative matches when all its parts occur
+_KIND_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "h100": (("h100",),),
+    "h200": (("h200",),),
+    "b200": (("b200",),),
+    "a100-80gb": (("a100", "80gb"),),
+    "a100-40gb": (("a100",),),
+    "l40s": (("l40s",),),
+    "a6000": (("a6000",),),
+    "rtx4090": (("4090",),),
+    "rtx5090": (("5090",),),
+    "tpu-v4": (("tpu v4",),),
+    "tpu-v5e": (("tpu v5 lite",), ("v5e",)),
+    "tpu-v5p": (("tpu v5p",), ("v5p",)),
+    "tpu-v6e": (("tpu v6",), ("v6e",)),
+}
+
+
+def chip_of(device: Any) -> Chip | None:
+    """The catalogue entry of a JAX device, from its device_kind string."""
+    kind = str(getattr(device, "device_kind", "")).lower()
+    for name, alternatives in _KIND_MARKERS.items():
+        if any(all(part in kind for part in parts) for parts in alternatives):
+            return CHIPS[name]
+    return None
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the best of `repeats` float32 `size`^3 matmuls through XLA on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_flops(devices: list[Any], process_count: int) -> tuple[float, str]:
+    """Total peak FLOP/s of `devices` and where the figure came from.
+
+    CPU devices of one process share the same cores, so their peak is one measurement per process.
+    """
+    device = devices[0]
+    if device.platform == "cpu":
+        return measure_matmul_peak() * process_count, "measured f32 matmul"
+    chip = chip_of(device)
+    if chip is None or chip.bf16_flops is None:
+        return 0.0, f"unknown chip {device.device_kind!r}"
+    return chip.bf16_flops * len(devices), f"{chip.name} bf16 datasheet"

@@ -1,0 +1,148 @@
+"""Optimizers: AdamW (weight decay masked off norms, biases and embeddings) and Muon.
+
+Both return an optax transformation whose updates still have to be multiplied by the learning
+rate: the train step does that with the schedule evaluated at the step it is given, so the rate
+is a pure function of the step (not of an optimizer counter that a skipped update would not
+advance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from theseus.config import field
+from theseus.errors import UserError
+
+OPTIMIZERS = ("adamw", "muon")
+_NO_DECAY = ("embed", "norm", "bias", "scale")
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer, learning-rate schedule and clipping."""
+
+    optimizer: str = field(
+        "optimization/optimizer", default="adamw", choices=OPTIMIZERS, help="adamw or muon"
+    )
+    lr: float = field("optimization/lr", default=6e-4, help="peak learning rate")
+    min_lr: float = field(
+        "optimization/min_lr", default=6e-5, help="learning rate at the end of the decay"
+    )
+    warmup_steps: int = field(
+        "optimization/warmup_steps", default=200, help="steps of linear warmup from 0"
+    )
+    schedule: str | None = field(
+        "optimization/schedule",
+        default=None,
+        choices=("wsd", "cosine", "constant"),
+        help="wsd, cosine or constant; null = the job's own choice (its schedule() method)",
+    )
+    decay_fraction: float = field(
+        "optimization/decay_fraction", default=0.2, help="wsd: fraction of the run spent decaying"
+    )
+    b1: float = field(
+        "optimization/b1", default=0.9, help="Adam beta1 (Muon: momentum of the Adam part)"
+    )
+    b2: float = field("optimization/b2", default=0.95, help="Adam beta2")
+    eps: float = field("optimization/eps", default=1e-8, help="Adam epsilon")
+    weight_decay: float = field(
+        "optimization/weight_decay",
+        default=0.1,
+        help="decoupled weight decay; never applied to norms, biases or embeddings",
+    )
+    clip_norm: float | None = field(
+        "optimization/clip_norm",
+        default=1.0,
+        help="clip gradients to this global norm; null = no clipping",
+    )
+    muon_momentum: float = field("optimization/muon_momentum", default=0.95, help="Muon: momentum")
+
+
+def _path_names(path: tuple[Any, ...]) -> list[str]:
+    names = []
+    for entry in path:
+        name = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))
+        names.append(str(name).lower())
+    return names
+
+
+def decays(path: tuple[Any, ...], leaf: Any) -> bool:
+    """Whether weight decay applies to the parameter at `path`: not to norms, biases, embeddings."""
+    names = _path_names(path)
+    if any(marker in name for name in names for marker in _NO_DECAY):
+        return False
+    return getattr(leaf, "ndim", 2) >= 2
+
+
+def decay_mask(params: Any) -> Any:
+    """A pytree of bools shaped like `params`: True where weight decay applies."""
+    import jax
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _muon_dims(params: Any) -> Any:
+    """Muon orthogonalizes hidden matrices; embeddings, the head, norms and biases use Adam.
+
+    Attention kernels are stored per head: q/k/v are [d_model, heads, head_dim] (reduce over
+    axis 0) and o is [heads, head_dim, d_model] (reduce over axes 0 and 1).
+    """
+    import jax
+    from optax.contrib import MuonDimensionNumbers
+
+    def dims(path: tuple[Any, ...], leaf: Any) -> Any:
+        names = [n for n in _path_names(path) if n != "value"]
+        if any(marker in name for name in names for marker in ("embed", "head", *_NO_DECAY)):
+            return None
+        if leaf.ndim == 2:
+            return MuonDimensionNumbers(0, 1)
+        if leaf.ndim == 3 and names and names[-1] == "o":
+            return MuonDimensionNumbers((0, 1), 2)
+        if leaf.ndim == 3:
+            return MuonDimensionNumbers(0, (1, 2))
+        return None
+
+    return jax.tree_util.tree_map_with_path(dims, params)
+
+
+def make_optimizer(config: OptimizerConfig) -> Any:
+    """The optax transformation for `config` (learning rate 1: the step scales by the schedule)."""
+    import optax
+
+    parts = []
+    if config.clip_norm is not None:
+        if config.clip_norm <= 0:
+            raise UserError(f"optimization.clip_norm must be > 0 or null, got {config.clip_norm}")
+        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    if config.optimizer == "adamw":
+        parts.append(
+            optax.adamw(
+                1.0,
+                b1=config.b1,
+                b2=config.b2,
+                eps=config.eps,
+                weight_decay=config.weight_decay,
+                mask=decay_mask,
+            )
+        )
+    elif config.optimizer == "muon":
+        from optax.contrib import muon
+
+        parts.append(
+            muon(
+                1.0,
+                beta=config.muon_momentum,
+                weight_decay=config.weight_decay,
+                weight_decay_mask=decay_mask,
+                adam_b1=config.b1,
+                adam_b2=config.b2,
+                adam_weight_decay=0.0,
+                muon_weight_dimension_numbers=_muon_dims,
+            )
+        )
+    else:
+        raise UserError(
+            f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    return optax.chain(*parts)

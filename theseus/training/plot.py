@@ -1,0 +1,67 @@
+"""Loss curves as PNG: one run at the end of training, or several overlaid by `theseus plot`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from theseus.errors import UserError
+from theseus.training.metrics import read_metrics
+
+
+def metrics_file(run: str | Path) -> Path:
+    """The metrics.jsonl of a run folder (or the file itself)."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(
+            f"no metrics.jsonl at {path}; give a run folder (OUT/runs/PROJECT/GROUP/NAME)"
+        )
+    return path
+
+
+def plot_runs(
+    runs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None
+) -> Path:
+    """Plot training (solid) and validation (dashed) loss of each run against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise UserError("give at least one run folder to plot")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, run in enumerate(runs):
+        path = metrics_file(run)
+        label = labels[i] if labels else path.parent.name
+        records = read_metrics(path)
+        train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
+        val = [
+            (r["step"], r["val_loss"])
+            for r in records
+            if isinstance(r.get("val_loss"), int | float)
+        ]
+        color = f"C{i % 10}"
+        if train:
+            ax.plot(*zip(*train, strict=True), color=color, label=f"{label} train")
+        if val:
+            ax.plot(
+                *zip(*val, strict=True),
+                color=color,
+                linestyle="--",
+                marker="o",
+                label=f"{label} val",
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,509 @@
+"""One training session of a `BaseTrainer`: devices, data, model, optimizer, checkpoints, loop.
+
+Kept apart from `base.py` so that the job class stays a short, readable declaration while this
+module holds the moving parts, in the order they happen.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from theseus.base.topology import Layout
+from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
+from theseus.config import configure
+from theseus.data.loader import Loader
+from theseus.data.store import TokenStore
+from theseus.errors import UserError
+from theseus.model.layers.params import logical_axes
+from theseus.model.sharding import spec_for
+from theseus.training.metrics import LoggingConfig, RunLog, summary_line
+from theseus.training.mfu import peak_flops
+from theseus.training.optimizers import OptimizerConfig, make_optimizer
+from theseus.training.plan import Plan, device_memory_bytes, sequence_bytes, solve_plan
+from theseus.training.plot import plot_runs
+from theseus.training.schedules import make_schedule
+from theseus.training.step import make_eval_step, make_train_step, split_model
+
+if TYPE_CHECKING:
+    from theseus.training.base import BaseTrainer, BaseTrainerConfig, _StopSignals
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+class Session:
+    """Everything one `run()` of a trainer holds; `train()` is the loop."""
+
+    def __init__(self, trainer: BaseTrainer) -> None:
+        from theseus.training.base import ParallelConfig, padded_vocab
+
+        self.trainer = trainer
+        self.spec = trainer.spec
+        cfg = trainer.cfg
+        self.config: BaseTrainerConfig = trainer.config
+        self.optim = configure(OptimizerConfig, cfg)
+        self.logging = configure(LoggingConfig, cfg)
+        parallel = configure(ParallelConfig, cfg)
+        self.arch = configure(type(trainer).MODEL.CONFIG, cfg)
+        self.process = jax.process_index()
+        self.process_count = jax.process_count()
+        self.main = self.process == 0
+
+        # devices
+        devices = jax.devices()
+        self.layout = Layout.solve(
+            len(devices), parallel.fsdp, parallel.tensor or self.spec.request.n_shards
+        )
+        self.mesh = self.layout.mesh(devices)
+        self.block_each_step = len(devices) > 1
+
+        # data
+        self.stores = [self._open_store(mix.name) for mix in self.config.dataset]
+        if not self.stores:
+            raise UserError(
+                "training.dataset is empty; add a token store, e.g. training.dataset=[{name: pystdlib}]"
+            )
+        self.rates = [mix.rate for mix in self.config.dataset]
+        self._check_stores()
+        store_vocab = self.stores[0].manifest.vocab_size
+        vocab = self.arch.vocab_size or padded_vocab(store_vocab)
+        if vocab < store_vocab:
+            raise UserError(
+                f"architecture.vocab_size={vocab} is smaller than the token store's vocabulary ({store_vocab})"
+            )
+        self.vocab_size = vocab
+        seq_len = self.config.seq_len or self.arch.block_size
+        if seq_len > self.arch.block_size and self.arch.positions == "learned":
+            raise UserError(
+                f"training.seq_len={seq_len} exceeds architecture.block_size={self.arch.block_size}"
+            )
+
+        # model, plan
+        self.model = type(trainer).build_model(cfg, vocab_size=vocab, seed=self.config.seed)
+        self.graphdef, params, self.rest = split_model(self.model)
+        n_params = sum(x.size for x in jax.tree.leaves(params))
+        compute_bytes = jnp.dtype(self.arch.dtype).itemsize
+        self.plan: Plan = solve_plan(
+            global_batch=self.config.batch_size,
+            per_device_batch=self.config.per_device_batch_size,
+            batch_shards=self.layout.batch_shards,
+            process_count=self.process_count,
+            seq_len=seq_len,
+            steps=self.config.steps,
+            tokens=self.config.tokens,
+            memory_bytes=device_memory_bytes(devices[0], jax.local_device_count()),
+            state_bytes=16.0 * n_params / (self.layout.fsdp * self.layout.tensor),
+            sequence_bytes=sequence_bytes(
+                n_layers=self.arch.n_layers,
+                d_model=self.arch.d_model,
+                n_heads=self.arch.n_heads,
+                seq_len=seq_len,
+                vocab=vocab,
+                compute_bytes=compute_bytes,
+            ),
+        )
+        self.flops_per_token = float(self.model.flops_per_token(seq_len))
+
+        # state on the mesh
+        self.param_shardings = jax.tree.map(
+            lambda v: v.replace(
+                NamedSharding(self.mesh, spec_for(logical_axes(v) or (), tuple(v.shape), self.mesh))
+            ),
+            params,
+            is_leaf=_is_variable,
+        )
+        self.params = jax.device_put(params, self.param_shardings)
+        self.tx = make_optimizer(self.optim)
+        self.opt_shardings = self._mirror_shardings(jax.eval_shape(self.tx.init, params))
+        self.opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
+        self.step = 0
+        self.checkpointer = Checkpointer(
+            self.spec.checkpoint_dir,
+            keep_last=self.logging.checkpoint_keep,
+            keep_every=self.logging.checkpoint_keep_every,
+        )
+        self.log = RunLog(
+            self.spec.run_dir,
+            enabled=self.main,
+            config=self.logging,
+            run_name=self.spec.name,
+            project=self.spec.project,
+            group=self.spec.group,
+            hyperparameters=_resolved(cfg),
+        )
+
+    # setup helpers -------------------------------------------------------------------------------
+
+    def _open_store(self, name: str) -> TokenStore:
+        path = self.spec.root / "data" / name
+        if not (path / "manifest.json").is_file():
+            raise UserError(
+                f"no token store {name!r} at {path}; write it first with "
+                f"`theseus configure data/tokenize_variable_dataset tok.yaml data.name={name}` and "
+                f"`theseus run tokenize-{name} tok.yaml {self.spec.root}`, or set training.dataset"
+            )
+        return TokenStore.open(path, verify=False)
+
+    def _check_stores(self) -> None:
+        first = self.stores[0].manifest
+        for store in self.stores[1:]:
+            if store.manifest.tokenizer != first.tokenizer:
+                raise UserError(
+                    f"token stores {self.stores[0].path.name} and {store.path.name} use different tokenizers; "
+                    "train on stores written with the same tokenizer"
+                )
+        for store in self.stores:
+            if store.n_tokens("train") == 0:
+                raise UserError(f"token store {store.path} has no training tokens")
+
+    def _mirror_shardings(self, abstract: Any) -> Any:
+        """Optimizer state leaves shaped like a parameter get its sharding; the rest is replicated."""
+        flat = {
+            jax.tree_util.keystr(path): sharding
+            for path, sharding in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]
+        }
+        replicated = NamedSharding(self.mesh, P())
+
+        def pick(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
+            for i in range(len(path)):
+                sharding = flat.get(jax.tree_util.keystr(path[i:]))
+                if sharding is not None and len(sharding.spec) <= len(leaf.shape):
+                    return sharding
+            return replicated
+
+        return jax.tree_util.tree_map_with_path(pick, abstract)
+
+    # checkpoints ---------------------------------------------------------------------------------
+
+    def meta(self, step: int) -> dict[str, Any]:
+        from theseus.training.base import job_name_of
+
+        trainer = type(self.trainer)
+        return {
+            "format": FORMAT,
+            "step": step,
+            "seed": self.config.seed,
+            "rng_key": key_data(jax.random.key(self.config.seed)),
+            "job": job_name_of(trainer),
+            "trainer": f"{trainer.__module__}:{trainer.__qualname__}",
+            "vocab_size": self.vocab_size,
+            "tokenizer": dict(self.stores[0].manifest.tokenizer),
+            "config": _resolved(self.trainer.cfg),
+            "spec": self.spec.as_dict(),
+        }
+
+    def save(self, step: int) -> bool:
+        before = len(self.checkpointer.failures)
+        ok = self.checkpointer.save(step, self.params, self.opt, self.meta(step))
+        for message in self.checkpointer.failures[before:]:
+            self.log.info(f"warning: {message}")
+        return ok
+
+    def load(self, path: Path, *, weights_only: bool, own: bool) -> None:
+        """Replace the state by a checkpoint (a step folder, checkpoint folder or run folder)."""
+        directory, step = locate(path)
+        other = (
+            self.checkpointer
+            if own
+            else Checkpointer(directory, read_only=True, asynchronous=False)
+        )
+        try:
+            params, opt, meta = other.restore(step, self.params, None if weights_only else self.opt)
+        finally:
+            if not own:
+                other.close()
+        if int(meta.get("vocab_size", self.vocab_size)) != self.vocab_size:
+            raise UserError(
+                f"checkpoint {directory}/{step} has vocabulary {meta['vocab_size']}, this run {self.vocab_size}; "
+                "set architecture.vocab_size to match"
+            )
+        self.params = params
+        if not weights_only:
+            self.opt = opt
+            self.step = int(meta["step"])
+
+    def _resume_or_restore(self) -> None:
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            self.load(self.spec.checkpoint_dir / str(latest), weights_only=False, own=True)
+            note = (
+                f" (--restore {self.spec.restore} ignored: the run has its own checkpoints)"
+                if self.spec.restore
+                else ""
+            )
+            self.log.info(
+                f"resuming {self.spec.name} from its checkpoint at step {self.step}{note}"
+            )
+            self.log.keep_until(self.step)
+            return
+        if self.spec.fresh:
+            self.log.reset()
+        if self.spec.restore:
+            weights_only = self.config.restore_weights_only
+            self.load(Path(self.spec.restore), weights_only=weights_only, own=False)
+            what = "weights" if weights_only else f"full state at step {self.step}"
+            self.log.info(f"restored {what} from {self.spec.restore}")
+        self.log.keep_until(self.step)
+
+    # the loop ------------------------------------------------------------------------------------
+
+    def _batch_sharding(self, rank: int) -> NamedSharding:
+        spec = (None, BATCH_AXES, None) if rank == 3 else (BATCH_AXES, None)
+        return NamedSharding(self.mesh, P(*spec))
+
+    def _to_device(
+        self, batch: dict[str, np.ndarray], accumulation: int | None
+    ) -> dict[str, jax.Array]:
+        """Host rows of this process -> one global array per key ([accumulation, micro, seq])."""
+        out = {}
+        for key, local in batch.items():
+            if accumulation is not None:
+                local = local.reshape(accumulation, -1, local.shape[-1])
+            sharding = self._batch_sharding(local.ndim)
+            if self.process_count == 1:
+                out[key] = jax.device_put(local, sharding)
+            else:
+                shape = list(local.shape)
+                shape[-2] *= self.process_count
+                out[key] = jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+        return out
+
+    def _compile(self) -> tuple[Any, Any, float]:
+        plan = self.plan
+        name = self.optim.schedule or self.trainer.schedule()
+        self.schedule_name = name
+        schedule = make_schedule(
+            name,
+            lr=self.optim.lr,
+            min_lr=self.optim.min_lr,
+            warmup_steps=self.optim.warmup_steps,
+            total_steps=plan.steps,
+            decay_fraction=self.optim.decay_fraction,
+        )
+        step_fn = make_train_step(
+            self.graphdef,
+            self.rest,
+            self.tx,
+            schedule,
+            seed=self.config.seed,
+            accumulation=plan.accumulation,
+            z_loss=self.config.z_loss,
+            dropout=self.arch.dropout > 0,
+            skip_nonfinite=self.config.on_nonfinite == "skip",
+        )
+        state_shardings = {"params": self.param_shardings, "opt": self.opt_shardings}
+        local = plan.global_batch // self.process_count
+        example = {
+            "inputs": np.zeros((local, plan.seq_len), np.int32),
+            "targets": np.zeros((local, plan.seq_len), np.int32),
+            "loss_mask": np.zeros((local, plan.seq_len), np.float32),
+            "positions": np.zeros((local, plan.seq_len), np.int32),
+        }
+        batch = self._to_device(example, plan.accumulation)
+        batch_shardings = {k: v.sharding for k, v in batch.items()}
+        replicated = NamedSharding(self.mesh, P())
+        start = time.perf_counter()
+        train = jax.jit(
+            step_fn,
+            in_shardings=(state_shardings, batch_shardings, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        compiled = train.lower(
+            {"params": self.params, "opt": self.opt}, batch, jnp.int32(0)
+        ).compile()
+        evaluate = jax.jit(
+            make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
+        )
+        return compiled, evaluate, time.perf_counter() - start
+
+    def _validation_batches(self) -> list[dict[str, jax.Array]]:
+        if not self.logging.val_interval or not self.logging.val_batches:
+            return []
+        if any(store.n_tokens("val") == 0 for store in self.stores):
+            self.log.info("no validation split in the token store(s); validation is off")
+            return []
+        loader = self._loader("val", self.plan.micro_batch)
+        try:
+            return [self._to_device(loader.batch(i), None) for i in range(self.logging.val_batches)]
+        finally:
+            loader.close()
+
+    def _loader(self, split: str, global_batch: int) -> Loader:
+        return Loader(
+            self.stores,
+            self.rates,
+            self.plan.seq_len,
+            global_batch,
+            seed=self.config.seed,
+            process_index=self.process,
+            process_count=self.process_count,
+            split=split,
+            reset_at_eot=self.config.reset_at_eot,
+        )
+
+    def validate(self, evaluate: Any, batches: list[dict[str, jax.Array]]) -> float:
+        total, count = 0.0, 0.0
+        for batch in batches:
+            loss, n = evaluate(self.params, batch)
+            total += float(loss)
+            count += float(n)
+        return total / max(count, 1.0)
+
+    def train(self, stop: _StopSignals) -> dict[str, Any]:
+        plan, log = self.plan, self.log
+        self._resume_or_restore()
+        if self.main:
+            from theseus.config import atomic_write, to_yaml
+
+            atomic_write(
+                self.spec.run_dir / "config.yaml", to_yaml(self.trainer.cfg, self.trainer.schema())
+            )
+        compiled, evaluate, compile_s = self._compile()
+        peak, peak_source = peak_flops(jax.devices(), self.process_count)
+        log.info(
+            f"{self.spec.name}: {plan.steps} steps x {plan.global_batch} seqs x {plan.seq_len} tokens "
+            f"(per device {plan.per_device_batch}, accumulation {plan.accumulation}) on "
+            f"{self.layout.n_devices} {jax.devices()[0].platform} device(s) "
+            f"[data {self.layout.data}, fsdp {self.layout.fsdp}, tensor {self.layout.tensor}]; "
+            f"schedule {self.schedule_name}; compiled in {compile_s:.1f}s; peak {peak / 1e12:.2f} TFLOP/s ({peak_source})"
+        )
+        val_batches = self._validation_batches()
+        last: dict[str, Any] = {"step": self.step}
+        if self.step >= plan.steps:
+            log.info(f"{self.spec.name} already finished at step {self.step}")
+            return last
+        loader = self._loader("train", plan.global_batch)
+        pending: list[tuple[int, Any]] = []
+        last_saved = self.step
+        interval_start = time.perf_counter()
+        interval_steps = 0
+        try:
+            with log.progress(self.step, plan.steps):
+                for step, host_batch in loader.iterate(self.step, prefetch=4):
+                    if step >= plan.steps:
+                        break
+                    batch = self._to_device(host_batch, plan.accumulation)
+                    state, metrics = compiled(
+                        {"params": self.params, "opt": self.opt}, batch, jnp.int32(step)
+                    )
+                    self.params, self.opt = state["params"], state["opt"]
+                    if self.block_each_step:
+                        metrics["loss"].block_until_ready()
+                    pending.append((step, metrics))
+                    self.step = step + 1
+                    interval_steps += 1
+                    done = self.step
+                    if done % self.logging.interval == 0 or done == plan.steps:
+                        elapsed = time.perf_counter() - interval_start
+                        last = self._flush(pending, elapsed, interval_steps, peak)
+                        pending, interval_steps = [], 0
+                        interval_start = time.perf_counter()
+                    if val_batches and (
+                        done % self.logging.val_interval == 0 or done == plan.steps
+                    ):
+                        last["val_loss"] = self.validate(evaluate, val_batches)
+                        log.record({"step": done, "val_loss": last["val_loss"]})
+                        log.info(f"step {done}  val_loss {last['val_loss']:.4f}")
+                        interval_start = time.perf_counter()
+                    if done % self.logging.checkpoint_interval == 0 and done < plan.steps:
+                        self.save(done)
+                        last_saved = done
+                    if self._stop_requested(stop):
+                        if pending:
+                            last = self._flush(
+                                pending, time.perf_counter() - interval_start, interval_steps, peak
+                            )
+                        self._stop(done, stop.signal_name or "a signal", last_saved)
+            before = len(self.checkpointer.failures)
+            if last_saved != self.step:
+                self.save(self.step)
+            if not self.checkpointer.wait() or len(self.checkpointer.failures) > before:
+                raise UserError(
+                    f"the final checkpoint was not written: {self.checkpointer.failures[-1]}"
+                )
+        finally:
+            loader.close()
+            self.checkpointer.close()
+            log.close()
+        if self.main:
+            plot_runs([self.spec.run_dir], self.spec.run_dir / "loss.png", labels=[self.spec.name])
+        return last
+
+    def _flush(
+        self, pending: list[tuple[int, Any]], elapsed: float, n_steps: int, peak: float
+    ) -> dict[str, Any]:
+        """Fetch an interval's metrics, stop on a non-finite loss, and log the averages."""
+        fetched = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, fetched, strict=True):
+            if not bool(m["finite"]):
+                if self.config.on_nonfinite == "skip":
+                    self.log.info(
+                        f"warning: non-finite loss or gradient at step {step}; update skipped"
+                    )
+                    continue
+                latest = self.checkpointer.latest_step()
+                self.checkpointer.wait()
+                raise UserError(
+                    f"loss became non-finite at step {step} (loss {float(m['loss'])}, grad norm "
+                    f"{float(m['grad_norm'])}); last checkpoint: {latest}. Lower optimization.lr, or set "
+                    "training.on_nonfinite=skip"
+                )
+        finite = [m for m in fetched if bool(m["finite"])] or fetched
+        tokens_per_s = n_steps * self.plan.tokens_per_step / max(elapsed, 1e-9)
+        values = {
+            "step": self.step,
+            "loss": float(np.mean([m["loss"] for m in finite])),
+            "lr": float(fetched[-1]["lr"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in finite])),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_token / peak if peak else None,
+            "tokens": self.step * self.plan.tokens_per_step,
+        }
+        if self.config.z_loss:
+            values["z_loss"] = float(np.mean([m["z_loss"] for m in finite]))
+        self.log.record(values)
+        self.log.update(self.step, summary_line(values))
+        return values
+
+    def _stop_requested(self, stop: _StopSignals) -> bool:
+        flag = stop.signal_name is not None
+        if self.process_count == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+    def _stop(self, step: int, reason: str, last_saved: int) -> None:
+        from theseus.training.base import StoppedEarly
+
+        before = len(self.checkpointer.failures)
+        if last_saved != step:
+            self.save(step)
+        saved = self.checkpointer.wait() and len(self.checkpointer.failures) == before
+        if not saved:
+            raise UserError(
+                f"stopped by {reason} at step {step}, but the checkpoint failed: {self.checkpointer.failures[-1]}"
+            )
+        self.log.info(
+            f"stopped by {reason} at step {step}; checkpoint saved; run again to resume (exit code 75)"
+        )
+        raise StoppedEarly(step, reason)
+
+
+def _resolved(cfg: Any) -> dict[str, Any]:
+    from theseus.training.base import resolved
+
+    return resolved(cfg)

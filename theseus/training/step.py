@@ -1,0 +1,123 @@
+"""The train step: one pure function of (state, batch, step), jitted once with donated state.
+
+The loss is integer-label cross-entropy computed in float32 from the logits (log-sum-exp minus
+the label's logit; never a one-hot of the vocabulary), with an optional z-loss. Gradient
+accumulation runs inside the step as a scan over micro-batches. Dropout keys are
+`fold_in(key(seed), step)` (and the micro-batch index), so a resumed run draws the same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def cross_entropy(
+    logits: jax.Array, targets: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Masked sums of the token cross-entropy and of log-sum-exp squared (for z-loss), in f32."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    label = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    mask = mask.astype(jnp.float32)
+    return jnp.sum((lse - label) * mask), jnp.sum(jnp.square(lse) * mask)
+
+
+def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
+    """(graph, parameters, everything else) — only the parameters are trained and saved."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def make_train_step(
+    graphdef: Any,
+    rest: nnx.State,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[Any], Any],
+    *,
+    seed: int,
+    accumulation: int,
+    z_loss: float = 0.0,
+    dropout: bool = False,
+    skip_nonfinite: bool = False,
+) -> Callable[
+    [dict[str, Any], dict[str, jax.Array], jax.Array], tuple[dict[str, Any], dict[str, jax.Array]]
+]:
+    """The pure train step `(state, batch, step) -> (state, metrics)`.
+
+    `state` is `{"params": ..., "opt": ...}`; `batch` arrays are `[accumulation, micro, seq]`.
+    Metrics: loss (mean token cross-entropy of the batch), z_loss, grad_norm (before clipping),
+    lr, and finite (whether loss and gradients were finite).
+    """
+
+    def loss_fn(
+        params: nnx.State, micro: dict[str, jax.Array], key: jax.Array, n_tokens: jax.Array
+    ) -> Any:
+        model = nnx.merge(graphdef, params, rest)
+        if dropout:
+            nnx.reseed(model, dropout=key)
+        logits = model(micro["inputs"], micro["positions"], deterministic=not dropout)
+        ce, z = cross_entropy(logits, micro["targets"], micro["loss_mask"])
+        return (ce + z_loss * z) / n_tokens, (ce, z)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def step_fn(state: dict[str, Any], batch: dict[str, jax.Array], step: jax.Array) -> Any:
+        params = state["params"]
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+        if accumulation == 1:
+            micro = jax.tree.map(lambda x: x[0], batch)
+            grads, (ce, z) = grad_fn(params, micro, key, n_tokens)
+        else:
+
+            def body(carry: Any, xs: Any) -> Any:
+                grads, ce, z = carry
+                index, micro = xs
+                g, (c, zz) = grad_fn(params, micro, jax.random.fold_in(key, index), n_tokens)
+                return (jax.tree.map(jnp.add, grads, g), ce + c, z + zz), None
+
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            init = (zeros, jnp.float32(0.0), jnp.float32(0.0))
+            (grads, ce, z), _ = jax.lax.scan(body, init, (jnp.arange(accumulation), batch))
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        loss = ce / n_tokens
+        grad_norm = optax.global_norm(grads)
+        updates, opt = tx.update(grads, state["opt"], params)
+        lr = schedule(step)
+        updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_params = jax.tree.map(keep, new_params, params)
+            opt = jax.tree.map(keep, opt, state["opt"])
+        metrics = {
+            "loss": loss,
+            "z_loss": z / n_tokens,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(lr, jnp.float32),
+            "finite": finite,
+        }
+        return {"params": new_params, "opt": opt}, metrics
+
+    return step_fn
+
+
+def make_eval_step(
+    graphdef: Any, rest: nnx.State
+) -> Callable[[nnx.State, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]:
+    """`(params, batch) -> (summed token loss, token count)` for a `[batch, seq]` batch."""
+
+    def eval_fn(params: nnx.State, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(batch["inputs"], batch["positions"], deterministic=True)
+        ce, _ = cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        return ce, jnp.sum(batch["loss_mask"].astype(jnp.float32))
+
+    return eval_fn
