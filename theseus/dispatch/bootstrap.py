@@ -7,6 +7,7 @@ secrets only through the launcher's stdin (see `launch.sh`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -108,6 +109,14 @@ def _directive_flag(option: str) -> str:
     return option
 
 
+def environment_key(groups: list[str], lock_files: list[bytes]) -> str:
+    """Names the virtual environment that `uv sync` builds from these lock files and groups."""
+    digest = hashlib.sha256("\0".join(groups).encode())
+    for content in lock_files:
+        digest.update(hashlib.sha256(content).digest())
+    return digest.hexdigest()[:16]
+
+
 def job_files(
     *,
     name: str,
@@ -120,6 +129,8 @@ def job_files(
     stage_yamls: list[str],
     backend: str,
     gpu_dir: str,
+    work: str,
+    lock_files: list[bytes],
 ) -> JobFiles:
     """Render every file of one submission (stage configs included) for `backend`."""
     job = JobFiles(job_dir, snapshot_dir)
@@ -133,6 +144,7 @@ def job_files(
     if cluster.cache_dir is not None:
         mount_options += ["--cache-dir", cluster.cache_dir]
     groups = host.uv_groups if host is not None else ["all", "cpu"]
+    venv = f"{work}/venvs/{environment_key(groups, lock_files)}"
     lib = render(
         "lib.sh",
         {
@@ -142,6 +154,7 @@ def job_files(
             "META_URL": shlex.quote(cluster.mount or ""),
             "JUICEFS_MOUNT_OPTIONS": words(mount_options),
             "UV_GROUP_ARGS": words([w for g in groups for w in ("--group", g)]),
+            "VENV": shlex.quote(venv),
             "RUN_ARGS": words(args),
         },
     )

@@ -155,6 +155,8 @@ def submit(
         stage_yamls=[stage.to_yaml() for stage in pipeline],
         backend=placement.backend,
         gpu_dir=_gpu_dir(placement),
+        work=cluster.work,
+        lock_files=[snapshot.files.get(f, (0, b""))[1] for f in ("pyproject.toml", "uv.lock")],
     )
     if dry_run:
         return Submission(placement, job, None)

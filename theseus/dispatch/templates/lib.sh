@@ -5,6 +5,8 @@ ROOT={{ROOT}}
 META_URL={{META_URL}}
 JUICEFS_MOUNT_OPTIONS=({{JUICEFS_MOUNT_OPTIONS}})
 UV_GROUP_ARGS=({{UV_GROUP_ARGS}})
+# One environment per (uv.lock, pyproject.toml, groups), shared by every snapshot that has them.
+VENV={{VENV}}
 RUN_ARGS=({{RUN_ARGS}})
 MOUNTED_HERE=0
 
@@ -39,12 +41,15 @@ unmount_root() {
   fi
 }
 
+# theseus itself runs from the snapshot folder (python -m), so only its dependencies are installed.
 sync_environment() {
-  (cd "$SNAPSHOT" && flock "$SNAPSHOT/.sync.lock" uv sync --frozen --quiet "${UV_GROUP_ARGS[@]}")
+  mkdir -p "$(dirname "$VENV")"
+  (cd "$SNAPSHOT" && UV_PROJECT_ENVIRONMENT=$VENV flock "$VENV.lock" \
+    uv sync --frozen --no-install-project --quiet "${UV_GROUP_ARGS[@]}")
 }
 
 run_stages() {
-  (cd "$SNAPSHOT" && "$SNAPSHOT/.venv/bin/theseus" run "${RUN_ARGS[@]}")
+  (cd "$SNAPSHOT" && "$VENV/bin/python" -m theseus.cli run "${RUN_ARGS[@]}")
 }
 
 # 75 is the trainer's "stopped early, checkpoint saved".
