@@ -8,7 +8,7 @@ from theseus.model.models.transformer import Transformer, TransformerConfig
 from theseus.registry import model
 
 
-@dataclass
+@dataclass(unsafe_hash=True)  # hashable: the config is static data of the model graph
 class GPTConfig(TransformerConfig):
     """GPT-2 architecture; the defaults are GPT-2 small (12 layers, 768 wide, 12 heads, 1024 context)."""
 

@@ -9,7 +9,7 @@ from theseus.model.models.transformer import Transformer, TransformerConfig
 from theseus.registry import model
 
 
-@dataclass
+@dataclass(unsafe_hash=True)  # hashable: the config is static data of the model graph
 class LlamaConfig(TransformerConfig):
     """Llama architecture at GPT-2-small scale by default, with 4 key/value heads."""
 

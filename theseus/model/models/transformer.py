@@ -19,7 +19,7 @@ from theseus.config import field
 from theseus.model.layers import Block, Dense, Embedding, KVCache, dtype_of, make_norm
 
 
-@dataclass
+@dataclass(unsafe_hash=True)  # hashable: the config is static data of the model graph
 class TransformerConfig:
     """Shape and numerics of a decoder-only transformer (defaults: GPT-2 small)."""
 
