@@ -12,7 +12,9 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -25,6 +27,9 @@ from theseus.data.store import StoreWriter
 from theseus.data.tokenizers import Tokenizer
 
 _DONE = object()
+ENCODE_THREADS = 2
+#: One document's output: (split, arrays for the store, token count).
+Row = tuple[str, dict[str, np.ndarray], int]
 
 
 @dataclass
@@ -91,6 +96,25 @@ def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
         stop.set()
 
 
+def ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:
+    """`map(fn, items)` with `workers` calls in flight, results in input order.
+
+    Two batches encode at once so that one batch's slowest document does not leave cores idle,
+    and encoding goes on while the caller writes.
+    """
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="theseus-encode")
+    pending: deque[Future[Any]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def batches(source: Source, skip: int, plan: Plan) -> Iterator[list[Document]]:
     docs = islice(source.documents(), skip, plan.max_samples)
     while batch := list(islice(docs, plan.batch_docs)):
@@ -105,9 +129,19 @@ class Encoder:
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.eot = np.array([tokenizer.eot_id], dtype=self.dtype)
-        self.truncated = 0
 
-    def variable(self, docs: list[Document]) -> list[tuple[str, dict[str, np.ndarray], int]]:
+    def encode(
+        self, batch: list[Document]
+    ) -> tuple[list[Document], list[int], list[Row], list[bool]]:
+        """(batch, indices of its non-empty documents, their rows, whether each was truncated)."""
+        kept = [i for i, d in enumerate(batch) if d and (not isinstance(d, str) or d.strip())]
+        docs = [batch[i] for i in kept]
+        if self.plan.kind == "variable":
+            return batch, kept, self.variable(docs), [False] * len(docs)
+        rows, truncated = self.blockwise(docs)
+        return batch, kept, rows, truncated
+
+    def variable(self, docs: list[Document]) -> list[Row]:
         """Per document: (split, {"tokens": ids + EOT}, token count)."""
         encoded = self.tokenizer.encode_batch_arrays([render(d, self.plan.template) for d in docs])
         rows = []
@@ -116,12 +150,12 @@ class Encoder:
             rows.append((self._split(doc), {"tokens": tokens}, len(tokens)))
         return rows
 
-    def blockwise(self, docs: list[Document]) -> list[tuple[str, dict[str, np.ndarray], int]]:
+    def blockwise(self, docs: list[Document]) -> tuple[list[Row], list[bool]]:
         """Per document: (split, one fixed-length example, real token count)."""
         plan, seq_len = self.plan, int(self.plan.seq_len or 0)
         pieces = [segments(d, plan.template, plan.loss_on) for d in docs]
         flat = self.tokenizer.encode_batch_arrays([text for doc in pieces for text, _ in doc])
-        rows, at = [], 0
+        rows, truncations, at = [], [], 0
         for doc, doc_pieces in zip(docs, pieces, strict=True):
             ids: list[int] = []
             weights: list[bool] = []
@@ -134,14 +168,14 @@ class Encoder:
             tokens, mask, length, truncated = example(
                 ids, weights, seq_len, self.tokenizer.eot_id, plan.padding
             )
-            self.truncated += truncated
+            truncations.append(truncated)
             arrays = {
                 "tokens": tokens[None].astype(self.dtype),
                 "loss_mask": mask[None],
                 "lengths": np.array([length], dtype=np.int32),
             }
             rows.append((self._split(doc), arrays, length))
-        return rows
+        return rows, truncations
 
     def _split(self, doc: Document) -> str:
         return "val" if is_val(doc, self.plan.val_pct) else "train"
@@ -196,14 +230,8 @@ def tokenize(
         writer.docs_read,
     )
     try:
-        reader = (
-            prefetch(batches(source, writer.docs_read, plan), depth=4) if not done else iter(())
-        )
-        for batch in reader:
-            kept = [i for i, d in enumerate(batch) if d and (not isinstance(d, str) or d.strip())]
-            rows = (encoder.variable if plan.kind == "variable" else encoder.blockwise)(
-                [batch[i] for i in kept]
-            )
+        read = prefetch(batches(source, writer.docs_read, plan), depth=4) if not done else iter(())
+        for batch, kept, rows, truncated in ordered_map(encoder.encode, read, ENCODE_THREADS):
             used, tokens, written = len(batch), 0, 0
             for position, (split, arrays, count) in zip(kept, rows, strict=True):
                 writer.add(split, arrays)
@@ -215,8 +243,7 @@ def tokenize(
             stats["skipped_empty"] += used - written
             stats["docs_read"] = writer.docs_read + used
             stats["tokens"] += tokens
-            stats["truncated"] += encoder.truncated
-            encoder.truncated = 0
+            stats["truncated"] += sum(truncated[:written])
             writer.commit(writer.docs_read + used, stats)
             progress.advance(used, tokens, writer.docs_read)
             if done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -18,10 +19,17 @@ _SKIP = {"site-packages", "dist-packages", "__pycache__"}
 class PythonStdlib(Source):
     """The .py files of Python's standard library, one document each, sorted by path."""
 
+    _files: list[Path] | None = None
+
     def files(self) -> list[Path]:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        found = [p for p in root.rglob("*.py") if not _SKIP.intersection(p.relative_to(root).parts)]
-        return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        if self._files is None:
+            root = Path(sysconfig.get_paths()["stdlib"])
+            found = []
+            for folder, subfolders, names in os.walk(root):
+                subfolders[:] = [d for d in subfolders if d not in _SKIP]
+                found += [Path(folder, n) for n in names if n.endswith(".py")]
+            self._files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        return self._files
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.config.name, "python": sys.version.split()[0]}
