@@ -117,6 +117,11 @@ class Host(_Strict):
             raise ValueError(f"expected a SLURM time such as 2-00:00:00 or 04:00:00, got {value!r}")
         return value
 
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem_number(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("mem")
     @classmethod
     def _slurm_mem(cls, value: str | None) -> str | None:

@@ -1,0 +1,130 @@
+"""Shared set-up for the dispatch tests: the real test cluster (SLURM + sshd + JuiceFS on this
+machine, started by scripts/testcluster/up.sh) and helpers to drive `theseus` as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COUNTJOB = "tests/dispatch/countjob.py"
+# Variables the job environment needs to reach package indexes from the test host (proxies,
+# certificate bundles); copied into the hosts' `env`, as a user would.
+PASS_THROUGH = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+)
+
+
+@pytest.fixture(scope="session")
+def lab() -> dict[str, str]:
+    """Bring the test cluster up (idempotent, about a second when it is up) and read its env."""
+    subprocess.run(
+        [str(REPO / "scripts/testcluster/up.sh")], check=True, capture_output=True, timeout=600
+    )
+    folder = os.environ.get("LAB", "/tmp/theseus-testcluster")
+    env = {}
+    for line in Path(folder, "env.sh").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    env["META_PASSWORD"] = Path(folder, "redis", "password").read_text().strip()
+    return env
+
+
+@pytest.fixture
+def home(tmp_path: Path, lab: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private THESEUS_HOME (run records) and the test cluster's ssh and SLURM settings."""
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("THESEUS_SSH_CONFIG", lab["THESEUS_TESTCLUSTER_SSH_CONFIG"])
+    monkeypatch.setenv("SLURM_CONF", lab["SLURM_CONF"])
+    monkeypatch.chdir(REPO)
+    return tmp_path / "home"
+
+
+def host_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in PASS_THROUGH if os.environ.get(k)}
+
+
+def write_dispatch(
+    path: Path, root: Path, work: Path, *, hosts: list[str], cluster_extra: dict | None = None
+) -> Path:
+    """A dispatch file with one cluster `lab` and the chosen hosts of the test cluster."""
+    available = {
+        "box": {
+            "type": "ssh",
+            "ssh": "testcluster",
+            "cluster": "lab",
+            "chips": {"cpu": 2},
+            "env": host_env(),
+        },
+        "lab-slurm": {
+            "type": "slurm",
+            "ssh": "testcluster",
+            "cluster": "lab",
+            "chips": {"cpu": 2},
+            "time": "00:20:00",
+            "env": host_env(),
+        },
+    }
+    data = {
+        "clusters": {
+            "lab": {"root": str(root), "work": str(work), **(cluster_extra or {})},
+            "local": {"root": str(root), "work": str(work / "local"), **(cluster_extra or {})},
+        },
+        "hosts": {name: available[name] for name in hosts},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def theseus(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real `theseus` entry point as a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "theseus.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def state_of(name: str) -> str:
+    result = theseus("status", name)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 240, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        time.sleep(every)
+
+
+def wait_state(name: str, states: tuple[str, ...], timeout: float = 240) -> str:
+    seen: list[str] = []
+
+    def reached() -> bool:
+        seen.append(state_of(name))
+        return seen[-1] in states
+
+    try:
+        wait_until(reached, timeout)
+    except TimeoutError:
+        raise AssertionError(f"{name} never reached {states}; last state {seen[-1:]}") from None
+    return seen[-1]

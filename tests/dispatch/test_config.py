@@ -1,0 +1,164 @@
+"""The dispatch file: malformed files are refused in one line naming the key, before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.dispatch.conftest import COUNTJOB, REPO, theseus
+from theseus.cli import main
+from theseus.dispatch.config import load, parse
+from theseus.errors import UserError
+
+GOOD_CLUSTER = "clusters:\n  c: {root: /data/out, work: /data/work}\n"
+MALFORMED = {
+    "unknown top-level key": ("clusters: {}\nhost: {}\n", "host: unknown key"),
+    "unknown cluster key": (
+        "clusters:\n  c: {root: /a, work: /b, rot: /c}\n",
+        "clusters.c.rot: unknown key",
+    ),
+    "relative root": (
+        "clusters:\n  c: {root: out, work: /b}\n",
+        "clusters.c.root: must be an absolute path",
+    ),
+    "missing work": ("clusters:\n  c: {root: /a}\n", "clusters.c.work: Field required"),
+    "bad host type": (
+        GOOD_CLUSTER + "hosts:\n  h: {type: pbs, cluster: c, ssh: h, chips: {h100: 8}}\n",
+        "hosts.h.type",
+    ),
+    "unknown chip": (
+        GOOD_CLUSTER + "hosts:\n  h: {type: ssh, cluster: c, ssh: h, chips: {h900: 8}}\n",
+        "unknown chip 'h900'",
+    ),
+    "chip count not int": (
+        GOOD_CLUSTER + "hosts:\n  h: {type: ssh, cluster: c, ssh: h, chips: {h100: eight}}\n",
+        "hosts.h.chips.h100",
+    ),
+    "zero chips": (
+        GOOD_CLUSTER + "hosts:\n  h: {type: ssh, cluster: c, ssh: h, chips: {h100: 0}}\n",
+        "hosts.h.chips.h100",
+    ),
+    "undefined cluster": (
+        "hosts:\n  h: {type: ssh, cluster: nope, ssh: h, chips: {h100: 8}}\n",
+        "no cluster 'nope'",
+    ),
+    "ssh host without address": (
+        GOOD_CLUSTER + "hosts:\n  h: {type: ssh, cluster: c, chips: {h100: 8}}\n",
+        "needs ssh",
+    ),
+    "slurm key on ssh host": (
+        GOOD_CLUSTER
+        + "hosts:\n  h: {type: ssh, cluster: c, ssh: h, chips: {h100: 8}, qos: high}\n",
+        "qos only apply to slurm",
+    ),
+    "bad time": (
+        GOOD_CLUSTER + "hosts:\n  h: {type: slurm, cluster: c, chips: {h100: 8}, time: two days}\n",
+        "hosts.h.time",
+    ),
+    "port out of range": (
+        GOOD_CLUSTER
+        + "hosts:\n  h: {type: ssh, cluster: c, host: x, port: 99999, chips: {h100: 8}}\n",
+        "hosts.h.port",
+    ),
+    "bad env name": ("clusters:\n  c: {root: /a, work: /b, env: {'A B': x}}\n", "clusters.c.env"),
+    "password in mount url": (
+        "clusters:\n  c: {root: /a, work: /b, mount: 'redis://:hunter2@db:6379/1'}\n",
+        "META_PASSWORD",
+    ),
+    "priority names unknown host": (
+        GOOD_CLUSTER + "priority: [ghost]\n",
+        "priority: no host 'ghost'",
+    ),
+    "reserved host name": (
+        GOOD_CLUSTER + "hosts:\n  local: {type: ssh, cluster: c, ssh: h, chips: {cpu: 1}}\n",
+        "reserved",
+    ),
+    "bad directive": (
+        GOOD_CLUSTER
+        + "hosts:\n  h: {type: slurm, cluster: c, chips: {h100: 8}, directives: ['-x; rm -rf /']}\n",
+        "hosts.h.directives",
+    ),
+    "missing env variable": (
+        "clusters:\n  c: {root: /a, work: /b, env: {K: '${oc.env:THESEUS_TEST_SURELY_UNSET}'}}\n",
+        "cannot resolve",
+    ),
+    "not a mapping": ("- just\n- a list\n", "must hold a mapping"),
+    "bad yaml": ("clusters: {c: [\n", "bad YAML"),
+}
+
+
+@pytest.fixture(scope="module")
+def count_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "count.yaml"
+    result = theseus("configure", "test/dispatch/count", str(path), "--load", COUNTJOB)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_dispatch_file_is_one_line_error(
+    case: str,
+    tmp_path: Path,
+    count_yaml: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text, expected = MALFORMED[case]
+    bad = tmp_path / "dispatch.yaml"
+    bad.write_text(text)
+    home = tmp_path / "home"
+    monkeypatch.setenv("THESEUS_HOME", str(home))
+    code = main(["submit", "run1", str(count_yaml), "-d", str(bad), "--load", COUNTJOB])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(bad) in lines[0] and expected in lines[0], lines[0]
+    assert not home.exists(), "nothing may be written for a refused submission"
+
+
+def test_cli_exit_code_and_no_traceback(tmp_path: Path, count_yaml: Path) -> None:
+    bad = tmp_path / "dispatch.yaml"
+    bad.write_text(MALFORMED["unknown cluster key"][0])
+    result = theseus("submit", "run1", str(count_yaml), "-d", str(bad), "--load", COUNTJOB)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_job_config_is_checked_before_anything_leaves(
+    tmp_path: Path,
+    count_yaml: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path))
+    assert main(["submit", "run1", str(count_yaml), "--load", COUNTJOB, "count.stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "count.stepz" in err and "count.steps" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_example_file_is_valid_and_env_values_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUICEFS_META_PASSWORD", "pw-from-env")
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-from-env")
+    config = load(REPO / "examples" / "dispatch.yaml")
+    assert config.hosts and config.clusters
+    assert any(c.env.get("META_PASSWORD") == "pw-from-env" for c in config.clusters.values())
+
+
+def test_no_file_means_only_the_local_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("THESEUS_DISPATCH", raising=False)
+    config = load()
+    assert config.hosts == {} and config.clusters == {}
+    with pytest.raises(UserError, match="no dispatch file"):
+        load(tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match=r"hosts\.h\.chips"):
+        parse(
+            {
+                "clusters": {"c": {"root": "/a", "work": "/b"}},
+                "hosts": {"h": {"type": "ssh", "ssh": "x", "cluster": "c", "chips": []}},
+            },
+            "f",
+        )
