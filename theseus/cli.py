@@ -321,11 +321,9 @@ def logs(name: str, follow: bool) -> None:
     from theseus.dispatch import records
     from theseus.dispatch.submit import logs as run_logs
 
-    out = click.get_binary_stream("stdout")
-
     def write(chunk: bytes) -> None:
-        out.write(chunk)
-        out.flush()
+        click.echo(chunk.decode(errors="replace"), nl=False)
+        sys.stdout.flush()
 
     run_logs(records.load(name), follow, write)
 

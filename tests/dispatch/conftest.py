@@ -42,6 +42,16 @@ def lab() -> dict[str, str]:
     return env
 
 
+# Every dispatch test works under folders whose names try to break out of shell quoting.
+HOSTILE = "we ird $(touch PWNED) 'q' \"dq\" `touch PWNED2` ;&|"
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session folder with a hostile name; its work/ keeps the job environments between tests."""
+    return tmp_path_factory.mktemp("dispatch") / HOSTILE
+
+
 @pytest.fixture
 def home(tmp_path: Path, lab: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private THESEUS_HOME (run records) and the test cluster's ssh and SLURM settings."""

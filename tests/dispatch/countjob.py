@@ -58,6 +58,7 @@ class CountJob(CheckpointedJob[CountConfig]):
             f"count: pid {os.getpid()} secret {'set' if os.environ.get('THESEUS_TEST_SECRET') else 'unset'}",
             flush=True,
         )
+        print(f"echo: {os.environ.get('THESEUS_TEST_ECHO')!r}", flush=True)
         metrics = self.spec.run_dir / "metrics.jsonl"
         while self.step < self.config.steps:
             if stop:

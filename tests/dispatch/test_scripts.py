@@ -1,0 +1,179 @@
+"""The scripts `submit` writes: a reviewed 2-node × 8-GPU sbatch script, and hostile input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.dispatch.conftest import COUNTJOB, HOSTILE, state_of, wait_state, write_dispatch
+from theseus.cli import main
+
+CLUSTER = {"root": "/shared/out", "work": "/shared/work"}
+SLURM_HOST = {
+    "type": "slurm",
+    "ssh": "login.example",
+    "cluster": "hpc",
+    "chips": {"h100": 8},
+    "uv_groups": ["all", "cuda12"],
+    "partitions": {"h100": "gpu"},
+    "account": "lab",
+    "qos": "high",
+    "time": "1-00:00:00",
+    "mem": "0",
+    "cpus_per_task": 64,
+    "gres": {"h100": "gpu:h100"},
+    "exclude": ["node3", "node4"],
+    "directives": ["--constraint=ib", "--exclusive"],
+}
+
+
+@pytest.fixture(scope="module")
+def count_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "count.yaml"
+    assert main(["configure", "test/dispatch/count", str(path), "--load", COUNTJOB]) == 0
+    return path
+
+
+def sections(text: str) -> dict[str, str]:
+    """The files of a dry run, by name."""
+    parts = re.split(r"^# ==> (.+) <==$", text, flags=re.M)
+    return {
+        Path(name).name: body.removeprefix("\n")
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+def test_dry_run_two_nodes_of_eight_h100(
+    tmp_path: Path,
+    count_yaml: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    dispatch = tmp_path / "d.yaml"
+    dispatch.write_text(
+        yaml.safe_dump({"clusters": {"hpc": CLUSTER}, "hosts": {"hpc-slurm": SLURM_HOST}})
+    )
+    args = ["submit", "big-run", str(count_yaml), "-d", str(dispatch), "--chip", "h100", "-n", "16"]
+    assert main([*args, "--load", COUNTJOB, "--dry-run", "count.steps=7"]) == 0
+    out = capsys.readouterr().out
+    files = sections(out)
+    script = files["job.sbatch"]
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    log = re.search(r"--output=(\S+)", script).group(1)
+    job_dir = str(Path(log).parent)
+    assert re.fullmatch(r"/shared/work/jobs/big-run/\d{8}-\d{6}-[0-9a-f]{6}", job_dir)
+    assert directives == [
+        "#SBATCH --job-name=big-run",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gres=gpu:h100:8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=high",
+        "#SBATCH --time=1-00:00:00",
+        "#SBATCH --mem=0",
+        "#SBATCH --cpus-per-task=64",
+        "#SBATCH --exclude=node3,node4",
+        f"#SBATCH --output={job_dir}/output.log",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --signal=USR1@120",
+        "#SBATCH --requeue",
+        "#SBATCH --constraint=ib",
+        "#SBATCH --exclusive",
+    ]
+    assert script.startswith("#!/usr/bin/env bash\n#SBATCH"), "directives must precede any command"
+    assert (
+        "srun --kill-on-bad-exit=1 bash" in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
+    )
+    lib = files["lib.sh"]
+    assert "UV_GROUP_ARGS=(--group all --group cuda12)" in lib
+    assert (
+        f"RUN_ARGS=(big-run {job_dir}/stage-0.yaml /shared/out -p default -g default --load {COUNTJOB})"
+        in lib
+    )
+    stage = yaml.safe_load(files["stage-0.yaml"])
+    assert (
+        stage["request"] == {"chip": "h100", "n": 16, "n_shards": None}
+        and stage["config"]["count"]["steps"] == 7
+    )
+    for name, body in files.items():
+        if name.endswith(".sh") or name.endswith(".sbatch"):
+            assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0, name
+    assert not (tmp_path / "home").exists(), "a dry run changes nothing"
+
+
+@pytest.mark.parametrize("value", ["lab team", "lab'x", "a$(id)", "x\ny"])
+def test_sbatch_values_sbatch_cannot_read_are_refused(
+    value: str, tmp_path: Path, count_yaml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dispatch = tmp_path / "d.yaml"
+    host = {**SLURM_HOST, "account": value}
+    dispatch.write_text(
+        yaml.safe_dump({"clusters": {"hpc": CLUSTER}, "hosts": {"hpc-slurm": host}})
+    )
+    code = main(
+        [
+            "submit",
+            "r",
+            str(count_yaml),
+            "-d",
+            str(dispatch),
+            "--chip",
+            "h100",
+            "-n",
+            "8",
+            "--load",
+            COUNTJOB,
+            "--dry-run",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "sbatch --account value" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["my run", "r'x", 'r"x', "r$(touch PWNED)", "r`id`", "r\nx", "r;ls", "-r", "../r"]
+)
+def test_hostile_run_names_are_refused(
+    name: str,
+    tmp_path: Path,
+    count_yaml: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    assert main(["submit", "--load", COUNTJOB, "--", name, str(count_yaml)]) == 2
+    assert "bad run name" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()
+
+
+def test_hostile_paths_and_values_run_literally(
+    shared: Path, home: Path, count_yaml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A local job whose folders and environment are full of shell syntax runs, and runs nothing else."""
+    root, work = shared / "output", shared / "work"
+    dispatch = write_dispatch(home.parent / "d.yaml", root, work, hosts=[])
+    echo = HOSTILE + "\n$(touch PWNED3)"
+    args = [
+        "submit",
+        "hostile",
+        str(count_yaml),
+        "-d",
+        str(dispatch),
+        "--load",
+        COUNTJOB,
+        "count.steps=2",
+    ]
+    assert main([*args, "--env", f"THESEUS_TEST_ECHO={echo}"]) == 0, capsys.readouterr().err
+    assert wait_state("hostile", ("completed", "failed")) == "completed"
+    assert main(["logs", "hostile"]) == 0
+    log = capsys.readouterr().out
+    assert f"echo: {echo!r}" in log and "done at step 2" in log
+    assert (root / "runs/default/default/hostile/metrics.jsonl").read_text().count("\n") == 2
+    planted = [p for p in (shared.parent, shared, root, work, Path.cwd()) if any(p.glob("PWNED*"))]
+    assert planted == [] and state_of("hostile") == "completed"
