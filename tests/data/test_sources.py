@@ -1,0 +1,138 @@
+"""Dataset sources: local files of every type, the embedded stdlib corpus, and hub sources offline."""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from tests.data.conftest import configure_and_run
+from theseus.data.datasets import SourceConfig, open_source
+from theseus.errors import UserError
+
+
+def documents(**settings) -> list:
+    return list(open_source(SourceConfig(**settings)).documents())
+
+
+def test_text_files_are_one_document_unless_split(corpus: Path):
+    paths = [str(corpus / "a.txt"), str(corpus / "b.txt")]
+    assert documents(name="files", paths=paths) == [
+        "First document.\n\nSecond paragraph of a.",
+        "Another file, one document.",
+    ]
+    split = documents(name="files", paths=paths, separator="\n\n")
+    assert split == ["First document.", "Second paragraph of a.", "Another file, one document."]
+
+
+def test_globs_expand_sorted_and_tables_go_through_datasets(corpus: Path):
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    table = pa.table({"id": [1, 2], "body": ["parquet one", "parquet two"]})
+    pyarrow.parquet.write_table(table, corpus / "t.parquet")
+    pyarrow.csv.write_csv(table, corpus / "t.csv")
+    docs = documents(name="files", paths=[str(corpus / "t.*")], text_column="body")
+    assert docs == [
+        "parquet one",
+        "parquet two",
+        "parquet one",
+        "parquet two",
+    ]  # t.csv, then t.parquet
+    lines = documents(name="files", paths=[str(corpus / "lines.jsonl")])
+    assert len(lines) == 40 and lines[3].startswith("json line number 3 ")
+
+
+def test_chat_records_become_message_lists(corpus: Path):
+    chats = documents(name="files", paths=[str(corpus / "chats.jsonl")])
+    assert chats[1] == [
+        {"role": "user", "content": "What is 1+1?"},
+        {"role": "assistant", "content": "It is 2."},
+    ]
+
+
+def test_bad_paths_and_columns_are_one_line_errors(corpus: Path):
+    with pytest.raises(UserError, match=r"needs data\.paths"):
+        open_source(SourceConfig(name="files"))
+    with pytest.raises(UserError, match="matches no file"):
+        open_source(SourceConfig(name="files", paths=[str(corpus / "nothing*.jsonl")]))
+    (corpus / "notes.md").write_text("x")
+    with pytest.raises(UserError, match="unsupported type"):
+        open_source(SourceConfig(name="files", paths=[str(corpus / "notes.md")]))
+    with pytest.raises(UserError, match=r"no text in column 'body'.*columns: text"):
+        documents(
+            name="files",
+            paths=[str(corpus / "lines.jsonl")],
+            text_column="body",
+            chat_column="none",
+        )
+    with pytest.raises(UserError, match="unknown dataset 'finewbe'; did you mean fineweb"):
+        open_source(SourceConfig(name="finewbe"))
+
+
+def test_pystdlib_is_the_stdlib_in_a_fixed_order():
+    source = open_source(SourceConfig(name="pystdlib"))
+    files = source.files()
+    assert len(files) > 500 and source.size_hint() == len(files)
+    assert all(f.suffix == ".py" and "site-packages" not in f.parts for f in files)
+    first = list(islice(source.documents(), 3))
+    assert first == [f.read_text(errors="replace") for f in files[:3]]
+    assert list(islice(open_source(SourceConfig(name="pystdlib")).documents(), 3)) == first
+
+
+def test_tinyshakespeare_reads_a_local_copy(tmp_path: Path):
+    copy = tmp_path / "input.txt"
+    copy.write_text("First Citizen:\nBefore we proceed.\n\nAll:\nSpeak, speak.\n")
+    assert documents(name="tinyshakespeare", paths=[str(copy)], separator="\n\n") == [
+        "First Citizen:\nBefore we proceed.",
+        "All:\nSpeak, speak.\n",
+    ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["offline", "unreachable"],
+)
+def test_fineweb_without_network_fails_fast_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict
+):
+    """The README's fineweb commands with no hub: one line naming the fix, exit 2, no output folder.
+
+    The hub is made unreachable on purpose (offline flag, or a closed local port) so the test
+    means the same on a machine with network.
+    """
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    start = time.perf_counter()
+    result = configure_and_run(
+        tmp_path,
+        "data/tokenize_variable_dataset",
+        "tokenize-fineweb",
+        "data.name=fineweb",
+        "data.max_samples=1000000",
+        out="output",
+    )
+    assert time.perf_counter() - start < 30
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: data.name=fineweb needs the Hugging Face hub"
+    )
+    assert "data.name=files" in lines[0] and "data.name=pystdlib" in lines[0]
+    assert not (tmp_path / "output").exists()
+
+
+def test_hf_source_needs_a_hub_id():
+    with pytest.raises(UserError, match=r"needs data\.hub_id"):
+        open_source(SourceConfig(name="hf"))
+
+
+def test_source_description_names_the_files(corpus: Path):
+    source = open_source(SourceConfig(name="files", paths=[str(corpus / "*.txt")]))
+    described = json.loads(json.dumps(source.describe()))
+    assert [Path(f["path"]).name for f in described["files"]] == ["a.txt", "b.txt"]

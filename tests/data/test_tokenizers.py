@@ -1,0 +1,86 @@
+"""Tokenizers: bytes, trained BPE, identities and hashes, and offline errors that come at once."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from theseus.data.datasets import SourceConfig
+from theseus.data.tokenizer_training import train_bpe
+from theseus.data.tokenizers import BytesTokenizer, load_tokenizer, make_tokenizer
+from theseus.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def bpe_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    return train_bpe(SourceConfig(name="pystdlib", max_samples=40), 400, 2, out)
+
+
+def test_bytes_round_trip_and_end_of_text():
+    tok = BytesTokenizer()
+    text = "héllo, wörld ✓"
+    ids = tok.encode(text)
+    assert ids == list(text.encode("utf-8")) and tok.decode([*ids, tok.eot_id]) == text
+    assert (tok.vocab_size, tok.eot_id) == (257, 256)
+
+
+def test_trained_bpe_round_trips_and_has_a_stable_identity(bpe_json: Path):
+    tok = make_tokenizer("huggingface", str(bpe_json))
+    text = "def main():\n    return sorted(items, key=len)\n"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text.encode())  # merges were learned
+    assert tok.vocab_size == 400 and tok.decode([tok.eot_id]) == "<|endoftext|>"
+    again = make_tokenizer("huggingface", str(bpe_json.parent))  # a folder works too
+    assert again.identity == tok.identity
+    assert load_tokenizer(tok.identity).encode(text) == ids
+
+
+def test_a_changed_tokenizer_file_is_refused(bpe_json: Path, tmp_path: Path):
+    tok = make_tokenizer("huggingface", str(bpe_json))
+    data = json.loads(bpe_json.read_text())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: same size, different tokenizer
+    changed = tmp_path / "tokenizer.json"
+    changed.write_text(json.dumps(data))
+    identity = {**tok.identity, "name": str(changed)}
+    with pytest.raises(UserError, match="has changed since the store was written"):
+        load_tokenizer(identity)
+    assert load_tokenizer(identity, fallback=bpe_json).encode("def x") == tok.encode("def x")
+
+
+def test_tiktoken_without_a_cache_fails_fast_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(UserError) as error:
+        make_tokenizer("tiktoken", "cl100k_base")
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    assert (
+        "TIKTOKEN_CACHE_DIR" in message
+        and "tokenizer.backend=bytes" in message
+        and "\n" not in message
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_encodings_and_missing_files_are_user_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    with pytest.raises(UserError, match="not a tiktoken encoding"):
+        make_tokenizer("tiktoken", "gpt5")
+    with pytest.raises(UserError, match="no such file"):
+        make_tokenizer("huggingface", str(tmp_path / "missing.json"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"needs the Hugging Face hub.*tokenizer\.backend=bytes"):
+        make_tokenizer("huggingface", "someone/some-tokenizer")
+    assert time.perf_counter() - start < 5
