@@ -1,0 +1,176 @@
+"""The loader: determinism, process slices, one pass per epoch, O(1) seek, mixtures, prefetch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data.conftest import write_stream_store
+from theseus.data.loader import Loader, mixture_table
+from theseus.data.store import TokenStore
+from theseus.errors import UserError
+
+SEQ = 16
+N_WINDOWS = 96
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenStore, TokenStore]:
+    """Two stores whose token i is i (+10**6 for the second): a window's first token names it."""
+    root = tmp_path_factory.mktemp("stores")
+    a = write_stream_store(
+        root / "a",
+        {"train": np.arange(N_WINDOWS * SEQ + 1), "val": np.arange(4 * SEQ + 1)},
+        2_000_000,
+        1_999_999,
+        700,
+    )
+    b = write_stream_store(
+        root / "b", {"train": 10**6 + np.arange(40 * SEQ + 1)}, 2_000_000, 1_999_999, 300
+    )
+    return a, b
+
+
+def windows_of(batch: dict) -> list[int]:
+    return [int(t) for t in batch["inputs"][:, 0]]
+
+
+def test_batches_are_the_consecutive_windows_they_name(stores):
+    batch = Loader([stores[0]], [1.0], SEQ, 8, seed=1).batch(3)
+    for inputs, targets in zip(batch["inputs"], batch["targets"], strict=True):
+        assert inputs[0] % SEQ == 0
+        assert np.array_equal(
+            inputs, np.arange(inputs[0], inputs[0] + SEQ)
+        )  # windows cross shard edges
+        assert np.array_equal(targets, inputs + 1)
+    assert batch["inputs"].dtype == np.int32 and batch["loss_mask"].dtype == np.float32
+    assert (batch["loss_mask"] == 1).all() and (batch["positions"] == np.arange(SEQ)).all()
+
+
+def test_same_inputs_same_batch_across_runs_and_seeds_differ(stores):
+    one, two = (
+        Loader([stores[0]], [1.0], SEQ, 8, seed=7),
+        Loader([stores[0]], [1.0], SEQ, 8, seed=7),
+    )
+    for step in (0, 5, 11, 12, 1000):
+        a, b = one.batch(step), two.batch(step)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert windows_of(one.batch(0)) != windows_of(
+        Loader([stores[0]], [1.0], SEQ, 8, seed=8).batch(0)
+    )
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_take_disjoint_slices_of_the_same_global_batch(stores, processes):
+    whole = Loader([stores[0]], [1.0], SEQ, 8, seed=3)
+    for step in (0, 1, 13):
+        parts = [
+            Loader(
+                [stores[0]], [1.0], SEQ, 8, seed=3, process_index=p, process_count=processes
+            ).batch(step)
+            for p in range(processes)
+        ]
+        assert all(len(p["inputs"]) == 8 // processes for p in parts)
+        assert np.array_equal(
+            np.concatenate([p["inputs"] for p in parts]), whole.batch(step)["inputs"]
+        )
+    seen = [set() for _ in range(processes)]
+    for p in range(processes):
+        loader = Loader(
+            [stores[0]], [1.0], SEQ, 8, seed=3, process_index=p, process_count=processes
+        )
+        for step in range(loader.steps_per_epoch):
+            seen[p].update(windows_of(loader.batch(step)))
+    assert all(a.isdisjoint(b) for i, a in enumerate(seen) for b in seen[i + 1 :])
+    assert sum(len(s) for s in seen) == N_WINDOWS
+
+
+def test_every_window_once_per_epoch_reshuffled_each_epoch(stores):
+    loader = Loader([stores[0]], [1.0], SEQ, 8, seed=0)
+    assert loader.steps_per_epoch == N_WINDOWS // 8
+    epochs = []
+    for epoch in range(3):
+        served = [
+            w for s in range(epoch * 12, epoch * 12 + 12) for w in windows_of(loader.batch(s))
+        ]
+        assert sorted(served) == [i * SEQ for i in range(N_WINDOWS)]
+        epochs.append(served)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_any_step_is_found_directly(stores):
+    loader = Loader([stores[0]], [1.0], SEQ, 8, seed=0)
+    start = time.perf_counter()
+    far = loader.batch(10**12)
+    assert time.perf_counter() - start < 0.5
+    epoch = (10**12 * 8) // N_WINDOWS
+    first = (epoch * N_WINDOWS) // 8  # a step that starts that epoch
+    served = [w for s in range(first, first + 12) for w in windows_of(loader.batch(s))]
+    assert sorted(served) == [i * SEQ for i in range(N_WINDOWS)] and windows_of(far)[0] in served
+
+
+def test_mixture_rows_follow_the_rates(stores):
+    loader = Loader(list(stores), [3.0, 1.0], SEQ, 16, seed=2)
+    counts = Counter()
+    for step in range(256):  # one full period of the mixture table
+        counts.update("a" if w < 10**6 else "b" for w in windows_of(loader.batch(step)))
+    assert counts == {"a": 3072, "b": 1024}
+    per_step = [sum(w >= 10**6 for w in windows_of(loader.batch(s))) for s in range(50)]
+    assert set(per_step) <= {3, 4, 5}
+    b_windows = [w for s in range(10) for w in windows_of(loader.batch(s)) if w >= 10**6]
+    assert len(b_windows) == len(set(b_windows)) == 40  # store b served each of its windows once
+    table, counts_per_period, _ = mixture_table([0.2, 0.5, 0.3], period=10)
+    assert counts_per_period.tolist() == [2, 5, 3] and sorted(Counter(table.tolist()).values()) == [
+        2,
+        3,
+        5,
+    ]
+
+
+def test_document_boundaries_reset_positions_and_mask(tmp_path: Path):
+    eot = 9
+    tokens = np.array([1, 2, eot, 3, 4, 5, eot, 6, 7])
+    store = write_stream_store(tmp_path / "d", {"train": tokens}, 10, eot)
+    batch = Loader([store], [1.0], 8, 1, reset_at_eot=True).batch(0)
+    assert batch["positions"][0].tolist() == [0, 1, 2, 0, 1, 2, 3, 0]
+    assert batch["loss_mask"][0].tolist() == [1, 1, 0, 1, 1, 1, 0, 1]
+
+
+def test_validation_split_and_bad_requests(stores):
+    val = Loader([stores[0]], [1.0], SEQ, 2, split="val")
+    assert windows_of(val.batch(0)) + windows_of(val.batch(1)) != [] and val.steps_per_epoch == 2
+    with pytest.raises(UserError, match="does not split over 3 processes"):
+        Loader([stores[0]], [1.0], SEQ, 8, process_count=3)
+    with pytest.raises(UserError, match="no val window"):
+        Loader([stores[1]], [1.0], SEQ, 8, split="val")
+    with pytest.raises(UserError, match="no train window of 2001 tokens"):
+        Loader([stores[1]], [1.0], 2000, 8)
+    with pytest.raises(UserError, match="one rate per store"):
+        Loader(list(stores), [1.0], SEQ, 8)
+
+
+def test_prefetch_stays_bounded_and_matches_direct_batches(stores):
+    calls = []
+
+    class Counting(Loader):
+        def batch(self, step: int) -> dict:
+            calls.append(step)
+            return super().batch(step)
+
+    loader = Counting([stores[0]], [1.0], SEQ, 8, seed=5)
+    stream = loader.iterate(start_step=7, prefetch=2)
+    step, batch = next(stream)
+    assert step == 7 and np.array_equal(
+        batch["inputs"], Loader([stores[0]], [1.0], SEQ, 8, seed=5).batch(7)["inputs"]
+    )
+    time.sleep(0.3)
+    assert len(calls) <= 1 + 2 + 1  # the one taken, a full queue, one waiting to be put
+    assert [next(stream)[0] for _ in range(3)] == [8, 9, 10]
+    loader.close()
+    stream.close()
+    assert not any(t.name == "theseus-loader" and t.is_alive() for t in threading.enumerate())

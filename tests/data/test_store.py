@@ -1,0 +1,72 @@
+"""Token stores: manifest contents, exact shards, and one-line errors for damaged stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data.conftest import write_stream_store
+from theseus.data.store import FORMAT_VERSION, TokenStore, token_dtype
+from theseus.errors import UserError
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TokenStore:
+    tokens = np.arange(2500) % 300
+    return write_stream_store(
+        tmp_path / "s", {"train": tokens, "val": tokens[:50]}, vocab_size=300, eot_id=299
+    )
+
+
+def test_dtype_follows_the_vocabulary():
+    assert (
+        token_dtype(257) == "uint16"
+        and token_dtype(65536) == "uint16"
+        and token_dtype(100277) == "uint32"
+    )
+
+
+def test_shards_hold_exactly_what_was_written(store: TokenStore):
+    assert [s["n_rows"] for s in store.shards("train")] == [1000, 1000, 500]
+    assert np.array_equal(np.concatenate(store.memmaps("train")), np.arange(2500) % 300)
+    assert store.n_tokens("val") == 50 and store.n_docs("train") == 8  # token 299 ends a "document"
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["dtype"] == "uint16"
+    assert all(
+        len(s["files"]["tokens"]["sha256"]) == 64 for s in manifest["splits"]["train"]["shards"]
+    )
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(UserError) as error:
+        TokenStore.open(path)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_a_truncated_shard_is_detected(store: TokenStore):
+    shard = store.path / "train-00001.tokens.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    assert "train-00001.tokens.bin is truncated" in _one_line_error(store.path)
+
+
+def test_an_altered_shard_is_detected(store: TokenStore):
+    shard = store.path / "train-00002.tokens.bin"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1
+    shard.write_bytes(bytes(data))
+    assert "train-00002.tokens.bin was altered" in _one_line_error(store.path)
+    TokenStore.open(store.path, verify=False)  # sizes alone still match
+
+
+def test_a_missing_shard_and_another_format_version_are_detected(store: TokenStore, tmp_path: Path):
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    (store.path / "val-00000.tokens.bin").unlink()
+    assert "val-00000.tokens.bin is missing" in _one_line_error(store.path)
+    manifest["format_version"] = FORMAT_VERSION + 1
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    assert f"format version {FORMAT_VERSION + 1}" in _one_line_error(store.path)
+    assert "no token store" in _one_line_error(tmp_path / "elsewhere")
