@@ -191,10 +191,15 @@ class TokenizeJob(BasicJob[StoreConfig]):
         if self.spec.fresh and writer.partial.exists():
             shutil.rmtree(writer.partial)
         started = time.perf_counter()
+        unfinished = writer.partial.exists()
         resumed = writer.resume()
         if resumed:
             _say(
                 f"resuming {final.name} after {writer.docs_read:,} documents (from {writer.partial.name})"
+            )
+        elif unfinished:
+            _say(
+                f"starting {final.name} over: the unfinished {writer.partial.name} was made with other settings"
             )
         try:
             stats = tokenize(source, tokenizer, writer, plan, final.name)
