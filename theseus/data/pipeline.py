@@ -1,8 +1,9 @@
 """The tokenize loop: read documents in a background thread, encode batches on every core, commit.
 
 Output order is the source order whatever the parallelism: each batch is encoded by the
-tokenizer's own thread pool (`encode_batch` keeps order) while the next batch is being read.
-After every batch the writer commits, so a killed run resumes at the last committed document.
+tokenizer's own thread pool on every core (`encode_batch` keeps order), two batches at a time,
+while the next batches are read and the previous one is written. After every batch the writer
+commits, so a killed run resumes at the last committed document.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from theseus.data.store import StoreWriter
 from theseus.data.tokenizers import Tokenizer
 
 _DONE = object()
-ENCODE_THREADS = 2
+BATCHES_IN_FLIGHT = 2
 #: One document's output: (split, arrays for the store, token count).
 Row = tuple[str, dict[str, np.ndarray], int]
 
 
 @dataclass
 class Plan:
-    """What to tokenize and how (everything that shapes the store's bytes)."""
+    """What to tokenize and how (all but `batch_docs` shape the store's bytes)."""
 
     kind: str
     max_samples: int | None
@@ -67,20 +68,23 @@ def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def fill() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            slots.put((_DONE, None))
+            put((_DONE, None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            slots.put((_DONE, exc))
+            put((_DONE, exc))
 
     thread = threading.Thread(target=fill, name="theseus-read", daemon=True)
     thread.start()
@@ -231,7 +235,7 @@ def tokenize(
     )
     try:
         read = prefetch(batches(source, writer.docs_read, plan), depth=4) if not done else iter(())
-        for batch, kept, rows, truncated in ordered_map(encoder.encode, read, ENCODE_THREADS):
+        for batch, kept, rows, truncated in ordered_map(encoder.encode, read, BATCHES_IN_FLIGHT):
             used, tokens, written = len(batch), 0, 0
             for position, (split, arrays, count) in zip(kept, rows, strict=True):
                 writer.add(split, arrays)

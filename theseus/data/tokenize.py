@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from theseus.config import field
 from theseus.data.chat import TEMPLATES
@@ -23,6 +23,9 @@ from theseus.data.tokenizers import TokenizerConfig
 from theseus.errors import UserError
 from theseus.job import BasicJob, ExecutionSpec, check_name
 from theseus.registry import job
+
+if TYPE_CHECKING:
+    from theseus.data.pipeline import Plan
 
 
 @dataclass
@@ -110,7 +113,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
     def components(cls) -> list[type]:
         return [SourceConfig, StoreConfig, TokenizerConfig]
 
-    def plan(self) -> Any:
+    def plan(self) -> Plan:
         from theseus.data.pipeline import Plan
 
         c = self.config
@@ -123,7 +126,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
             c.chat_template,
         )
 
-    def settings(self, plan: Any) -> dict[str, Any]:
+    def settings(self, plan: Plan) -> dict[str, Any]:
         """Everything that shapes the store's bytes (the batch size does not)."""
         return {
             "max_samples": plan.max_samples,
@@ -237,7 +240,7 @@ class TokenizeBlockwiseDataset(TokenizeJob):
     def components(cls) -> list[type]:
         return [*super().components(), BlockwiseConfig]
 
-    def plan(self) -> Any:
+    def plan(self) -> Plan:
         from theseus.config import configure
 
         block = configure(BlockwiseConfig, self.cfg)
@@ -247,7 +250,7 @@ class TokenizeBlockwiseDataset(TokenizeJob):
         plan.seq_len, plan.padding, plan.loss_on = block.seq_len, block.padding, block.loss_on
         return plan
 
-    def settings(self, plan: Any) -> dict[str, Any]:
+    def settings(self, plan: Plan) -> dict[str, Any]:
         return {
             **super().settings(plan),
             "seq_len": plan.seq_len,
