@@ -1,0 +1,75 @@
+"""`theseus sample` on a real run: tokenize (bytes) -> train a tiny GPT -> sample from its folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from theseus.checkpoint import load_model
+from theseus.cli import main
+from theseus.data.tokenizers import load_tokenizer
+from theseus.inference import sample
+
+TINY = [
+    "architecture.n_layers=2",
+    "architecture.d_model=32",
+    "architecture.n_heads=4",
+    "architecture.block_size=48",
+    "architecture.dtype=float32",
+    "training.batch_size=8",
+    "training.steps=10",
+    "optimization.warmup_steps=3",
+    "optimization.lr=0.003",
+    "logging.val_interval=0",
+    "logging.checkpoint_interval=10",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of a tiny GPT trained for 10 steps on a bytes-tokenized store."""
+    out = tmp_path_factory.mktemp("out")
+    tok, train = out / "tok.yaml", out / "train.yaml"
+    assert (
+        main(["configure", "data/tokenize_variable_dataset", str(tok), "data.name=pystdlib"]) == 0
+    )
+    assert (
+        main(["run", "tok", str(tok), str(out), "tokenizer.backend=bytes", "data.max_tokens=60000"])
+        == 0
+    )
+    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
+    assert main(["run", "tiny", str(train), str(out), *TINY]) == 0
+    return out / "runs" / "default" / "default" / "tiny"
+
+
+def test_sample_prints_each_prompt_with_its_continuation(run, capsys):
+    prompts = ["def ", "import"]
+    capsys.readouterr()
+    assert main(["sample", str(run), *prompts, "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    model, _, identity = load_model(run)
+    tokenizer = load_tokenizer(identity)
+    # no --max-new: as many tokens as the context of 48 leaves after the longest prompt
+    expected = sample(model, tokenizer, prompts, 48 - 6, temperature=0)
+    for prompt, text in zip(prompts, expected, strict=True):
+        assert prompt + text in printed
+    assert sum(len(t) for t in expected) > 0
+
+    seeded = [sample(model, tokenizer, prompts, 16, temperature=1.0, seed=s) for s in (1, 1, 2)]
+    assert seeded[0] == seeded[1] != seeded[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sample", "/nonexistent/run", "hi"], "no such run or checkpoint"),
+        (["sample", "RUN", "hi", "--top-p", "0"], "--top-p"),
+        (["sample", "RUN", "hi", "--max-new", "100"], "exceeds the model's context"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(run, capsys, args, message):
+    capsys.readouterr()
+    assert main([str(run) if a == "RUN" else a for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error:") and err.count("\n") == 1

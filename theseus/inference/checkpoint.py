@@ -1,0 +1,51 @@
+"""Sampling straight from a run or checkpoint folder (what `theseus sample` does)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from theseus.errors import UserError
+from theseus.inference.generate import sample
+
+
+def sample_checkpoint(
+    path: str | Path,
+    prompts: Sequence[str],
+    *,
+    max_new: int | None = None,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    seed: int = 0,
+) -> list[str]:
+    """Load the latest checkpoint under `path` with its tokenizer and continue each prompt.
+
+    `max_new` defaults to 200 tokens, or fewer when the model's context is shorter.
+    """
+    from theseus.checkpoint import load_model
+    from theseus.data.tokenizers import load_tokenizer
+
+    model, _, identity = load_model(path)
+    if not identity:
+        raise UserError(
+            f"{path}: the checkpoint does not record its tokenizer, so text cannot be encoded"
+        )
+    tokenizer = load_tokenizer(identity)
+    if max_new is None:
+        longest = max(len(tokenizer.encode(p)) or 1 for p in prompts)
+        max_new = min(200, model.config.block_size - longest)
+        if max_new < 1:
+            raise UserError(
+                f"the prompt ({longest} tokens) fills the model's context of {model.config.block_size}; shorten it"
+            )
+    return sample(
+        model,
+        tokenizer,
+        list(prompts),
+        max_new,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
