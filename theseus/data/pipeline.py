@@ -29,8 +29,6 @@ from theseus.data.tokenizers import Tokenizer
 
 _DONE = object()
 BATCHES_IN_FLIGHT = 2
-#: One document's output: (split, arrays for the store, token count).
-Row = tuple[str, dict[str, np.ndarray], int]
 
 
 @dataclass
@@ -125,64 +123,97 @@ def batches(source: Source, skip: int, plan: Plan) -> Iterator[list[Document]]:
         yield batch
 
 
+@dataclass
+class Encoded:
+    """One batch, tokenized. Per written (non-empty) document, in order: where it was in the
+    batch, whether it is held out, its token count and row count; and the rows of each split."""
+
+    n_read: int
+    index: np.ndarray
+    held_out: np.ndarray
+    tokens: np.ndarray
+    rows: np.ndarray
+    truncated: np.ndarray
+    arrays: dict[str, dict[str, np.ndarray]]
+
+    def cut(self, n_docs: int) -> Encoded:
+        """Only the first `n_docs` written documents (and the batch up to the last of them)."""
+        out = {}
+        for split, held_out in (("train", False), ("val", True)):
+            keep = int(self.rows[:n_docs][self.held_out[:n_docs] == held_out].sum())
+            out[split] = {name: values[:keep] for name, values in self.arrays[split].items()}
+        n_read = int(self.index[n_docs - 1]) + 1 if n_docs else 0
+        fields = (self.index, self.held_out, self.tokens, self.rows, self.truncated)
+        return Encoded(n_read, *(f[:n_docs] for f in fields), out)
+
+
 class Encoder:
-    """Turns a batch of documents into store rows, per split."""
+    """Turns a batch of documents into store rows, a whole batch at a time (little per-document Python)."""
 
     def __init__(self, tokenizer: Tokenizer, plan: Plan, dtype: str) -> None:
         self.tokenizer = tokenizer
         self.plan = plan
         self.dtype = np.dtype(dtype)
-        self.eot = np.array([tokenizer.eot_id], dtype=self.dtype)
 
-    def encode(
-        self, batch: list[Document]
-    ) -> tuple[list[Document], list[int], list[Row], list[bool]]:
-        """(batch, indices of its non-empty documents, their rows, whether each was truncated)."""
-        kept = [i for i, d in enumerate(batch) if d and (not isinstance(d, str) or d.strip())]
-        docs = [batch[i] for i in kept]
+    def encode(self, batch: list[Document]) -> Encoded:
+        index = [i for i, d in enumerate(batch) if d and (not isinstance(d, str) or d.strip())]
+        docs = [batch[i] for i in index]
+        held_out = np.array([is_val(d, self.plan.val_pct) for d in docs], dtype=bool)
         if self.plan.kind == "variable":
-            return batch, kept, self.variable(docs), [False] * len(docs)
-        rows, truncated = self.blockwise(docs)
-        return batch, kept, rows, truncated
+            tokens, arrays = self.variable(docs)
+            rows, truncated = tokens, np.zeros(len(docs), dtype=bool)
+        else:
+            tokens, truncated, arrays = self.blockwise(docs)
+            rows = np.ones(len(docs), dtype=np.int64)
+        by_split = {
+            "train": {k: v[np.repeat(~held_out, rows)] for k, v in arrays.items()},
+            "val": {k: v[np.repeat(held_out, rows)] for k, v in arrays.items()},
+        }
+        return Encoded(
+            len(batch), np.array(index, dtype=np.int64), held_out, tokens, rows, truncated, by_split
+        )
 
-    def variable(self, docs: list[Document]) -> list[Row]:
-        """Per document: (split, {"tokens": ids + EOT}, token count)."""
-        encoded = self.tokenizer.encode_batch_arrays([render(d, self.plan.template) for d in docs])
-        rows = []
-        for doc, ids in zip(docs, encoded, strict=True):
-            tokens = np.concatenate([ids.astype(self.dtype, copy=False), self.eot])
-            rows.append((self._split(doc), {"tokens": tokens}, len(tokens)))
-        return rows
+    def variable(self, docs: list[Document]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Each document's ids followed by the end-of-text id, all in one array."""
+        texts = [d if isinstance(d, str) else render(d, self.plan.template) for d in docs]
+        flat, lengths = self.tokenizer.encode_batch_flat(texts)
+        counts = lengths + 1
+        stream = np.empty(int(counts.sum()), dtype=self.dtype)
+        is_eot = np.zeros(len(stream), dtype=bool)
+        is_eot[np.cumsum(counts) - 1] = True
+        stream[is_eot] = self.tokenizer.eot_id
+        stream[~is_eot] = flat
+        return counts, {"tokens": stream}
 
-    def blockwise(self, docs: list[Document]) -> tuple[list[Row], list[bool]]:
-        """Per document: (split, one fixed-length example, real token count)."""
+    def blockwise(
+        self, docs: list[Document]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One fixed-length example per document: (real token counts, truncated, arrays)."""
         plan, seq_len = self.plan, int(self.plan.seq_len or 0)
         pieces = [segments(d, plan.template, plan.loss_on) for d in docs]
-        flat = self.tokenizer.encode_batch_arrays([text for doc in pieces for text, _ in doc])
-        rows, truncations, at = [], [], 0
-        for doc, doc_pieces in zip(docs, pieces, strict=True):
+        flat = self.tokenizer.encode_batch([text for doc in pieces for text, _ in doc])
+        tokens = np.empty((len(docs), seq_len + 1), dtype=self.dtype)
+        masks = np.empty((len(docs), seq_len), dtype=np.uint8)
+        lengths = np.empty(len(docs), dtype=np.int64)
+        truncated = np.zeros(len(docs), dtype=bool)
+        at = 0
+        for row, doc_pieces in enumerate(pieces):
             ids: list[int] = []
             weights: list[bool] = []
             for _, learn in doc_pieces:
-                ids += flat[at].tolist()
+                ids += flat[at]
                 weights += [learn] * len(flat[at])
                 at += 1
             ids.append(self.tokenizer.eot_id)
             weights.append(doc_pieces[-1][1] if doc_pieces else True)
-            tokens, mask, length, truncated = example(
+            tokens[row], masks[row], lengths[row], truncated[row] = example(
                 ids, weights, seq_len, self.tokenizer.eot_id, plan.padding
             )
-            truncations.append(truncated)
-            arrays = {
-                "tokens": tokens[None].astype(self.dtype),
-                "loss_mask": mask[None],
-                "lengths": np.array([length], dtype=np.int32),
-            }
-            rows.append((self._split(doc), arrays, length))
-        return rows, truncations
-
-    def _split(self, doc: Document) -> str:
-        return "val" if is_val(doc, self.plan.val_pct) else "train"
+        return (
+            lengths,
+            truncated,
+            {"tokens": tokens, "loss_mask": masks, "lengths": lengths.astype(np.int32)},
+        )
 
 
 class _Progress:
@@ -235,21 +266,23 @@ def tokenize(
     )
     try:
         read = prefetch(batches(source, writer.docs_read, plan), depth=4) if not done else iter(())
-        for batch, kept, rows, truncated in ordered_map(encoder.encode, read, BATCHES_IN_FLIGHT):
-            used, tokens, written = len(batch), 0, 0
-            for position, (split, arrays, count) in zip(kept, rows, strict=True):
-                writer.add(split, arrays)
-                tokens += count
-                written += 1
-                if plan.max_tokens is not None and stats["tokens"] + tokens >= plan.max_tokens:
-                    used, done = position + 1, True
-                    break
-            stats["skipped_empty"] += used - written
-            stats["docs_read"] = writer.docs_read + used
+        for encoded in ordered_map(encoder.encode, read, BATCHES_IN_FLIGHT):
+            if plan.max_tokens is not None:
+                reached = np.flatnonzero(
+                    stats["tokens"] + np.cumsum(encoded.tokens) >= plan.max_tokens
+                )
+                if len(reached):
+                    encoded, done = encoded.cut(int(reached[0]) + 1), True
+            for split, arrays in encoded.arrays.items():
+                if len(arrays["tokens"]):
+                    writer.add(split, arrays)
+            tokens = int(encoded.tokens.sum())
+            stats["skipped_empty"] += encoded.n_read - len(encoded.index)
+            stats["docs_read"] = writer.docs_read + encoded.n_read
             stats["tokens"] += tokens
-            stats["truncated"] += sum(truncated[:written])
-            writer.commit(writer.docs_read + used, stats)
-            progress.advance(used, tokens, writer.docs_read)
+            stats["truncated"] += int(encoded.truncated.sum())
+            writer.commit(writer.docs_read + encoded.n_read, stats)
+            progress.advance(encoded.n_read, tokens, writer.docs_read)
             if done:
                 break
     finally:

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,14 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
 
-    def encode_batch_arrays(self, texts: list[str]) -> list[Any]:
-        """`encode_batch` as numpy int arrays (what the tokenize jobs write)."""
+    def encode_batch_flat(self, texts: list[str]) -> tuple[Any, Any]:
+        """`encode_batch` as (all ids in one int64 array, each text's length)."""
         import numpy as np
 
-        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_batch(texts)]
+        encoded = self.encode_batch(texts)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
+        return flat, lengths
 
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
@@ -79,10 +83,12 @@ class BytesTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [list(text.encode("utf-8")) for text in texts]
 
-    def encode_batch_arrays(self, texts: list[str]) -> list[Any]:
+    def encode_batch_flat(self, texts: list[str]) -> tuple[Any, Any]:
         import numpy as np
 
-        return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in texts]
+        encoded = [text.encode("utf-8") for text in texts]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.int64), lengths
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
