@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,40 @@ HOSTILE = "we ird $(touch PWNED) 'q' \"dq\" `touch PWNED2` ;&|"
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session folder with a hostile name; its work/ keeps the job environments between tests."""
     return tmp_path_factory.mktemp("dispatch") / HOSTILE
+
+
+@pytest.fixture(scope="session")
+def count_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config of the test-only count job (see countjob.py)."""
+    path = tmp_path_factory.mktemp("cfg") / "count.yaml"
+    result = theseus("configure", "test/dispatch/count", str(path), "--load", COUNTJOB)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+class ArgvWatch:
+    """Reads every process's command line (/proc/*/cmdline) in the background, looking for `needle`."""
+
+    def __init__(self, needle: bytes) -> None:
+        self.needle, self.hits, self.scans = needle, set(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        if self.needle in (entry / "cmdline").read_bytes():
+                            self.hits.add(entry.name)
+                    except OSError:
+                        continue
+            self.scans += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @pytest.fixture

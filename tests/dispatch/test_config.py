@@ -88,14 +88,6 @@ MALFORMED = {
 }
 
 
-@pytest.fixture(scope="module")
-def count_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "count.yaml"
-    result = theseus("configure", "test/dispatch/count", str(path), "--load", COUNTJOB)
-    assert result.returncode == 0, result.stderr
-    return path
-
-
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_dispatch_file_is_one_line_error(
     case: str,

@@ -92,7 +92,8 @@ def sbatch_directives(name: str, host: Host, placement: Placement, log: str) -> 
     if host.exclude:
         lines.append(_directive("--exclude", ",".join(host.exclude)))
     lines += [
-        _directive("--output", log),
+        # Relative to the job folder, where the launcher runs sbatch: any folder name works.
+        _directive("--output", Path(log).name),
         "#SBATCH --open-mode=append",
         f"#SBATCH --signal=USR1@{SIGNAL_SECONDS}",
         "#SBATCH --requeue",
@@ -158,9 +159,9 @@ def job_files(
             "RUN_ARGS": words(args),
         },
     )
-    job.files["lib.sh"] = (lib, 0o644)
+    job.files["lib.sh"] = (lib, 0o600)
     for i, text in enumerate(stage_yamls):
-        job.files[f"stage-{i}.yaml"] = (text, 0o644)
+        job.files[f"stage-{i}.yaml"] = (text, 0o600)
     common = {"LIB": shlex.quote(job.path("lib.sh"))}
     if backend == "slurm":
         assert host is not None
@@ -170,12 +171,12 @@ def job_files(
                 "job.sbatch",
                 {**common, "DIRECTIVES": directives, "TASK": shlex.quote(job.path("task.sh"))},
             ),
-            0o755,
+            0o700,
         )
-        job.files["task.sh"] = (render("task.sh", common), 0o755)
+        job.files["task.sh"] = (render("task.sh", common), 0o700)
     else:
-        job.files["run.sh"] = (render("run.sh", common), 0o755)
-        job.files["free_gpus.sh"] = (render("free_gpus.sh", {}), 0o755)
+        job.files["run.sh"] = (render("run.sh", common), 0o700)
+        job.files["free_gpus.sh"] = (render("free_gpus.sh", {}), 0o700)
     job.files["launch.sh"] = (
         render(
             "launch.sh",
@@ -191,6 +192,6 @@ def job_files(
                 "LOG": shlex.quote(job.log),
             },
         ),
-        0o755,
+        0o700,
     )
     return job

@@ -15,6 +15,7 @@ if [ "$NEEDS_JUICEFS" = 1 ]; then
 fi
 if [ "$BACKEND" = slurm ]; then
   command -v sbatch >/dev/null || fail "sbatch is not on PATH on $(hostname): is this a SLURM login node?"
+  cd "$JOB_DIR"
   sbatch --parsable {{SBATCH}}
   exit 0
 fi

@@ -1,0 +1,116 @@
+"""JuiceFS mount logic against a real mount: the real `juicefs` CLI (1.x, from the test cluster)
+with redis as metadata engine and local file storage, mounted through FUSE."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.dispatch.conftest import COUNTJOB, ArgvWatch, theseus, wait_state
+
+
+def is_mounted(path: Path) -> bool:
+    return subprocess.run(["mountpoint", "-q", str(path)]).returncode == 0
+
+
+@pytest.fixture
+def volume(shared: Path, home: Path, lab: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    """(mount point, dispatch file, juicefs binary, env with META_PASSWORD); unmounts at the end."""
+    mount_point = shared / f"jfs {uuid.uuid4().hex[:6]}"
+    mount_point.mkdir(parents=True)
+    juicefs = lab["THESEUS_TESTCLUSTER_JUICEFS"]
+    monkeypatch.setenv("THESEUS_TEST_META_PASSWORD", lab["META_PASSWORD"])
+    cluster = {
+        "root": str(mount_point),
+        "work": str(shared / "work" / "local"),
+        "mount": lab["THESEUS_TESTCLUSTER_META_URL"],
+        "cache_dir": str(shared / "jfs-cache"),
+        "cache_size": 200,
+        "env": {
+            "META_PASSWORD": "${oc.env:THESEUS_TEST_META_PASSWORD}",
+            "PATH": f"{Path(juicefs).parent}:{os.environ['PATH']}",
+        },
+    }
+    dispatch = home.parent / "jfs.yaml"
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": cluster}}))
+    env = {**os.environ, "META_PASSWORD": lab["META_PASSWORD"]}
+    yield mount_point, dispatch, juicefs, env
+    if is_mounted(mount_point):
+        subprocess.run([juicefs, "umount", str(mount_point)], check=True, env=env)
+
+
+def test_mounts_when_not_mounted_and_leaves_a_foreign_mount_alone(
+    volume, count_yaml: Path, lab
+) -> None:
+    mount_point, dispatch, juicefs, env = volume
+    project = "p" + uuid.uuid4().hex[:8]
+    args = ["-d", str(dispatch), "-p", project, "--load", COUNTJOB, "count.steps=2"]
+    watch = ArgvWatch(lab["META_PASSWORD"].encode())
+    try:
+        # Not mounted: the job mounts the volume, writes into it, and unmounts what it mounted.
+        assert not is_mounted(mount_point)
+        assert theseus("submit", "jfs-a", str(count_yaml), *args).returncode == 0
+        assert wait_state("jfs-a", ("completed", "failed")) == "completed"
+        log = theseus("logs", "jfs-a").stdout
+        assert f"mounting JuiceFS at {mount_point}" in log and f"unmounted {mount_point}" in log, (
+            log
+        )
+    finally:
+        watch.stop()
+    assert watch.scans > 10 and not watch.hits, (
+        "the metadata password must not be on any command line"
+    )
+    assert not is_mounted(mount_point) and list(mount_point.iterdir()) == [], (
+        "outputs went into the volume"
+    )
+
+    # Already mounted (by someone else): the job uses the mount and neither mounts nor unmounts.
+    subprocess.run(
+        [juicefs, "mount", "-d", lab["THESEUS_TESTCLUSTER_META_URL"], str(mount_point)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    device = os.stat(mount_point).st_dev
+    runs = mount_point / "runs" / project / "default"
+    assert (runs / "jfs-a" / "metrics.jsonl").read_text().count("\n") == 2
+    assert theseus("submit", "jfs-b", str(count_yaml), *args).returncode == 0
+    assert wait_state("jfs-b", ("completed", "failed")) == "completed"
+    log = theseus("logs", "jfs-b").stdout
+    assert (
+        f"{mount_point} is already mounted" in log
+        and "mounting JuiceFS" not in log
+        and "unmounted" not in log
+    )
+    assert is_mounted(mount_point) and os.stat(mount_point).st_dev == device
+    assert (runs / "jfs-b" / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_missing_juicefs_is_a_one_line_error(volume, count_yaml: Path) -> None:
+    mount_point, dispatch, _, _ = volume
+    data = yaml.safe_load(dispatch.read_text())
+    del data["clusters"]["local"]["env"]["PATH"]
+    dispatch.write_text(yaml.safe_dump(data))
+    path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if not Path(p, "juicefs").exists()
+    )
+    result = theseus(
+        "submit",
+        "jfs-c",
+        str(count_yaml),
+        "-d",
+        str(dispatch),
+        "--load",
+        COUNTJOB,
+        env={"PATH": path},
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "juicefs is not installed" in result.stderr, (
+        result.stderr
+    )
+    assert not is_mounted(mount_point)

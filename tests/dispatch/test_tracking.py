@@ -1,0 +1,131 @@
+"""status / logs / cancel / re-submit on every backend (local, ssh, slurm), with a secret in the
+job's environment that must reach the job and appear in no script, log or command line."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.dispatch.conftest import (
+    COUNTJOB,
+    ArgvWatch,
+    state_of,
+    theseus,
+    wait_state,
+    wait_until,
+    write_dispatch,
+)
+
+
+def files_holding(needle: bytes, *folders: Path) -> list[str]:
+    found = []
+    for folder in folders:
+        for path in [folder] if folder.is_file() else folder.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue
+    return found
+
+
+def metrics_step(root: Path, project: str, name: str) -> int:
+    path = root / "runs" / project / "default" / name / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
+    shared: Path, home: Path, lab: dict[str, str], count_yaml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cret-" + uuid.uuid4().hex
+    monkeypatch.setenv("THESEUS_TEST_SECRET_SOURCE", secret)
+    root, work = shared / "output", shared / "work"
+    project = "p" + uuid.uuid4().hex[:8]
+    extra = {"env": {"THESEUS_TEST_SECRET": "${oc.env:THESEUS_TEST_SECRET_SOURCE}"}}
+    files = {
+        host: write_dispatch(
+            home.parent / f"{host}.yaml", root, work, hosts=[host], cluster_extra=extra
+        )
+        for host in ("box", "lab-slurm")
+    }
+    runs = {
+        "c-local": ["-d", str(files["box"]), "--cluster", "local"],
+        "c-ssh": ["-d", str(files["box"])],
+        "c-slurm": ["-d", str(files["lab-slurm"])],
+    }
+    watch = ArgvWatch(secret.encode())
+    try:
+        for name, args in runs.items():
+            result = theseus(
+                "submit",
+                name,
+                str(count_yaml),
+                "-p",
+                project,
+                "--load",
+                COUNTJOB,
+                *args,
+                "count.steps=3000",
+                "count.sleep=0.1",
+            )
+            assert result.returncode == 0, result.stderr
+        for name, args in runs.items():
+            wait_until(
+                lambda name=name: metrics_step(root, project, name) >= 2, timeout=120, every=0.1
+            )
+            assert state_of(name) == "running"
+            again = theseus(
+                "submit", name, str(count_yaml), "-p", project, "--load", COUNTJOB, *args
+            )
+            assert again.returncode == 2 and f"{name} is still running" in again.stderr
+            cancelled = theseus("cancel", name)
+            assert cancelled.returncode == 0, cancelled.stderr
+        for name in runs:
+            assert wait_state(name, ("cancelled",), timeout=60) == "cancelled"
+            log = theseus("logs", name).stdout
+            assert "secret set" in log and "checkpoint saved" in log, log
+        for name, args in runs.items():
+            result = theseus(
+                "submit",
+                name,
+                str(count_yaml),
+                "-p",
+                project,
+                "--load",
+                COUNTJOB,
+                *args,
+                "count.steps=3000",
+                "count.sleep=0",
+            )
+            assert result.returncode == 0, result.stderr
+        for name in runs:
+            followed = theseus("logs", "-f", name, timeout=120)
+            assert (
+                "resuming from step" in followed.stdout and "done at step 3000" in followed.stdout
+            ), followed.stdout
+            assert state_of(name) == "completed"
+        status = theseus("status").stdout
+        assert all(
+            '"step": 3000' in line for line in status.splitlines() if line.split()[0] in runs
+        ), status
+    finally:
+        watch.stop()
+    assert watch.scans > 10 and not watch.hits, (
+        f"secret on the command line of processes {watch.hits}"
+    )
+    lab_dir = Path(lab["THESEUS_TESTCLUSTER"])
+    places = [
+        work,
+        root / "runs" / project,
+        home,
+        lab_dir / "ssh" / "sshd.log",
+        lab_dir / "slurm" / "log",
+    ]
+    assert files_holding(secret.encode(), *places) == []
+    scripts = list(work.rglob("launch.sh"))
+    assert scripts and all(os.stat(p).st_mode & 0o077 == 0 for p in scripts[0].parent.iterdir()), (
+        "job files are private"
+    )
