@@ -24,6 +24,7 @@ import dataclasses
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -96,6 +97,11 @@ class BaseTrainerConfig:
         default=False,
         help="with --fresh: move this run's existing checkpoints and logs aside (else --fresh refuses)",
     )
+    compilation_cache: str | None = field(
+        "training/compilation_cache",
+        default="~/.cache/theseus/xla",
+        help="folder of JAX's persistent compilation cache (a restarted run skips compiling); null = off",
+    )
     restore_weights_only: bool = field(
         "training/restore_weights_only",
         default=False,
@@ -145,9 +151,21 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
     @classmethod
     def build_model(cls, cfg: DictConfig, *, vocab_size: int, seed: int) -> M:
-        """The model of `cfg` with its vocabulary set, initialized from `seed`."""
+        """The model of `cfg` with its vocabulary set, initialized from `seed`.
+
+        Initialization runs as one jitted program: eagerly, every parameter shape would be
+        compiled on its own.
+        """
+        import jax
+
         config = dataclasses.replace(configure(cls.MODEL.CONFIG, cfg), vocab_size=vocab_size)
-        return cls.MODEL(config, rngs=nnx.Rngs(seed))
+
+        def create() -> M:
+            return cls.MODEL(config, rngs=nnx.Rngs(seed))
+
+        graphdef, _ = nnx.split(nnx.eval_shape(create))
+        state = jax.jit(lambda: nnx.state(create()))()
+        return nnx.merge(graphdef, state)
 
     # RestoreableJob ------------------------------------------------------------------------------
 
@@ -210,7 +228,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         for folder in (directory, self.spec.run_dir):
             target = folder.with_name(f"{folder.name}.replaced-{stamp}")
             shutil.move(str(folder), str(target))
-            print(f"--fresh: moved {folder} to {target}", flush=True)
+            sys.stderr.write(f"--fresh: moved {folder} to {target}\n")
 
 
 def job_name_of(trainer: type) -> str:

@@ -124,9 +124,9 @@ class RunLog:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         self._log.write(f"{stamp} {message}\n")
         if self._progress is not None:
-            self._progress.console.print(message)
+            self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
         else:
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def keep_until(self, step: int) -> None:
         """Drop metric lines after `step` (a resumed run rewrites them identically)."""

@@ -34,7 +34,7 @@ def chip_of(device: Any) -> Chip | None:
     return None
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 3) -> float:
+def measure_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of the best of `repeats` float32 `size`^3 matmuls through XLA on the default device."""
     import jax
     import jax.numpy as jnp

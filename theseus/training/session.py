@@ -61,6 +61,8 @@ class Session:
         self.process_count = jax.process_count()
         self.main = self.process == 0
 
+        _use_compilation_cache(self.config.compilation_cache)
+
         # devices
         devices = jax.devices()
         self.layout = Layout.solve(
@@ -501,6 +503,16 @@ class Session:
             f"stopped by {reason} at step {step}; checkpoint saved; run again to resume (exit code 75)"
         )
         raise StoppedEarly(step, reason)
+
+
+def _use_compilation_cache(folder: str | None) -> None:
+    """Point JAX's persistent compilation cache at `folder`, unless one is configured already."""
+    if folder is None or jax.config.jax_compilation_cache_dir:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
 
 
 def _resolved(cfg: Any) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def make_train_step(
             (grads, ce, z), _ = jax.lax.scan(body, init, (jnp.arange(accumulation), batch))
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         loss = ce / n_tokens
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt = tx.update(grads, state["opt"], params)
         lr = schedule(step)
         updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)

@@ -1,0 +1,95 @@
+"""Exact resume: a run killed at any moment and resumed equals an uninterrupted run, bitwise (f32).
+
+The interrupted runs are real subprocesses killed with real signals; resuming is `theseus run`
+with the same name again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import pytest
+
+from tests.training.conftest import ckpt_dir, cli_args, last_step, losses, spawn, wait_for
+from theseus.cli import main
+
+STEPS = ["training.steps=24"]
+
+
+@pytest.fixture(scope="module")
+def reference(root, train_yaml) -> list[tuple[int, float]]:
+    assert (
+        main(cli_args("reference", train_yaml, root, *STEPS, "logging.checkpoint_interval=8")) == 0
+    )
+    sequence = losses(root, "reference")
+    assert [step for step, _ in sequence] == list(range(1, 25))
+    return sequence
+
+
+def _resume(root, train_yaml, name: str, *overrides: str, capsys) -> str:
+    assert main(cli_args(name, train_yaml, root, *STEPS, *overrides)) == 0
+    return capsys.readouterr().err
+
+
+def test_sigkill_at_random_step_then_resume_is_bitwise_identical(
+    root, train_yaml, reference, capsys
+):
+    kill_after = random.randint(6, 18)
+    print(f"killing after step {kill_after}")
+    overrides = ("logging.checkpoint_interval=4",)
+    proc = spawn(cli_args("killed", train_yaml, root, *STEPS, *overrides))
+    wait_for(lambda: last_step(root, "killed") >= kill_after or proc.poll() is not None)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
+    assert last_step(root, "killed") < 24
+    err = _resume(root, train_yaml, "killed", *overrides, capsys=capsys)
+    assert "resuming killed from its checkpoint at step" in err
+    assert losses(root, "killed") == reference
+
+
+def test_sigkill_during_checkpoint_write_leaves_a_resumable_run(
+    root, train_yaml, reference, capsys
+):
+    overrides = ("logging.checkpoint_interval=1",)
+    proc = spawn(cli_args("torn", train_yaml, root, *STEPS, *overrides))
+    directory = ckpt_dir(root, "torn")
+
+    def writing() -> bool:
+        if proc.poll() is not None:
+            return True
+        try:
+            names = [p.name for p in directory.iterdir()]
+        except FileNotFoundError:
+            return False
+        # Orbax writes each step under a temporary name and renames it when complete
+        return any("tmp" in n for n in names) and last_step(root, "torn") >= 3
+
+    wait_for(writing)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (
+        "the run finished before a checkpoint write was caught"
+    )
+    err = _resume(root, train_yaml, "torn", *overrides, capsys=capsys)
+    assert "resuming torn from its checkpoint at step" in err
+    assert losses(root, "torn") == reference
+    assert not any("tmp" in p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
+def test_signal_saves_at_step_boundary_and_exits_75(root, train_yaml, reference, capsys, sig):
+    overrides = ("logging.checkpoint_interval=1000",)
+    proc = spawn(cli_args("stopped", train_yaml, root, *STEPS, *overrides))
+    wait_for(lambda: last_step(root, "stopped") >= 5 or proc.poll() is not None)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert f"stopped by {sig.name} at step" in out and "checkpoint saved" in out
+    saved = [int(p.name) for p in ckpt_dir(root, "stopped").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 5 <= saved[0] < 24
+    err = _resume(root, train_yaml, "stopped", *overrides, capsys=capsys)
+    assert f"from its checkpoint at step {saved[0]}" in err
+    assert losses(root, "stopped") == reference
