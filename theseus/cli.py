@@ -391,6 +391,24 @@ def sample(
         click.echo()
 
 
+@cli.command()
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "-o",
+    "--out",
+    default="loss.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="PNG to write",
+)
+@_verbose
+def plot(runs: tuple[str, ...], out: str) -> None:
+    """Overlay the loss curves of one or more RUN folders (OUT/runs/PROJECT/GROUP/NAME) in a PNG."""
+    from theseus.training.plot import plot_runs
+
+    _echo(f"wrote {plot_runs(list(runs), out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
