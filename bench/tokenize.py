@@ -51,13 +51,20 @@ def run_job(root: Path, name: str, overrides: list[str]) -> None:
 
 
 def tokenizer_ratio(
-    root: Path, label: str, source: dict[str, Any], tokenizer_json: Path, repeats: int
+    root: Path,
+    label: str,
+    source: dict[str, Any],
+    tokenizer_json: Path,
+    repeats: int,
+    batch_docs: int | None,
 ) -> None:
     from theseus.data.datasets import SourceConfig, open_source
     from theseus.data.store import TokenStore
     from theseus.data.tokenizers import make_tokenizer
 
     overrides = [f"data.{key}={json.dumps(value)}" for key, value in source.items()]
+    if batch_docs is not None:
+        overrides.append(f"data.batch_docs={batch_docs}")
     documents = list(
         islice(open_source(SourceConfig(**source)).documents(), source.get("max_samples"))
     )
@@ -85,7 +92,7 @@ def tokenizer_ratio(
         assert sum(split_totals) == raw_tokens, (split_totals, raw_tokens)
     mb = sum(len(d.encode()) for d in documents) / 1e6
     print(
-        f"{label:<20} {len(documents):>5} docs {mb:5.1f} MB  raw encode {raw_tokens / raw[0]:>10,.0f} tok/s  "
+        f"{label:<20} batch_docs={batch_docs or 'default'} {len(documents):>5} docs {mb:5.1f} MB  raw encode {raw_tokens / raw[0]:>10,.0f} tok/s  "
         f"job {raw_tokens / job[0]:>10,.0f} tok/s  ratio job/raw: wall {raw[0] / job[0]:.2f}, CPU time {raw[1] / job[1]:.2f}",
         flush=True,
     )
@@ -157,9 +164,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--model",
-        choices=sorted(MODELS),
+        choices=[*sorted(MODELS), "none"],
         default="tiny",
         help="GPT whose train step the loader is compared to",
+    )
+    parser.add_argument(
+        "--batch-docs",
+        type=int,
+        default=None,
+        help="data.batch_docs for the job (default: its default)",
     )
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
@@ -178,10 +191,14 @@ def main() -> None:
             {"name": "pystdlib", "max_samples": args.docs},
             tokenizer_json,
             args.repeats,
+            args.batch_docs,
         )
         text = {"name": "files", "paths": [args.text], "separator": "\n\n"}
-        tokenizer_ratio(root, Path(args.text).name, text, tokenizer_json, args.repeats)
-        loader_ratio(root, "bench-pystdlib-0", args.model, args.seq_len, args.batch)
+        tokenizer_ratio(
+            root, Path(args.text).name, text, tokenizer_json, args.repeats, args.batch_docs
+        )
+        if args.model != "none":
+            loader_ratio(root, "bench-pystdlib-0", args.model, args.seq_len, args.batch)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The tokenize loop: read documents in a background thread, encode batches on every core, commit.
 
 Output order is the source order whatever the parallelism: each batch is encoded by the
-tokenizer's own thread pool on every core (`encode_batch` keeps order), two batches at a time,
+tokenizer's own thread pool on every core (`encode_batch` keeps order), several batches at once,
 while the next batches are read and the previous one is written. After every batch the writer
 commits, so a killed run resumes at the last committed document.
 """
@@ -29,6 +29,9 @@ from theseus.data.tokenizers import Tokenizer
 
 _DONE = object()
 BATCHES_IN_FLIGHT = 2
+#: Text per batch: big enough that the tokenizer's per-call cost vanishes, small enough to
+#: start writing early and keep several batches in flight.
+BATCH_CHARS = 1 << 20
 
 
 @dataclass
@@ -101,8 +104,9 @@ def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
 def ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:
     """`map(fn, items)` with `workers` calls in flight, results in input order.
 
-    Two batches encode at once so that one batch's slowest document does not leave cores idle,
-    and encoding goes on while the caller writes.
+    Several batches encode at once so that one batch's slowest document, or another's
+    GIL-bound conversion to arrays, does not leave cores idle; encoding goes on while the
+    caller writes.
     """
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="theseus-encode")
     pending: deque[Future[Any]] = deque()
@@ -118,8 +122,21 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) ->
 
 
 def batches(source: Source, skip: int, plan: Plan) -> Iterator[list[Document]]:
-    docs = islice(source.documents(), skip, plan.max_samples)
-    while batch := list(islice(docs, plan.batch_docs)):
+    """Documents in batches of `plan.batch_docs`, or fewer once they hold BATCH_CHARS of text.
+
+    Batch bounds decide only when progress is committed, never the store's bytes.
+    """
+    batch: list[Document] = []
+    chars = 0
+    for document in islice(source.documents(), skip, plan.max_samples):
+        batch.append(document)
+        chars += (
+            len(document) if isinstance(document, str) else sum(len(m["content"]) for m in document)
+        )
+        if len(batch) >= plan.batch_docs or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
         yield batch
 
 
