@@ -57,7 +57,15 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         main(["configure", "data/tokenize_variable_dataset", str(tok), "data.name=pystdlib"]) == 0
     )
     code = main(
-        ["run", "tok", str(tok), str(out), "tokenizer.backend=bytes", "data.max_tokens=300000"]
+        [
+            "run",
+            "tok",
+            str(tok),
+            str(out),
+            "tokenizer.backend=bytes",
+            "data.max_tokens=400000",
+            "data.val_pct=20",
+        ]
     )
     assert code == 0
     assert (out / "data" / "pystdlib" / "manifest.json").is_file()

@@ -1,0 +1,114 @@
+"""`theseus run` options and failure policies: --fresh, --restore, non-finite loss, bad input,
+W&B (offline) and TensorBoard, validation, plots."""
+
+from __future__ import annotations
+
+import json
+
+from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir
+from theseus.cli import main
+
+SHORT = ("training.steps=3", "logging.checkpoint_interval=1000")
+
+
+def test_fresh_refuses_existing_checkpoints_unless_overwrite(root, train_yaml, capsys):
+    assert main(cli_args("again", train_yaml, root, *SHORT)) == 0
+    assert main(cli_args("again", train_yaml, root, *SHORT)) == 0
+    assert "already finished at step 3" in capsys.readouterr().err
+
+    assert main([*cli_args("again", train_yaml, root, *SHORT), "--fresh"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --fresh: run 'again' already has checkpoints")
+    assert "training.overwrite=true" in err and len(err.splitlines()) == 1
+    assert (ckpt_dir(root, "again") / "3").is_dir()
+
+    assert (
+        main([*cli_args("again", train_yaml, root, *SHORT, "training.overwrite=true"), "--fresh"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    moved = sorted(
+        p.name
+        for p in ckpt_dir(root, "again").parent.iterdir()
+        if p.name.startswith("again.replaced-")
+    )
+    assert len(moved) == 1 and f"moved {ckpt_dir(root, 'again')}" in err
+    assert (ckpt_dir(root, "again").parent / moved[0] / "3").is_dir()
+    assert [s for s, _ in losses(root, "again")] == [1, 2, 3]
+
+
+def test_restore_full_state_and_weights_only(root, train_yaml, capsys):
+    assert main(cli_args("base", train_yaml, root, *SHORT)) == 0
+    base = losses(root, "base")
+    source = str(run_dir(root, "base"))
+
+    assert main([*cli_args("cont", train_yaml, root, "training.steps=5"), "--restore", source]) == 0
+    assert "restored full state at step 3" in capsys.readouterr().err
+    assert [s for s, _ in losses(root, "cont")] == [4, 5]
+
+    weights = ("training.steps=3", "training.restore_weights_only=true")
+    assert main([*cli_args("tuned", train_yaml, root, *weights), "--restore", source]) == 0
+    assert "restored weights" in capsys.readouterr().err
+    tuned = losses(root, "tuned")
+    assert [s for s, _ in tuned] == [1, 2, 3]
+    assert tuned[0][1] < base[0][1] - 0.1  # starts from trained weights, not from scratch
+
+    assert main([*cli_args("nowhere", train_yaml, root), "--restore", str(root / "missing")]) == 2
+    assert "no such run or checkpoint" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_skips(root, train_yaml, capsys):
+    explode = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
+    assert main(cli_args("nan", train_yaml, root, *SHORT, *explode)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: loss became non-finite at step 1 ")
+    assert not any(p.name.isdigit() for p in ckpt_dir(root, "nan").iterdir())
+
+    assert (
+        main(cli_args("nan-skip", train_yaml, root, *SHORT, *explode, "training.on_nonfinite=skip"))
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at step 1; update skipped" in err
+    assert "at step 2; update skipped" in err
+
+
+def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):
+    cases = {
+        "training.per_device_batch_size=3": "does not divide the 8 sequences",
+        "training.dataset=[{name: nope}]": "no token store 'nope'",
+        "parallel.fsdp=3": "do not split into fsdp=3",
+    }
+    for override, message in cases.items():
+        assert main(cli_args("bad", train_yaml, root, *SHORT, override)) == 2, override
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+
+
+def test_validation_wandb_tensorboard_and_plot(
+    root, train_yaml, tmp_path, capsys, monkeypatch, six_step_losses
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    extra = (
+        "logging.val_interval=2",
+        "logging.val_batches=2",
+        "logging.wandb=true",
+        "logging.tensorboard=true",
+    )
+    assert main(cli_args("logged", train_yaml, root, "training.steps=4", *extra)) == 0
+    folder = run_dir(root, "logged")
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in val] == [2, 4] and val[1]["val_loss"] < val[0]["val_loss"]
+    train = [r for r in records if "loss" in r]
+    assert {"lr", "grad_norm", "tokens_per_s", "mfu"} <= set(train[0])
+    assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((folder / "wandb").glob("offline-run-*"))
+    assert (folder / "loss.png").stat().st_size > 1000
+    assert (folder / "config.yaml").read_text().startswith("config:")
+
+    out = tmp_path / "both.png"
+    assert main(["plot", str(folder), str(run_dir(root, "single")), "-o", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
