@@ -1,0 +1,9 @@
+"""Evaluations: perplexity and multiple-choice scoring, run on their own or during training.
+
+Each evaluation is registered with `@evaluation("name")`, reads its settings from `eval.<name>.*`
+and loads its data only when it runs.
+"""
+
+from theseus.evaluation.base import EvalConfig, Evaluation, evaluation_components, run_evaluations
+
+__all__ = ["EvalConfig", "Evaluation", "evaluation_components", "run_evaluations"]
