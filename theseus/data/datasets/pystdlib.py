@@ -23,12 +23,16 @@ class PythonStdlib(Source):
 
     def files(self) -> list[Path]:
         if self._files is None:
-            root = Path(sysconfig.get_paths()["stdlib"])
-            found = []
+            root = sysconfig.get_paths()["stdlib"]
+            found: list[
+                tuple[str, str]
+            ] = []  # (path relative to root, with "/", for sorting; path)
             for folder, subfolders, names in os.walk(root):
                 subfolders[:] = [d for d in subfolders if d not in _SKIP]
-                found += [Path(folder, n) for n in names if n.endswith(".py")]
-            self._files = sorted(found, key=lambda p: p.relative_to(root).as_posix())
+                relative = os.path.relpath(folder, root).replace(os.sep, "/")
+                prefix = "" if relative == "." else relative + "/"
+                found += [(prefix + n, os.path.join(folder, n)) for n in names if n.endswith(".py")]
+            self._files = [Path(path) for _, path in sorted(found)]
         return self._files
 
     def describe(self) -> dict[str, Any]:
