@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dispatch.conftest import COUNTJOB, ArgvWatch, theseus, wait_state
+from tests.dispatch.conftest import COUNTJOB, ArgvWatch, cli, theseus, wait_state
 
 
 def is_mounted(path: Path) -> bool:
@@ -54,9 +54,9 @@ def test_mounts_when_not_mounted_and_leaves_a_foreign_mount_alone(
     try:
         # Not mounted: the job mounts the volume, writes into it, and unmounts what it mounted.
         assert not is_mounted(mount_point)
-        assert theseus("submit", "jfs-a", str(count_yaml), *args).returncode == 0
+        assert cli("submit", "jfs-a", str(count_yaml), *args).returncode == 0
         assert wait_state("jfs-a", ("completed", "failed")) == "completed"
-        log = theseus("logs", "jfs-a").stdout
+        log = cli("logs", "jfs-a").stdout
         assert f"mounting JuiceFS at {mount_point}" in log and f"unmounted {mount_point}" in log, (
             log
         )
@@ -79,9 +79,9 @@ def test_mounts_when_not_mounted_and_leaves_a_foreign_mount_alone(
     device = os.stat(mount_point).st_dev
     runs = mount_point / "runs" / project / "default"
     assert (runs / "jfs-a" / "metrics.jsonl").read_text().count("\n") == 2
-    assert theseus("submit", "jfs-b", str(count_yaml), *args).returncode == 0
+    assert cli("submit", "jfs-b", str(count_yaml), *args).returncode == 0
     assert wait_state("jfs-b", ("completed", "failed")) == "completed"
-    log = theseus("logs", "jfs-b").stdout
+    log = cli("logs", "jfs-b").stdout
     assert (
         f"{mount_point} is already mounted" in log
         and "mounting JuiceFS" not in log

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dispatch.conftest import theseus, wait_until, write_dispatch
+from tests.dispatch.conftest import cli, wait_until, write_dispatch
 from theseus.cli import main
 
 STEPS = 60
@@ -104,14 +104,14 @@ def test_slurm_two_processes_preempted_ssh_and_local_reach_the_same_loss(
     }
     ids = {}
     for name, args in submissions.items():
-        result = theseus("submit", name, str(yaml_path), "-p", project, *args)
+        result = cli("submit", name, str(yaml_path), "-p", project, *args)
         assert result.returncode == 0, result.stderr
         backend = {"on-slurm": "slurm", "on-ssh": "ssh", "on-local": "local"}[name]
         ids[name] = re.search(rf"\({backend} id (\d+)\)", result.stderr).group(1)
     env = {**os.environ, "SLURM_CONF": lab["SLURM_CONF"]}
 
     def slurm_log() -> str:
-        return theseus("logs", "on-slurm").stdout
+        return cli("logs", "on-slurm").stdout
 
     wait_until(lambda: last_step(root, project, "on-slurm") >= 3, timeout=300, every=0.05)
     subprocess.run(["scancel", "--signal=USR1", ids["on-slurm"]], check=True, env=env)
@@ -125,11 +125,11 @@ def test_slurm_two_processes_preempted_ssh_and_local_reach_the_same_loss(
     wait_until(lambda: "(restart 2)" in slurm_log(), timeout=180)
 
     for name in submissions:
-        followed = theseus("logs", "-f", name, timeout=400)
+        followed = cli("logs", "-f", name)
         assert followed.returncode == 0, followed.stderr
         assert f"step {STEPS} " in followed.stdout, followed.stdout[-2000:]
         assert "finished with exit code 0" in followed.stdout, followed.stdout[-2000:]
-    status = theseus("status")
+    status = cli("status")
     for name in submissions:
         line = next(line for line in status.stdout.splitlines() if line.startswith(name + " "))
         assert line.split()[1] == "completed" and f'"step": {STEPS}' in line, line

@@ -12,8 +12,8 @@ import pytest
 from tests.dispatch.conftest import (
     COUNTJOB,
     ArgvWatch,
+    cli,
     state_of,
-    theseus,
     wait_state,
     wait_until,
     write_dispatch,
@@ -59,7 +59,7 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
     watch = ArgvWatch(secret.encode())
     try:
         for name, args in runs.items():
-            result = theseus(
+            result = cli(
                 "submit",
                 name,
                 str(count_yaml),
@@ -77,18 +77,16 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
                 lambda name=name: metrics_step(root, project, name) >= 2, timeout=120, every=0.1
             )
             assert state_of(name) == "running"
-            again = theseus(
-                "submit", name, str(count_yaml), "-p", project, "--load", COUNTJOB, *args
-            )
+            again = cli("submit", name, str(count_yaml), "-p", project, "--load", COUNTJOB, *args)
             assert again.returncode == 2 and f"{name} is still running" in again.stderr
-            cancelled = theseus("cancel", name)
+            cancelled = cli("cancel", name)
             assert cancelled.returncode == 0, cancelled.stderr
         for name in runs:
             assert wait_state(name, ("cancelled",), timeout=60) == "cancelled"
-            log = theseus("logs", name).stdout
+            log = cli("logs", name).stdout
             assert "secret set" in log and "checkpoint saved" in log, log
         for name, args in runs.items():
-            result = theseus(
+            result = cli(
                 "submit",
                 name,
                 str(count_yaml),
@@ -102,12 +100,12 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
             )
             assert result.returncode == 0, result.stderr
         for name in runs:
-            followed = theseus("logs", "-f", name, timeout=120)
+            followed = cli("logs", "-f", name)
             assert (
                 "resuming from step" in followed.stdout and "done at step 3000" in followed.stdout
             ), followed.stdout
             assert state_of(name) == "completed"
-        status = theseus("status").stdout
+        status = cli("status").stdout
         assert all(
             '"step": 3000' in line for line in status.splitlines() if line.split()[0] in runs
         ), status
@@ -125,7 +123,15 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
         lab_dir / "slurm" / "log",
     ]
     assert files_holding(secret.encode(), *places) == []
-    scripts = list(work.rglob("launch.sh"))
-    assert scripts and all(os.stat(p).st_mode & 0o077 == 0 for p in scripts[0].parent.iterdir()), (
-        "job files are private"
-    )
+    job_dirs = {
+        p.parent
+        for pattern in ("jobs/*/*/launch.sh", "local/jobs/*/*/launch.sh")
+        for p in work.glob(pattern)
+    }
+    assert len(job_dirs) == 6
+    for job_dir in job_dirs:
+        assert os.stat(job_dir).st_mode & 0o077 == 0, "job folders are private"
+        written = [p for p in job_dir.iterdir() if p.suffix in (".sh", ".yaml", ".sbatch", ".log")]
+        assert written and all(os.stat(p).st_mode & 0o077 == 0 for p in written), (
+            "job files are private"
+        )

@@ -53,8 +53,7 @@ class SlurmBackend(Backend):
         return "failed" if queue_state else "unknown"
 
     def cancel(self, record: Record) -> None:
-        check(
-            self.shell.run(f"scancel {shlex.quote(record.backend_id)}", timeout=60),
-            "scancel",
-            self.shell.where,
-        )
+        # The marker keeps the batch script from requeueing the job when it exits after SIGTERM.
+        marker = shlex.quote(f"{record.job_dir}/cancelled")
+        command = f"touch {marker} && scancel {shlex.quote(record.backend_id)}"
+        check(self.shell.run(command, timeout=60), "scancel", self.shell.where)

@@ -9,6 +9,8 @@ BACKEND={{BACKEND}}
 N_GPUS={{N_GPUS}}
 GPU_DIR={{GPU_DIR}}
 fail() { echo "$1" >&2; exit 3; }
+# The job's log is private like its folder (the job may print what it was given).
+(umask 077 && : >>{{LOG}})
 command -v uv >/dev/null || fail "uv is not installed on $(hostname): install it (pip install uv) or add its folder to PATH in the host's env"
 if [ "$NEEDS_JUICEFS" = 1 ]; then
   command -v juicefs >/dev/null || fail "juicefs is not installed on $(hostname): install it (https://juicefs.com/docs/community/installation) or add its folder to PATH in the host's env"
