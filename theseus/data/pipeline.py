@@ -9,12 +9,13 @@ commits, so a killed run resumes at the last committed document.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -29,9 +30,9 @@ from theseus.data.tokenizers import Tokenizer
 
 _DONE = object()
 BATCHES_IN_FLIGHT = 2
-#: Text per batch: big enough that the tokenizer's per-call cost vanishes, small enough to
-#: start writing early and keep several batches in flight.
-BATCH_CHARS = 1 << 20
+#: Text per batch: big enough that per-batch costs vanish, small enough to keep every worker
+#: busy on small corpora and to start writing early.
+BATCH_CHARS = 1 << 18
 
 
 @dataclass
@@ -64,7 +65,7 @@ def is_val(document: Document, val_pct: float) -> bool:
     return value < val_pct / 100.0 * 2**64
 
 
-def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+def prefetch(items: Iterator[Any], depth: int) -> Generator[Any, None, None]:
     """Iterate `items` in a background thread, at most `depth` ahead; errors surface here."""
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -269,6 +270,72 @@ class _Progress:
         self.bar.stop()
 
 
+_WORKER_ENCODER: Encoder | None = None
+
+
+def _start_worker(encoder: Encoder) -> None:
+    global _WORKER_ENCODER
+    encoder.tokenizer.use_one_thread()  # the processes are the parallelism now
+    _WORKER_ENCODER = encoder
+
+
+def _encode_in_worker(batch: list[Document]) -> Encoded:
+    assert _WORKER_ENCODER is not None
+    return _WORKER_ENCODER.encode(batch)
+
+
+class EncodeWorkers:
+    """Encodes batches on every core and hands them back in input order.
+
+    On Linux: one forked worker process per core, each encoding single-threaded, so that the
+    conversion of ids to arrays (Python, under a lock per process) runs in parallel too. Elsewhere
+    (no safe fork): threads calling the tokenizer's own multi-threaded batch encode.
+    Enter it before starting any other thread: forking a process that runs threads is unsafe.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.workers = os.cpu_count() or 1
+        self.pool: Any = None
+
+    def __enter__(self) -> EncodeWorkers:
+        if self.workers > 1 and sys.platform == "linux":
+            import multiprocessing
+
+            # Children must not inherit a thread pool that forking broke; the parent's own
+            # setting comes back once they exist.
+            previous = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                context = multiprocessing.get_context("fork")
+                self.pool = context.Pool(
+                    self.workers, initializer=_start_worker, initargs=(self.encoder,)
+                )
+            finally:
+                if previous is None:
+                    del os.environ["TOKENIZERS_PARALLELISM"]
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = previous
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def map(self, batches: Iterator[list[Document]]) -> Iterator[Encoded]:
+        if self.pool is None:
+            yield from ordered_map(self.encoder.encode, batches, BATCHES_IN_FLIGHT)
+            return
+        pending: deque[Any] = deque()
+        for batch in batches:
+            pending.append(self.pool.apply_async(_encode_in_worker, (batch,)))
+            if len(pending) > 2 * self.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 def tokenize(
     source: Source, tokenizer: Tokenizer, writer: StoreWriter, plan: Plan, label: str
 ) -> dict[str, int]:
@@ -276,33 +343,59 @@ def tokenize(
     encoder = Encoder(tokenizer, plan, writer.manifest.dtype)
     stats = {"docs_read": 0, "tokens": 0, "truncated": 0, "skipped_empty": 0, **writer.stats}
     done = plan.max_tokens is not None and stats["tokens"] >= plan.max_tokens
-    progress = _Progress(
-        label,
-        source.size_hint() if plan.max_samples is None else plan.max_samples,
-        writer.docs_read,
-    )
-    try:
-        read = prefetch(batches(source, writer.docs_read, plan), depth=4) if not done else iter(())
-        for encoded in ordered_map(encoder.encode, read, BATCHES_IN_FLIGHT):
-            if plan.max_tokens is not None:
-                reached = np.flatnonzero(
-                    stats["tokens"] + np.cumsum(encoded.tokens) >= plan.max_tokens
-                )
-                if len(reached):
-                    encoded, done = encoded.cut(int(reached[0]) + 1), True
-            for split, arrays in encoded.arrays.items():
-                if len(arrays["tokens"]):
-                    writer.add(split, arrays)
-            tokens = int(encoded.tokens.sum())
-            stats["skipped_empty"] += encoded.n_read - len(encoded.index)
-            stats["docs_read"] = writer.docs_read + encoded.n_read
-            stats["tokens"] += tokens
-            stats["truncated"] += int(encoded.truncated.sum())
-            writer.commit(writer.docs_read + encoded.n_read, stats)
-            progress.advance(encoded.n_read, tokens, writer.docs_read)
-            if done:
-                break
-    finally:
-        progress.close()
+    total = source.size_hint() if plan.max_samples is None else plan.max_samples
+    with EncodeWorkers(encoder) as workers:
+        progress = _Progress(label, total, writer.docs_read)  # its thread starts after the fork
+        try:
+            _tokenize_all(source, workers, writer, plan, stats, progress, done)
+        finally:
+            progress.close()
     sys.stderr.flush()
     return stats
+
+
+def _tokenize_all(
+    source: Source,
+    workers: EncodeWorkers,
+    writer: StoreWriter,
+    plan: Plan,
+    stats: dict[str, int],
+    progress: _Progress,
+    done: bool,
+) -> None:
+    """Read, encode and write every batch after the last commit."""
+    if done:
+        return
+    read = prefetch(batches(source, writer.docs_read, plan), depth=4)
+    try:
+        _commit_each(workers.map(read), writer, plan, stats, progress)
+    finally:
+        read.close()
+
+
+def _commit_each(
+    encoded_batches: Iterator[Encoded],
+    writer: StoreWriter,
+    plan: Plan,
+    stats: dict[str, int],
+    progress: _Progress,
+) -> None:
+    """Write each encoded batch and commit; stop at `plan.max_tokens`."""
+    for encoded in encoded_batches:
+        done = False
+        if plan.max_tokens is not None:
+            reached = np.flatnonzero(stats["tokens"] + np.cumsum(encoded.tokens) >= plan.max_tokens)
+            if len(reached):
+                encoded, done = encoded.cut(int(reached[0]) + 1), True
+        for split, arrays in encoded.arrays.items():
+            if len(arrays["tokens"]):
+                writer.add(split, arrays)
+        tokens = int(encoded.tokens.sum())
+        stats["skipped_empty"] += encoded.n_read - len(encoded.index)
+        stats["docs_read"] = writer.docs_read + encoded.n_read
+        stats["tokens"] += tokens
+        stats["truncated"] += int(encoded.truncated.sum())
+        writer.commit(writer.docs_read + encoded.n_read, stats)
+        progress.advance(encoded.n_read, tokens, writer.docs_read)
+        if done:
+            break

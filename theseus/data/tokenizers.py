@@ -67,6 +67,9 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
+    def use_one_thread(self) -> None:
+        """Encode on the calling thread only (for worker processes that are the parallelism)."""
+
 
 class BytesTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255, plus 256 for end-of-text."""
@@ -111,7 +114,12 @@ class TiktokenTokenizer(Tokenizer):
         self._threads = os.cpu_count() or 1
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._threads == 1:
+            return [self.encoding.encode_ordinary(text) for text in texts]
         return self.encoding.encode_ordinary_batch(texts, num_threads=self._threads)
+
+    def use_one_thread(self) -> None:
+        self._threads = 1
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids)
