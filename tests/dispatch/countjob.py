@@ -59,6 +59,7 @@ class CountJob(CheckpointedJob[CountConfig]):
             flush=True,
         )
         print(f"echo: {os.environ.get('THESEUS_TEST_ECHO')!r}", flush=True)
+        print(f"gpus: {os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
         metrics = self.spec.run_dir / "metrics.jsonl"
         while self.step < self.config.steps:
             if stop:

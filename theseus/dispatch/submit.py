@@ -57,8 +57,10 @@ def probe(name: str, host: Host, placement: Placement) -> bool:
         if not placement.gpus_per_node:
             return True
         script = (bootstrap.TEMPLATES / "free_gpus.sh").read_text()
+        # PATH is the one host setting the probe uses (it may name where nvidia-smi lives).
+        path = f"export PATH={shlex.quote(host.env['PATH'])}\n" if "PATH" in host.env else ""
         result = backend.shell.run(
-            f"set -- {shlex.quote(_gpu_dir(placement))}\n{script}", timeout=60
+            f"{path}set -- {shlex.quote(_gpu_dir(placement))}\n{script}", timeout=60
         )
         return result.returncode == 0 and len(result.stdout.split()) >= placement.gpus_per_node
     partition = ""

@@ -26,8 +26,10 @@ if [ "$N_GPUS" -gt 0 ]; then
   mkdir -p "$GPU_DIR"
   exec 8>"$GPU_DIR/.lock"
   flock 8
-  chosen=$(bash {{FREE_GPUS}} "$GPU_DIR" | head -n "$N_GPUS" | paste -sd, -)
-  [ "$(printf '%s' "$chosen" | tr ',' '\n' | grep -c .)" -ge "$N_GPUS" ] || fail "$(hostname) has fewer than $N_GPUS free GPUs now"
+  command -v nvidia-smi >/dev/null || fail "nvidia-smi not found on $(hostname): is this a GPU host?"
+  mapfile -t free < <(bash {{FREE_GPUS}} "$GPU_DIR")
+  [ "${#free[@]}" -ge "$N_GPUS" ] || fail "$(hostname) has fewer than $N_GPUS free GPUs now"
+  chosen=$(IFS=,; echo "${free[*]:0:$N_GPUS}")
   export CUDA_VISIBLE_DEVICES=$chosen
 fi
 setsid bash {{RUN}} </dev/null >>{{LOG}} 2>&1 &
