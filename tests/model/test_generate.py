@@ -14,20 +14,14 @@ from theseus.errors import UserError
 from theseus.inference import generate, sample_logits
 from theseus.model.models import GPT, Llama
 
+from .tiny import tiny
+
 V = 64
 PROMPTS = [[5, 9, 2, 33, 7, 1, 40], [3], [11, 12, 13, 14]]
 
 
 def small(cls, **overrides):
-    config = {
-        "n_layers": 2,
-        "n_heads": 4,
-        "d_model": 32,
-        "block_size": 32,
-        "vocab_size": V,
-        "dtype": "float32",
-    }
-    return cls(cls.CONFIG(**{**config, **overrides}), rngs=nnx.Rngs(1))
+    return tiny(cls, V, seed=1, **overrides)
 
 
 def recompute(model, prompts, max_new, *, seed=0, **sampling):

@@ -13,6 +13,8 @@ from theseus.inference import generate
 from theseus.interop import export_hf, import_hf
 from theseus.model.models import GPT, Llama
 
+from .tiny import tiny
+
 V = 120
 torch.manual_seed(0)
 
@@ -74,15 +76,7 @@ def test_import_matches_transformers_logits(tmp_path, kind, overrides, cls):
 
 
 def randomized(cls, **config):
-    base = {
-        "n_layers": 2,
-        "n_heads": 4,
-        "d_model": 32,
-        "block_size": 64,
-        "vocab_size": V,
-        "dtype": "float32",
-    }
-    model = cls(cls.CONFIG(**{**base, **config}), rngs=nnx.Rngs(3))
+    model = tiny(cls, V, block_size=64, **config)
     rng = np.random.default_rng(1)
     for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         variable.set_value(rng.normal(0.0, 0.2, variable.shape).astype(np.float32))

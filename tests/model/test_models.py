@@ -15,19 +15,13 @@ from theseus.model.models import GPT, Llama
 from theseus.model.sharding import RULES, param_specs, spec_for
 from theseus.registry import MODELS
 
+from .tiny import tiny
+
 V, T = 96, 12
 
 
 def small(cls, **overrides):
-    base = {
-        "n_layers": 2,
-        "n_heads": 4,
-        "d_model": 32,
-        "block_size": 16,
-        "vocab_size": V,
-        "dtype": "float32",
-    }
-    return cls(cls.CONFIG(**{**base, **overrides}), rngs=nnx.Rngs(0))
+    return tiny(cls, V, block_size=16, **overrides)
 
 
 def tokens(seed=0, shape=(2, T)):
@@ -111,7 +105,8 @@ def test_gpt_defaults_are_gpt2_small_and_flops_match_the_shape():
 
 
 def test_llama_swiglu_width_and_untied_flops():
-    model = small(Llama, d_model=48, n_heads=4, n_kv_heads=2)
+    config = Llama.CONFIG(n_layers=2, n_heads=4, n_kv_heads=2, d_model=48, vocab_size=V)
+    model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
     assert model.blocks[0].mlp.gate.kernel.shape == (48, 256)  # 8/3 * 48 rounded up to 256
     assert model.flops_per_token(T) == 6 * (model.n_params() - V * 48) + 12 * 2 * 48 * T
 
