@@ -10,13 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from theseus.cli import main
+from theseus.dispatch import records
+from theseus.dispatch.submit import ACTIVE
 
 REPO = Path(__file__).resolve().parents[2]
 COUNTJOB = "tests/dispatch/countjob.py"
@@ -92,13 +94,17 @@ class ArgvWatch:
 
 
 @pytest.fixture
-def home(tmp_path: Path, lab: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private THESEUS_HOME (run records) and the test cluster's ssh and SLURM settings."""
+def home(tmp_path: Path, lab: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private THESEUS_HOME (run records) and the test cluster's ssh and SLURM settings; runs a
+    failed test left going are cancelled at the end."""
     monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("THESEUS_SSH_CONFIG", lab["THESEUS_TESTCLUSTER_SSH_CONFIG"])
     monkeypatch.setenv("SLURM_CONF", lab["SLURM_CONF"])
     monkeypatch.chdir(REPO)
-    return tmp_path / "home"
+    yield tmp_path / "home"
+    for record in records.all_records():
+        if state_of(record.name) in ACTIVE:
+            cli("cancel", record.name)
 
 
 def host_env() -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dispatch.conftest import cli, wait_until, write_dispatch
+from tests.dispatch.conftest import cli, theseus, wait_until, write_dispatch
 from theseus.cli import main
 
 STEPS = 60
@@ -50,19 +50,11 @@ def train(shared: Path) -> tuple[Path, Path]:
             )
             == 0
         )
-        assert (
-            main(
-                [
-                    "run",
-                    "tok",
-                    str(tok),
-                    str(root),
-                    "tokenizer.backend=bytes",
-                    "data.max_tokens=200000",
-                ]
-            )
-            == 0
+        # A subprocess, as a user would run it (the tokenizer may fork workers).
+        result = theseus(
+            "run", "tok", str(tok), str(root), "tokenizer.backend=bytes", "data.max_tokens=200000"
         )
+        assert result.returncode == 0, result.stderr
     path = shared / "train.yaml"
     assert main(["configure", "gpt/train/pretrain", str(path), "--force", *TINY]) == 0
     return root, path
