@@ -15,19 +15,28 @@ from typing import Annotated, Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from theseus.base.chips import CHIPS
 from theseus.errors import UserError
 
 LOCAL = "local"
 DEFAULT_PATH = Path("~/.theseus.yaml")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SIZE = re.compile(r"^[0-9]+[KMGT]?$")
 _SLURM_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 
 Name = Annotated[str, Field(pattern=_NAME.pattern, max_length=64)]
+Env = Annotated[dict[str, str], AfterValidator(lambda env: _check_env(env))]
 
 
 class _Strict(BaseModel):
@@ -35,8 +44,9 @@ class _Strict(BaseModel):
 
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
+    """Environment variables: valid names, no NUL (they travel NUL-separated)."""
     for key, value in env.items():
-        if not _ENV_NAME.match(key):
+        if not ENV_NAME.match(key):
             raise ValueError(f"environment variable name {key!r} is not a valid identifier")
         if "\0" in value:
             raise ValueError(f"value of {key} contains a NUL byte")
@@ -51,7 +61,7 @@ class Cluster(_Strict):
     mount: str | None = None
     cache_size: Annotated[int, Field(gt=0)] | None = None
     cache_dir: str | None = None
-    env: dict[str, str] = {}
+    env: Env = {}
 
     @field_validator("root", "work", "cache_dir")
     @classmethod
@@ -73,8 +83,6 @@ class Cluster(_Strict):
             raise ValueError("holds a password: set META_PASSWORD in the cluster's env instead")
         return value
 
-    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
-
 
 class Host(_Strict):
     """A machine (type ssh) or a SLURM login node (type slurm) that runs jobs."""
@@ -88,7 +96,7 @@ class Host(_Strict):
     user: str | None = None
     identity: str | None = None
     uv_groups: list[str] = ["all", "cpu"]
-    env: dict[str, str] = {}
+    env: Env = {}
     # SLURM only
     partitions: list[str] | dict[str, str] | None = None
     account: str | None = None
@@ -146,8 +154,6 @@ class Host(_Strict):
             if not _NAME.match(value):
                 raise ValueError(f"bad uv group name {value!r}")
         return values
-
-    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
 
     @model_validator(mode="after")
     def _consistent(self) -> Host:

@@ -79,7 +79,7 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not dispatch_config._ENV_NAME.match(key):
+        if not sep or not dispatch_config.ENV_NAME.match(key):
             raise UserError(
                 f"--env {pair.split('=')[0]!r}: expected NAME=VALUE with NAME a valid variable name"
             )

@@ -10,6 +10,7 @@ import shlex
 from theseus.dispatch.backends import Backend, check, env_stream
 from theseus.dispatch.bootstrap import JobFiles
 from theseus.dispatch.records import Record
+from theseus.errors import UserError
 
 _QUEUED = {
     "PENDING",
@@ -27,7 +28,13 @@ class SlurmBackend(Backend):
     kind = "slurm"
 
     def launch(self, job: JobFiles, env: dict[str, str]) -> str:
-        result = self.shell.run(f"bash {shlex.quote(job.launcher)}", stdin=env_stream(env))
+        try:
+            result = self.shell.run(f"bash {shlex.quote(job.launcher)}", stdin=env_stream(env))
+        except UserError as exc:
+            raise UserError(
+                f"{exc}; the job may have been submitted all the same: look with `squeue --me` "
+                f"on {self.shell.where} before you submit again"
+            ) from None
         job_id = check(result, "sbatch", self.shell.where).decode().strip().splitlines()[-1]
         return job_id.split(";")[0]
 
