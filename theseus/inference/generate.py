@@ -136,10 +136,15 @@ def generate(
         raise UserError(
             f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}"
         )
+    if not (hasattr(model, "prefill") and hasattr(model, "decode")):
+        raise UserError(
+            f"{type(model).__name__} cannot generate with a KV cache: it needs prefill() and decode() "
+            "(subclass theseus.model.models.Transformer)"
+        )
     lengths = np.array([len(p) for p in prompts], np.int32)
     width = int(lengths.max())
     block_size = model.config.block_size
-    if model.config.positions == "learned" and width + max_new > block_size:
+    if getattr(model.config, "positions", "learned") == "learned" and width + max_new > block_size:
         raise UserError(
             f"prompt ({width} tokens) + max_new ({max_new}) exceeds the model's context of {block_size}; "
             f"lower max_new to {max(block_size - width, 0)} or shorten the prompt"

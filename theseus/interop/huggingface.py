@@ -57,7 +57,11 @@ def _heads_in_back(x: Array) -> Array:
 
 def _gpt2_rules(c: Any) -> Iterator[Rule]:
     n, h, d = c.n_heads, c.d_model // c.n_heads, c.d_model
-    split = lambda i, w: w[..., i * d : (i + 1) * d]  # noqa: E731 - one third of c_attn
+
+    def third(j: int, w: Array) -> Array:
+        """q, k or v (j = 0, 1, 2) out of the fused c_attn, which holds them side by side."""
+        return w[..., j * d : (j + 1) * d]
+
     yield "embed.weight", "wte.weight", _same, _same
     yield "position_embed.weight", "wpe.weight", _same, _same
     for i in range(c.n_layers):
@@ -70,13 +74,13 @@ def _gpt2_rules(c: Any) -> Iterator[Rule]:
             yield (
                 p + f"attn.{name}",
                 b + "attn.c_attn.weight",
-                lambda w, j=j: split(j, w).reshape(d, n, h),
+                lambda w, j=j: third(j, w).reshape(d, n, h),
                 lambda x: x.reshape(d, d),
             )
             yield (
                 p + f"attn.{name}_bias",
                 b + "attn.c_attn.bias",
-                lambda w, j=j: split(j, w).reshape(n, h),
+                lambda w, j=j: third(j, w).reshape(n, h),
                 lambda x: x.reshape(d),
             )
         yield (
