@@ -384,6 +384,7 @@ class Session:
         )
         val_batches = self._validation_batches()
         last: dict[str, Any] = {"step": self.step}
+        self.summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
         if self.step >= plan.steps:
             log.info(f"{self.spec.name} already finished at step {self.step}")
             return last
@@ -442,7 +443,7 @@ class Session:
             log.close()
         if self.main:
             plot_runs([self.spec.run_dir], self.spec.run_dir / "loss.png", labels=[self.spec.name])
-        return last
+        return {**last, **self.summary}
 
     def _flush(
         self, pending: list[tuple[int, Any]], elapsed: float, n_steps: int, peak: float

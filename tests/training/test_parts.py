@@ -1,0 +1,142 @@
+"""The trainer's parts on their own: loss, weight-decay mask, schedules, optimizers, batch plan."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from theseus.errors import UserError
+from theseus.model.models import GPT, Llama
+from theseus.training.mfu import chip_of
+from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
+from theseus.training.plan import solve_plan
+from theseus.training.schedules import make_schedule
+from theseus.training.step import cross_entropy
+
+
+def small(cls):
+    config = cls.CONFIG(
+        n_layers=1, n_heads=4, d_model=32, block_size=16, vocab_size=128, dtype="float32"
+    )
+    return cls(config, rngs=nnx.Rngs(0))
+
+
+def test_cross_entropy_matches_log_softmax_without_one_hot():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 50)).astype(np.float32) * 4
+    targets = rng.integers(0, 50, size=(2, 5))
+    mask = (rng.random((2, 5)) > 0.3).astype(np.float32)
+    ce, z = cross_entropy(
+        jnp.asarray(logits, jnp.bfloat16), jnp.asarray(targets), jnp.asarray(mask)
+    )
+    ref_logits = np.asarray(jnp.asarray(logits, jnp.bfloat16).astype(jnp.float32), np.float64)
+    lse = np.log(np.exp(ref_logits).sum(-1))
+    nll = lse - np.take_along_axis(ref_logits, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(ce), (nll * mask).sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(z), (lse**2 * mask).sum(), rtol=1e-5)
+    jaxpr = str(
+        jax.make_jaxpr(cross_entropy)(
+            jnp.zeros((2, 5, 50)), jnp.zeros((2, 5), jnp.int32), jnp.ones((2, 5))
+        )
+    )
+    assert (
+        "f32[2,5,50]" in jaxpr and "eq" not in jaxpr.split()
+    )  # no one-hot comparison of the vocab
+
+
+@pytest.mark.parametrize("cls", [GPT, Llama])
+def test_weight_decay_skips_norms_biases_and_embeddings(cls):
+    params = nnx.state(small(cls), nnx.Param)
+    flat = {
+        jax.tree_util.keystr(k): v
+        for k, v in jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
+    }
+    decayed = sorted(k for k, v in flat.items() if v)
+    kept = sorted(k for k, v in flat.items() if not v)
+    assert decayed and kept
+    assert all("embed" not in k and "norm" not in k and "bias" not in k for k in decayed)
+    assert any("embed" in k for k in kept) and any("norm" in k for k in kept)
+    assert any("'q'" in k for k in decayed) and any("kernel" in k for k in decayed)
+
+
+def test_schedules():
+    wsd = make_schedule(
+        "wsd", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100, decay_fraction=0.2
+    )
+    assert float(wsd(0)) == 0.0 and float(wsd(5)) == pytest.approx(0.5)
+    assert float(wsd(10)) == pytest.approx(1.0) and float(wsd(79)) == pytest.approx(1.0)
+    assert float(wsd(90)) == pytest.approx(0.55) and float(wsd(100)) == pytest.approx(0.1)
+    cosine = make_schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100)
+    assert float(cosine(10)) == pytest.approx(1.0) and float(cosine(55)) == pytest.approx(0.55)
+    assert float(cosine(100)) == pytest.approx(0.1)
+    constant = make_schedule("constant", lr=0.5, min_lr=0.0, warmup_steps=0, total_steps=10)
+    assert float(constant(0)) == float(constant(9)) == 0.5
+    with pytest.raises(UserError, match="unknown schedule"):
+        make_schedule("linear", lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=10)
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_optimizers_lower_the_loss(name):
+    model = small(Llama)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 128)
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p, rest)(tokens[:, :-1])
+        ce, _ = cross_entropy(logits, tokens[:, 1:], jnp.ones(tokens[:, 1:].shape))
+        return ce / tokens[:, 1:].size
+
+    tx = make_optimizer(OptimizerConfig(optimizer=name, weight_decay=0.0))
+    state = tx.init(params)
+    first = float(loss(params))
+    for _ in range(10):
+        grads = jax.grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, jax.tree.map(lambda u: 1e-2 * u, updates))
+    assert float(loss(params)) < first - 0.3
+
+
+def test_batch_plan():
+    common = dict(batch_shards=4, process_count=1, seq_len=8, tokens=None, state_bytes=0.0)
+    plan = solve_plan(
+        global_batch=64,
+        per_device_batch=None,
+        steps=10,
+        memory_bytes=100.0,
+        sequence_bytes=10.0,
+        **common,
+    )
+    assert (plan.per_device_batch, plan.accumulation) == (8, 2)  # 16 rows per device, 8 fit
+    plan = solve_plan(
+        global_batch=64,
+        per_device_batch=4,
+        steps=None,
+        memory_bytes=0,
+        sequence_bytes=1,
+        **{**common, "tokens": 5000},
+    )
+    assert (plan.accumulation, plan.steps) == (4, 10)
+    with pytest.raises(UserError, match="does not split over 4"):
+        solve_plan(
+            global_batch=6,
+            per_device_batch=None,
+            steps=1,
+            memory_bytes=1,
+            sequence_bytes=1,
+            **common,
+        )
+
+
+def test_chip_names_from_device_kind():
+    class Device:
+        def __init__(self, kind: str) -> None:
+            self.device_kind = kind
+
+    assert chip_of(Device("NVIDIA H100 80GB HBM3")).name == "h100"
+    assert chip_of(Device("NVIDIA A100-SXM4-80GB")).name == "a100-80gb"
+    assert chip_of(Device("TPU v5 lite")).name == "tpu-v5e"
+    assert chip_of(Device("cpu")) is None
