@@ -83,6 +83,7 @@ def tokenizer_ratio(
     for attempt in range(repeats):  # interleaved, best of each: other processes share these cores
         encoded, wall, cpu = timed(lambda: tokenizer.encode_batch(documents))
         raw_tokens = sum(len(ids) for ids in encoded)
+        del encoded  # millions of Python ints the job should not have to carry
         raw = [min(raw[0], wall), min(raw[1], cpu)]
         store = f"bench-{label}-{attempt}"
         settings = [

@@ -8,6 +8,7 @@ commits, so a killed run resumes at the last committed document.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import queue
@@ -306,22 +307,28 @@ class EncodeWorkers:
             # setting comes back once they exist.
             previous = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            gc.freeze()  # children's collections then skip, and so do not copy, the parent's heap
             try:
                 context = multiprocessing.get_context("fork")
                 self.pool = context.Pool(
                     self.workers, initializer=_start_worker, initargs=(self.encoder,)
                 )
             finally:
+                gc.unfreeze()
                 if previous is None:
                     del os.environ["TOKENIZERS_PARALLELISM"]
                 else:
                     os.environ["TOKENIZERS_PARALLELISM"] = previous
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        if self.pool is None:
+            return
+        if error_type is None:
+            self.pool.close()  # at most 2 * workers batches are left: let them finish
+        else:
             self.pool.terminate()
-            self.pool.join()
+        self.pool.join()
 
     def map(self, batches: Iterator[list[Document]]) -> Iterator[Encoded]:
         if self.pool is None:
