@@ -300,3 +300,24 @@ def test_bad_settings_fail_before_writing(tmp_path: Path, setting: str, message:
             tmp_path, "data/tokenize_variable_dataset", "bad", "tokenizer.backend=bytes", setting
         )
     assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []
+
+
+def test_worker_processes_and_threads_write_the_same_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Linux encodes in forked processes; elsewhere threads do it. Both must give the same bytes."""
+    common = (
+        "data.name=pystdlib",
+        "tokenizer.backend=bytes",
+        "data.max_samples=40",
+        "data.batch_docs=3",
+        "data.val_pct=20",
+    )
+    forked = run_job(
+        tmp_path, "data/tokenize_variable_dataset", "forked", *common, "data.store=forked"
+    )
+    monkeypatch.setattr("theseus.data.pipeline.os.cpu_count", lambda: 1)
+    threaded = run_job(
+        tmp_path, "data/tokenize_variable_dataset", "threaded", *common, "data.store=threaded"
+    )
+    assert store_bytes(forked) == store_bytes(threaded)
