@@ -289,7 +289,8 @@ def submit(
     assert record is not None
     queued = " (queued: no host is free now)" if done.placement.queued else ""
     _echo(
-        f"submitted {name} to {record.host_name} ({record.backend} id {record.backend_id}){queued}; log: {record.log}"
+        f"submitted {name} to {record.host_name} ({record.backend} id {record.backend_id}){queued}; "
+        f"code {record.snapshot} ({'sent' if done.snapshot_sent else 'already there'}); log: {record.log}"
     )
 
 
