@@ -410,6 +410,17 @@ def plot(runs: tuple[str, ...], out: str) -> None:
     _echo(f"wrote {plot_runs(list(runs), out)}")
 
 
+@cli.command()
+@click.argument("out", default="quickstart-output", type=click.Path(file_okay=False))
+@click.option("--steps", type=int, default=1500, show_default=True, help="training steps")
+@_verbose
+def quickstart(out: str, steps: int) -> None:
+    """Tokenize the Python standard library, train a small GPT on it, sample, plot — no network."""
+    from theseus.quickstart import quickstart as run_quickstart
+
+    run_quickstart(Path(out), steps, main)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
