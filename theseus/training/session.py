@@ -294,11 +294,13 @@ class Session:
             total_steps=plan.steps,
             decay_fraction=self.optim.decay_fraction,
         )
+        self.learning_rates = np.asarray(
+            jax.jit(jax.vmap(schedule))(jnp.arange(plan.steps)), np.float32
+        )
         step_fn = make_train_step(
             self.graphdef,
             self.rest,
             self.tx,
-            schedule,
             seed=self.config.seed,
             accumulation=plan.accumulation,
             z_loss=self.config.z_loss,
@@ -319,12 +321,12 @@ class Session:
         start = time.perf_counter()
         train = jax.jit(
             step_fn,
-            in_shardings=(state_shardings, batch_shardings, replicated),
+            in_shardings=(state_shardings, batch_shardings, replicated, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
         compiled = train.lower(
-            {"params": self.params, "opt": self.opt}, batch, jnp.int32(0)
+            {"params": self.params, "opt": self.opt}, batch, jnp.int32(0), jnp.float32(0)
         ).compile()
         evaluate = jax.jit(
             make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
@@ -400,7 +402,10 @@ class Session:
                         break
                     batch = self._to_device(host_batch, plan.accumulation)
                     state, metrics = compiled(
-                        {"params": self.params, "opt": self.opt}, batch, jnp.int32(step)
+                        {"params": self.params, "opt": self.opt},
+                        batch,
+                        np.int32(step),
+                        self.learning_rates[step],
                     )
                     self.params, self.opt = state["params"], state["opt"]
                     if self.block_each_step:

@@ -38,17 +38,17 @@ def make_train_step(
     graphdef: Any,
     rest: nnx.State,
     tx: optax.GradientTransformation,
-    schedule: Callable[[Any], Any],
     *,
     seed: int,
     accumulation: int,
     z_loss: float = 0.0,
     dropout: bool = False,
     skip_nonfinite: bool = False,
-) -> Callable[
-    [dict[str, Any], dict[str, jax.Array], jax.Array], tuple[dict[str, Any], dict[str, jax.Array]]
-]:
-    """The pure train step `(state, batch, step) -> (state, metrics)`.
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+    """The pure train step `(state, batch, step, lr) -> (state, metrics)`.
+
+    The learning rate comes in as an argument (the schedule evaluated at `step`), so one compiled
+    step serves any schedule, peak rate or run length.
 
     `state` is `{"params": ..., "opt": ...}`; `batch` arrays are `[accumulation, micro, seq]`.
     Metrics: loss (mean token cross-entropy of the batch), z_loss, grad_norm (before clipping),
@@ -67,7 +67,9 @@ def make_train_step(
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
-    def step_fn(state: dict[str, Any], batch: dict[str, jax.Array], step: jax.Array) -> Any:
+    def step_fn(
+        state: dict[str, Any], batch: dict[str, jax.Array], step: jax.Array, lr: jax.Array
+    ) -> Any:
         params = state["params"]
         key = jax.random.fold_in(jax.random.key(seed), step)
         n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
@@ -89,7 +91,6 @@ def make_train_step(
         loss = ce / n_tokens
         grad_norm = optax.tree.norm(grads)
         updates, opt = tx.update(grads, state["opt"], params)
-        lr = schedule(step)
         updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
