@@ -125,7 +125,7 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
     assert files_holding(secret.encode(), *places) == []
     job_dirs = {
         p.parent
-        for pattern in ("jobs/*/*/launch.sh", "local/jobs/*/*/launch.sh")
+        for pattern in ("jobs/c-*/*/launch.sh", "local/jobs/c-*/*/launch.sh")
         for p in work.glob(pattern)
     }
     assert len(job_dirs) == 6
