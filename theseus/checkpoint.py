@@ -10,7 +10,6 @@ run needs to resume bitwise.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import orbax.checkpoint as ocp
 from theseus.errors import UserError
 
 FORMAT = 1
-log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -53,6 +51,7 @@ class Checkpointer:
             self.directory, options=options, item_names=("params", "opt", "meta")
         )
         self.failures: list[str] = []
+        self._pending: int | None = None
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step (an interrupted write does not count)."""
@@ -82,6 +81,7 @@ class Checkpointer:
         except Exception as exc:
             self._fail(step, exc)
             return False
+        self._pending = step
         return True
 
     def wait(self) -> bool:
@@ -94,19 +94,19 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as exc:
-            self._fail(None, exc)
+            self._fail(self._pending, exc)
+        self._pending = None
 
     def _fail(self, step: int | None, exc: BaseException) -> None:
+        self._manager.reload()
         previous = self._manager.latest_step()
         kept = (
             f"the previous checkpoint (step {previous}) is intact"
             if previous is not None
             else "no earlier checkpoint exists"
         )
-        what = f"step {step}" if step is not None else "an asynchronous save"
-        message = f"checkpoint of {what} failed: {_first_line(exc)}; {kept}"
+        message = f"checkpoint of step {step} failed: {_first_line(exc)}; {kept}"
         self.failures.append(message)
-        log.error(message)
 
     def meta(self, step: int) -> dict[str, Any]:
         """The metadata item of checkpoint `step`."""

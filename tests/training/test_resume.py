@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 
 import pytest
@@ -93,3 +94,26 @@ def test_signal_saves_at_step_boundary_and_exits_75(root, train_yaml, reference,
     err = _resume(root, train_yaml, "stopped", *overrides, capsys=capsys)
     assert f"from its checkpoint at step {saved[0]}" in err
     assert losses(root, "stopped") == reference
+
+
+def test_failed_save_keeps_the_previous_checkpoint_and_reports_it(
+    root, train_yaml, reference, capsys
+):
+    """A full disk, made real by lowering the running process's file-size limit (writes past
+    it fail with EFBIG) once its step-10 checkpoint is complete."""
+    overrides = ("logging.checkpoint_interval=10",)
+    proc = spawn(cli_args("full-disk", train_yaml, root, *STEPS, *overrides))
+    directory = ckpt_dir(root, "full-disk")
+    wait_for(lambda: (directory / "10" / "meta").exists() or proc.poll() is not None)
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (16384, resource.RLIM_INFINITY))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    assert (
+        "checkpoint of step 20 failed" in out
+        and "the previous checkpoint (step 10) is intact" in out
+    ), out
+    assert out.strip().splitlines()[-1].startswith("error: the final checkpoint was not written")
+    assert sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) == [10]
+    err = _resume(root, train_yaml, "full-disk", *overrides, capsys=capsys)
+    assert "resuming full-disk from its checkpoint at step 10" in err
+    assert losses(root, "full-disk") == reference
