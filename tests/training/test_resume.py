@@ -112,7 +112,10 @@ def test_failed_save_keeps_the_previous_checkpoint_and_reports_it(
         "checkpoint of step 20 failed" in out
         and "the previous checkpoint (step 10) is intact" in out
     ), out
-    assert out.strip().splitlines()[-1].startswith("error: the final checkpoint was not written")
+    # (Orbax's own threads log their tracebacks too; our report is one line)
+    assert any(
+        line.startswith("error: the final checkpoint was not written") for line in out.splitlines()
+    )
     assert sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) == [10]
     err = _resume(root, train_yaml, "full-disk", *overrides, capsys=capsys)
     assert "resuming full-disk from its checkpoint at step 10" in err

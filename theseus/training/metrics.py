@@ -186,9 +186,9 @@ class _ProgressContext:
         if log.enabled and sys.stderr.isatty():
             log._progress = Progress(
                 TextColumn("step {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.fields[summary]}"),
+                BarColumn(bar_width=20),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[summary]}"),
                 console=log.console,
                 refresh_per_second=4,
             )
