@@ -10,6 +10,9 @@ run needs to resume bitwise.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +43,19 @@ class Checkpointer:
     ) -> None:
         self.directory = Path(directory).resolve()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last,
+            max_to_keep=None if read_only else keep_last,
             keep_period=keep_every,
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=not read_only,
             create=not read_only,
             read_only=read_only,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("params", "opt", "meta")
-        )
+        # Orbax warns at length that a read-only manager will not save; that is the point of it.
+        quiet = _absl_level(logging.ERROR) if read_only else contextlib.nullcontext()
+        with quiet:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("params", "opt", "meta")
+            )
         self.failures: list[str] = []
         self._pending: int | None = None
 
@@ -137,6 +143,17 @@ class Checkpointer:
     def close(self) -> None:
         self._collect_errors()
         self._manager.close()
+
+
+@contextlib.contextmanager
+def _absl_level(level: int) -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _abstract(tree: Any) -> Any:

@@ -156,3 +156,30 @@ def test_evaluate_bad_input_is_one_line(trained, tmp_path, capsys, overrides, me
     assert main(["run", "bad", str(cfg), str(out), *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_evaluations_run_during_training_and_are_logged(trained, tmp_path):
+    out, _ = trained
+    train = tmp_path / "train.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
+    store = out / "data" / "pystdlib"
+    short = [o for o in TINY if not o.startswith(("training.steps", "logging.checkpoint_interval"))]
+    overrides = [
+        *short,
+        "training.steps=6",
+        "logging.checkpoint_interval=6",
+        "eval.evaluations=[perplexity]",
+        "eval.interval=3",
+        f"eval.perplexity.store={store}",
+        "eval.perplexity.max_tokens=2000",
+    ]
+    assert main(["run", "with-eval", str(train), str(out), *overrides]) == 0
+    metrics = (out / "runs" / "default" / "default" / "with-eval" / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in metrics.splitlines()]
+    evals = [
+        (r["step"], r["eval/perplexity/perplexity"])
+        for r in rows
+        if "eval/perplexity/perplexity" in r
+    ]
+    assert [step for step, _ in evals] == [3, 6]
+    assert all(1.0 < ppl < 512 for _, ppl in evals)

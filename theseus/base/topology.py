@@ -59,6 +59,24 @@ def initialize_distributed() -> None:
     _initialized = True
 
 
+def barrier(name: str, timeout_s: float = 900.0) -> None:
+    """Wait until every process reaches `name`, through the coordination service.
+
+    Gloo builds its cross-process context at the first collective and gives up if the processes
+    arrive more than 30 s apart (start-up on a busy machine can differ by more), so processes meet
+    here first. A no-op for one process.
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the coordination-service client has no public handle
+
+    client = distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
 @dataclass(frozen=True)
 class Layout:
     """How the devices split into data-parallel, FSDP and tensor-parallel groups."""

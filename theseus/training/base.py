@@ -143,7 +143,16 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
     @classmethod
     def components(cls) -> list[type]:
-        return [cls.CONFIG, OptimizerConfig, LoggingConfig, ParallelConfig, cls.MODEL.CONFIG]
+        from theseus.evaluation import evaluation_components
+
+        return [
+            cls.CONFIG,
+            OptimizerConfig,
+            LoggingConfig,
+            ParallelConfig,
+            cls.MODEL.CONFIG,
+            *evaluation_components(),
+        ]
 
     def schedule(self) -> str:
         """The learning-rate schedule when `optimization.schedule` is null."""

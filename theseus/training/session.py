@@ -17,12 +17,13 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from theseus.base.topology import Layout
+from theseus.base.topology import Layout, barrier
 from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
 from theseus.config import configure
 from theseus.data.loader import Loader
 from theseus.data.store import TokenStore
 from theseus.errors import UserError
+from theseus.evaluation.base import EvalConfig
 from theseus.model.layers.params import logical_axes
 from theseus.model.sharding import spec_for
 from theseus.training.metrics import LoggingConfig, RunLog, summary_line
@@ -57,9 +58,16 @@ class Session:
         self.logging = configure(LoggingConfig, cfg)
         parallel = configure(ParallelConfig, cfg)
         self.arch = configure(type(trainer).MODEL.CONFIG, cfg)
+        self.evals = configure(EvalConfig, cfg)
+        self._scorer: Any = None
         self.process = jax.process_index()
         self.process_count = jax.process_count()
         self.main = self.process == 0
+        if self.evals.evaluations and self.process_count > 1:
+            raise UserError(
+                "eval.evaluations during training runs in a single process; "
+                "score the checkpoint with gpt/evaluate instead"
+            )
 
         _use_compilation_cache(self.config.compilation_cache)
 
@@ -126,6 +134,7 @@ class Session:
             params,
             is_leaf=_is_variable,
         )
+        barrier("theseus-state-on-mesh")
         self.params = jax.device_put(params, self.param_shardings)
         self.tx = make_optimizer(self.optim)
         self.opt_shardings = self._mirror_shardings(jax.eval_shape(self.tx.init, params))
@@ -426,6 +435,9 @@ class Session:
                         log.record({"step": done, "val_loss": last["val_loss"]})
                         log.info(f"step {done}  val_loss {last['val_loss']:.4f}")
                         interval_start = time.perf_counter()
+                    if self._evaluations_due(done, plan.steps):
+                        last.update(self.run_evaluations(done))
+                        interval_start = time.perf_counter()
                     if done % self.logging.checkpoint_interval == 0 and done < plan.steps:
                         self.save(done)
                         last_saved = done
@@ -449,6 +461,27 @@ class Session:
         if self.main:
             plot_runs([self.spec.run_dir], self.spec.run_dir / "loss.png", labels=[self.spec.name])
         return {**last, **self.summary}
+
+    def _evaluations_due(self, done: int, total: int) -> bool:
+        every = self.evals.interval
+        return bool(self.evals.evaluations) and (done == total or (every > 0 and done % every == 0))
+
+    def run_evaluations(self, step: int) -> dict[str, float]:
+        """Score the current weights with `eval.evaluations`; logged as `eval/<name>/<metric>`."""
+        from theseus.evaluation import run_evaluations
+        from theseus.evaluation.scoring import Scorer
+
+        model = nnx.merge(self.graphdef, self.params, self.rest)
+        if self._scorer is None:
+            self._scorer = Scorer(
+                model, self.stores[0].tokenizer(), self.plan.seq_len, self.evals.batch_size
+            )
+        else:
+            self._scorer.use(model)
+        results = run_evaluations(self.evals.evaluations, self._scorer, self.trainer.cfg)
+        self.log.record({"step": step, **results})
+        self.log.info(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        return results
 
     def _flush(
         self, pending: list[tuple[int, Any]], elapsed: float, n_steps: int, peak: float
