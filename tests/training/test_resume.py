@@ -29,6 +29,13 @@ def reference(root, train_yaml) -> list[tuple[int, float]]:
     return sequence
 
 
+def _has_checkpoint(root, name: str) -> bool:
+    folder = ckpt_dir(root, name)
+    return folder.is_dir() and any(
+        d.name.isdigit() and (d / "meta").exists() for d in folder.iterdir()
+    )
+
+
 def _resume(root, train_yaml, name: str, *overrides: str, capsys) -> str:
     assert main(cli_args(name, train_yaml, root, *STEPS, *overrides)) == 0
     return capsys.readouterr().err
@@ -41,7 +48,13 @@ def test_sigkill_at_random_step_then_resume_is_bitwise_identical(
     print(f"killing after step {kill_after}")
     overrides = ("logging.checkpoint_interval=4",)
     proc = spawn(cli_args("killed", train_yaml, root, *STEPS, *overrides))
-    wait_for(lambda: last_step(root, "killed") >= kill_after or proc.poll() is not None)
+    # a busy machine may still be writing the first checkpoint: kill once one is complete
+    wait_for(
+        lambda: (
+            (last_step(root, "killed") >= kill_after and _has_checkpoint(root, "killed"))
+            or proc.poll() is not None
+        )
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
