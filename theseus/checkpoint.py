@@ -44,6 +44,7 @@ class Checkpointer:
         self.directory = Path(directory).resolve()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep_last,
+            save_interval_steps=0 if read_only else 1,
             keep_period=keep_every,
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=not read_only,

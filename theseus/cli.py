@@ -412,7 +412,7 @@ def plot(runs: tuple[str, ...], out: str) -> None:
 
 @cli.command()
 @click.argument("out", default="quickstart-output", type=click.Path(file_okay=False))
-@click.option("--steps", type=int, default=1500, show_default=True, help="training steps")
+@click.option("--steps", type=int, default=500, show_default=True, help="training steps")
 @_verbose
 def quickstart(out: str, steps: int) -> None:
     """Tokenize the Python standard library, train a small GPT on it, sample, plot — no network."""

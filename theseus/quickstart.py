@@ -32,9 +32,9 @@ MODEL = [
     "training.batch_size=16",
     "optimization.lr=0.002",
     "optimization.min_lr=0.0002",
-    "optimization.warmup_steps=100",
+    "optimization.warmup_steps=50",
     "optimization.schedule=cosine",
-    "logging.interval=50",
+    "logging.interval=25",
     "logging.val_interval=250",
     "logging.checkpoint_interval=250",
 ]
