@@ -424,8 +424,7 @@ class Session:
                     interval_steps += 1
                     done = self.step
                     if done % self.logging.interval == 0 or done == plan.steps:
-                        elapsed = time.perf_counter() - interval_start
-                        last = self._flush(pending, elapsed, interval_steps, peak)
+                        last = self._flush(pending, interval_start, interval_steps, peak)
                         pending, interval_steps = [], 0
                         interval_start = time.perf_counter()
                     if val_batches and (
@@ -443,9 +442,7 @@ class Session:
                         last_saved = done
                     if self._stop_requested(stop):
                         if pending:
-                            last = self._flush(
-                                pending, time.perf_counter() - interval_start, interval_steps, peak
-                            )
+                            last = self._flush(pending, interval_start, interval_steps, peak)
                         self._stop(done, stop.signal_name or "a signal", last_saved)
             before = len(self.checkpointer.failures)
             if last_saved != self.step:
@@ -484,10 +481,12 @@ class Session:
         return results
 
     def _flush(
-        self, pending: list[tuple[int, Any]], elapsed: float, n_steps: int, peak: float
+        self, pending: list[tuple[int, Any]], started: float, n_steps: int, peak: float
     ) -> dict[str, Any]:
         """Fetch an interval's metrics, stop on a non-finite loss, and log the averages."""
         fetched = jax.device_get([m for _, m in pending])
+        # steps run asynchronously: the interval ends when its last result is here, not dispatched
+        elapsed = time.perf_counter() - started
         for (step, _), m in zip(pending, fetched, strict=True):
             if not bool(m["finite"]):
                 if self.config.on_nonfinite == "skip":
