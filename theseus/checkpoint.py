@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from theseus.errors import UserError
+from theseus.errors import UserError, first_line
 
 FORMAT = 1
 
@@ -112,7 +112,7 @@ class Checkpointer:
             if previous is not None
             else "no earlier checkpoint exists"
         )
-        message = f"checkpoint of step {step} failed: {_first_line(exc)}; {kept}"
+        message = f"checkpoint of step {step} failed: {first_line(exc)}; {kept}"
         self.failures.append(message)
 
     def meta(self, step: int) -> dict[str, Any]:
@@ -133,7 +133,7 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(
-                f"checkpoint {self.directory / str(step)} does not fit this model/optimizer: {_first_line(exc)}"
+                f"checkpoint {self.directory / str(step)} does not fit this model/optimizer: {first_line(exc)}"
             ) from None
         return (
             restored["params"],
@@ -164,11 +164,6 @@ def _abstract(tree: Any) -> Any:
         return x
 
     return jax.tree.map(spec, tree)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def key_data(key: jax.Array) -> list[int]:

@@ -35,6 +35,35 @@ def _load(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `run` and `submit` share: where the run is filed, its shards, further stages."""
+    for option in reversed(
+        [
+            click.option(
+                "-p", "--project", default="default", show_default=True, help="runs/PROJECT/..."
+            ),
+            click.option(
+                "-g",
+                "--group",
+                default="default",
+                show_default=True,
+                help="runs/PROJECT/GROUP/NAME",
+            ),
+            click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards"),
+            click.option(
+                "-s",
+                "--stage",
+                "stages",
+                multiple=True,
+                type=click.Path(dir_okay=False),
+                help="a further stage YAML, run after the previous ones (repeatable)",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 def _do_loads(loads: tuple[str, ...]) -> None:
     from theseus.registry import load
 
@@ -146,17 +175,7 @@ def configure(
 @click.argument("out", type=click.Path(file_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("-j", "--job", help="the job to run (default: the one named in YAML)")
-@click.option("-p", "--project", default="default", show_default=True)
-@click.option("-g", "--group", default="default", show_default=True)
-@click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
-@click.option(
-    "-s",
-    "--stage",
-    "stages",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="a further stage YAML, run after the previous ones (repeatable)",
-)
+@_run_options
 @click.option("--restore", type=click.Path(), help="start from another run's checkpoint")
 @click.option("--fresh", is_flag=True, help="start over instead of resuming an existing run")
 @_verbose
@@ -200,9 +219,7 @@ def _split_commas(values: tuple[str, ...]) -> list[str] | None:
 @click.argument("overrides", nargs=-1)
 @click.option("--chip", callback=_chip, help="chip type (default: the YAML's request, else cpu)")
 @click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips")
-@click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards")
-@click.option("-p", "--project", default="default", show_default=True)
-@click.option("-g", "--group", default="default", show_default=True)
+@_run_options
 @click.option("--cluster", "clusters", multiple=True, help="only these clusters (comma-separated)")
 @click.option("--exclude-cluster", "exclude_clusters", multiple=True, help="never these clusters")
 @click.option(
@@ -212,14 +229,6 @@ def _split_commas(values: tuple[str, ...]) -> list[str] | None:
     help="include uncommitted changes, or ship HEAD only",
 )
 @click.option("--untracked", is_flag=True, help="also ship untracked (not ignored) files")
-@click.option(
-    "-s",
-    "--stage",
-    "stages",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="a further stage YAML (repeatable)",
-)
 @click.option("--restore", help="start from another run's checkpoint (a path on the host)")
 @click.option(
     "--env",

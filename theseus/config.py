@@ -38,7 +38,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from theseus.errors import ConfigError, UserError
+from theseus.errors import ConfigError, UserError, first_line
 
 MISSING = "???"
 _PATH = "theseus_path"
@@ -299,12 +299,8 @@ def _type_error(
             expected = f"an element of {expected}"
     return ConfigError(
         f"{key}: expected {expected}, got {value!r} ({type(value).__name__})"
-        + (f" [{_first_line(exc)}]" if not isinstance(exc, ValidationError) else "")
+        + (f" [{first_line(exc)}]" if not isinstance(exc, ValidationError) else "")
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _as_structured(kind: Any, value: Any) -> Any:
@@ -350,7 +346,7 @@ def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
     except (ValidationError, ConfigTypeError) as exc:
         raise _type_error(schema, cfg, key, value, exc) from None
     except (ConfigAttributeError, ConfigKeyError, IndexError) as exc:
-        raise ConfigError(f"{key}: {_first_line(exc)}") from None
+        raise ConfigError(f"{key}: {first_line(exc)}") from None
 
 
 def apply_overrides(stages: Sequence[tuple[Schema, DictConfig]], overrides: Sequence[str]) -> None:
@@ -425,7 +421,7 @@ def check_complete(schema: Schema, cfg: DictConfig, job: str = "") -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as exc:
-        raise ConfigError(f"config interpolation failed: {_first_line(exc)}") from None
+        raise ConfigError(f"config interpolation failed: {first_line(exc)}") from None
 
 
 # YAML --------------------------------------------------------------------------------------------

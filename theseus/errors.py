@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A configuration that does not fit the job's schema."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

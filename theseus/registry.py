@@ -31,7 +31,8 @@ class Listing:
     description: str
 
 
-def _first_line(doc: str | None) -> str:
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a docstring, on one line."""
     return (doc or "").strip().split("\n\n")[0].replace("\n", " ").strip()
 
 
@@ -56,7 +57,7 @@ def _indexed(decorator: str) -> list[Listing]:
                     and isinstance(dec.args[0].value, str)
                 ):
                     found.append(
-                        Listing(dec.args[0].value, module, _first_line(ast.get_docstring(node)))
+                        Listing(dec.args[0].value, module, _summary(ast.get_docstring(node)))
                     )
     return found
 
@@ -111,7 +112,7 @@ class Registry(Generic[T]):
         """Every name with its one-line description; imports nothing that is not loaded yet."""
         rows = dict(self._builtin())
         for name, obj in self._entries.items():
-            rows[name] = Listing(name, getattr(obj, "__module__", ""), _first_line(obj.__doc__))
+            rows[name] = Listing(name, getattr(obj, "__module__", ""), _summary(obj.__doc__))
         return [rows[name] for name in sorted(rows)]
 
     def __contains__(self, name: object) -> bool:

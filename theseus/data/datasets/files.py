@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from theseus.data.datasets.base import Document, Source, record_document
-from theseus.errors import UserError
+from theseus.errors import UserError, first_line
 from theseus.registry import dataset
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -102,6 +102,4 @@ class LocalFiles(Source):
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types for unreadable files
-            raise UserError(
-                f"cannot read {where} as {builder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from None
+            raise UserError(f"cannot read {where} as {builder}: {first_line(exc)}") from None

@@ -7,7 +7,7 @@ from typing import Any
 
 from theseus.data.datasets.base import Document, Source, record_document
 from theseus.data.datasets.hub import require_hub
-from theseus.errors import UserError
+from theseus.errors import UserError, first_line
 from theseus.registry import dataset
 
 OFFLINE_FIX = (
@@ -45,9 +45,7 @@ class HubSource(Source):
                 self.hub_id(), self.subset(), split=self.config.split, streaming=True
             )
         except Exception as exc:  # datasets raises many types for bad ids, subsets and splits
-            raise UserError(
-                f"cannot open {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from None
+            raise UserError(f"cannot open {where}: {first_line(exc)}") from None
         for record in table:
             yield record_document(record, self.config, where)
 
