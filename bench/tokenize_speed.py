@@ -1,6 +1,6 @@
 """Tokenize-job and loader throughput, as ratios measured in the same run.
 
-    uv run python bench/tokenize.py [TEXT_FILE] [--docs N] [--model tiny|small]
+    uv run python bench/tokenize_speed.py [TEXT_FILE] [--docs N] [--model tiny|small]
 
 1. For `pystdlib` and for TEXT_FILE (split into documents at blank lines): tokens/s of the
    tokenize job end to end (read, tokenize, write, checksum, manifest) against the raw batch
@@ -13,19 +13,14 @@
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import os
+import tempfile
+import time
+from itertools import islice
 from pathlib import Path
-
-# This file is named like the standard library's `tokenize`; keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from itertools import islice  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any
 
 DEFAULT_TEXT = "/work/shared/data/tinyshakespeare.txt"
 MODELS = {

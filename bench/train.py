@@ -1,9 +1,9 @@
 """Training benchmark: nanoGPT's CPU example, or GPT-2 small on one GPU, through `theseus run`.
 
-    python bench/train.py [TEXT] [--steps 2000] [--devices 2]     # CPU, nanoGPT's example
-    python bench/train.py --preset gpt2-gpu [--steps 60]            # GPT-2 small, bf16, ctx 1024
+    python bench/train.py [--text FILE] [--steps 2000] [KEY=VALUE ...]   # CPU, nanoGPT's example
+    python bench/train.py --preset gpt2-gpu [--steps 60] [KEY=VALUE ...]  # GPT-2 small, bf16, ctx 1024
 
-`cpu` (nanoGPT's "baby GPT" on CPU): Tiny Shakespeare (TEXT, default
+`cpu` (nanoGPT's "baby GPT" on CPU): Tiny Shakespeare (--text, default
 ../shared/data/tinyshakespeare.txt) with the bytes tokenizer, paragraphs as documents and 10%
 of them held out for validation; 4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW lr
 1e-3 (beta2 0.99) with 100 warmup steps and cosine decay to 1e-4 at 2000 steps, no dropout,
@@ -17,18 +17,13 @@ datasheet, and the compile time.
 
 from __future__ import annotations
 
+import argparse
+import os
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# `python bench/train.py` puts bench/ first on the path, where bench/tokenize.py would shadow
-# the standard library's tokenize module
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -67,65 +62,51 @@ def parse() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "text", nargs="?", default=str(SHARED_TEXT), help="Tiny Shakespeare text (cpu preset)"
+        "--text", default=str(SHARED_TEXT), help="Tiny Shakespeare text (cpu preset)"
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, help="default: 2000 (cpu), 60 (gpt2-gpu)")
     parser.add_argument(
-        "--devices", type=int, default=1, help="CPU: split the host into this many devices"
+        "--devices",
+        type=int,
+        help="CPU: split the host into this many devices (default: the trainer's choice, one per core)",
     )
     parser.add_argument("--out", help="output folder (default: a temporary one)")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="cpu preset: skip the PyTorch speed reference (it runs when torch is installed)",
+    )
     parser.add_argument("overrides", nargs="*", default=[], help="extra KEY=VALUE settings")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse()
-    if args.devices > 1:
+    if args.devices:
         # must be set before JAX starts; one device per core, each single-threaded
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
             + f" --xla_force_host_platform_device_count={args.devices}"
         ).strip()
-    from theseus.cli import main as theseus
-
     out = Path(args.out or tempfile.mkdtemp(prefix="theseus-bench-"))
     steps = args.steps or (2000 if args.preset == "cpu" else 60)
+    started = time.perf_counter()
+    store = prepare_data(args.preset, out, Path(args.text))
+    print(f"tokenized in {time.perf_counter() - started:.1f}s", flush=True)
+    reference = None
+    if args.preset == "cpu" and not args.no_reference:
+        reference = torch_reference(Path(args.text))
     if args.preset == "cpu":
-        if not Path(args.text).is_file():
-            sys.exit(
-                f"error: no text at {args.text}; give the Tiny Shakespeare file as the first argument"
-            )
-        data = [
-            "data.name=tinyshakespeare",
-            f"data.paths=[{args.text}]",
-            'data.separator="\\n\\n"',
-            "data.val_pct=10",
-            "data.store=shakespeare-bytes",
-        ]
-        store = "shakespeare-bytes"
         run_settings = [f"logging.val_interval={steps}", f"logging.checkpoint_interval={steps}"]
     else:
-        data = ["data.name=pystdlib", "data.max_tokens=20000000", "data.store=stdlib-bytes"]
-        store = "stdlib-bytes"
         run_settings = [f"logging.checkpoint_interval={10 * steps}"]
-    tokenize_yaml, train_yaml = out / "tokenize.yaml", out / "train.yaml"
-    started = time.perf_counter()
-    if not (out / "data" / store / "manifest.json").exists():
-        assert (
-            theseus(["configure", "data/tokenize_variable_dataset", str(tokenize_yaml), "--force"])
-            == 0
-        )
-        code = theseus(
-            ["run", "tokenize", str(tokenize_yaml), str(out), "tokenizer.backend=bytes", *data]
-        )
-        if code:
-            sys.exit(code)
-    print(f"tokenized in {time.perf_counter() - started:.1f}s", flush=True)
 
     from theseus.quick import quick
 
-    with quick("gpt/train/pretrain", out, f"bench-{args.preset}-{args.devices}dev") as job:
+    with quick(
+        "gpt/train/pretrain", out, f"bench-{args.preset}-{args.devices or 'auto'}dev"
+    ) as job:
         job.override(
             f"training.dataset=[{{name: {store}}}]",
             f"training.steps={steps}",
@@ -134,11 +115,49 @@ def main() -> None:
             *run_settings,
             *args.overrides,
         )
-        job.save(train_yaml)
+        job.save(out / "train.yaml")
         started = time.perf_counter()
         summary = _run_fresh(job)
         wall = time.perf_counter() - started
-    report(out, job, summary, wall, steps)
+    report(out, job, summary, wall, steps, reference)
+
+
+def prepare_data(preset: str, out: Path, text: Path) -> str:
+    """Tokenize the preset's corpus into OUT/data once; returns the token store's name."""
+    from theseus.cli import main as theseus
+
+    if preset == "cpu":
+        if not text.is_file():
+            sys.exit(f"error: no text at {text}; give the Tiny Shakespeare file with --text")
+        store = "shakespeare-bytes"
+        data = [
+            "data.name=tinyshakespeare",
+            f"data.paths=[{text}]",
+            'data.separator="\\n\\n"',
+            "data.val_pct=10",
+        ]
+    else:
+        store = "stdlib-bytes"
+        data = ["data.name=pystdlib", "data.max_tokens=20000000"]
+    if (out / "data" / store / "manifest.json").exists():
+        return store
+    tokenize_yaml = out / "tokenize.yaml"
+    if theseus(["configure", "data/tokenize_variable_dataset", str(tokenize_yaml), "--force"]):
+        sys.exit("error: could not configure the tokenize job")
+    code = theseus(
+        [
+            "run",
+            "tokenize",
+            str(tokenize_yaml),
+            str(out),
+            "tokenizer.backend=bytes",
+            *data,
+            f"data.store={store}",
+        ]
+    )
+    if code:
+        sys.exit(code)
+    return store
 
 
 def _run_fresh(job) -> dict:
@@ -147,7 +166,23 @@ def _run_fresh(job) -> dict:
     return job(fresh=True)
 
 
-def report(out: Path, job, summary: dict, wall: float, steps: int) -> None:
+def torch_reference(text: Path) -> float | None:
+    """tokens/s of the same model in eager PyTorch on this machine (None without torch)."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("torch") is None:
+        print("reference         skipped: torch is not installed (uv sync --group hf)")
+        return None
+    script = Path(__file__).resolve().parent / "torch_reference.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(text)], capture_output=True, text=True, check=True
+    )
+    print(f"reference         PyTorch eager: {done.stdout.strip()}", flush=True)
+    return float(done.stdout.split()[0])
+
+
+def report(out: Path, job, summary: dict, wall: float, steps: int, reference: float | None) -> None:
     from theseus.training.metrics import read_metrics
 
     records = read_metrics(out / "runs" / "default" / "default" / job.name / "metrics.jsonl")
@@ -164,6 +199,8 @@ def report(out: Path, job, summary: dict, wall: float, steps: int) -> None:
     if val:
         print(f"val loss          {val[-1]:.4f} (step {steps})")
     print(f"tokens/s          {tokens_per_s:,.0f} (median of log intervals after the first)")
+    if reference:
+        print(f"vs PyTorch        {tokens_per_s / reference:.2f}x its {reference:,.0f} tokens/s")
     if mfus:
         print(
             f"MFU               {100 * statistics.median(mfus):.1f}% of {summary['peak_flops'] / 1e12:.3f} TFLOP/s ({summary['peak_source']})"
