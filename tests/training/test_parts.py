@@ -140,3 +140,30 @@ def test_chip_names_from_device_kind():
     assert chip_of(Device("NVIDIA A100-SXM4-80GB")).name == "a100-80gb"
     assert chip_of(Device("TPU v5 lite")).name == "tpu-v5e"
     assert chip_of(Device("cpu")) is None
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cross_entropy_gradient_matches_autodiff_in_the_logits_dtype(dtype):
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(3, 7, 50)) * 3, dtype)
+    targets = jnp.asarray(rng.integers(0, 50, size=(3, 7)))
+    mask = jnp.asarray(rng.random((3, 7)) > 0.3, jnp.float32)
+
+    def reference(logits, targets, mask):
+        wide = logits.astype(jnp.float32)
+        lse = jax.nn.logsumexp(wide, -1)
+        label = jnp.take_along_axis(wide, targets[..., None], -1)[..., 0]
+        return jnp.sum((lse - label) * mask), jnp.sum(lse**2 * mask)
+
+    def grad_of(fn):
+        return jax.grad(lambda x: (lambda ce, z: 0.7 * ce + 0.01 * z)(*fn(x, targets, mask)))(
+            logits
+        )
+
+    ours, ref = grad_of(cross_entropy), grad_of(reference)
+    assert ours.dtype == dtype
+    np.testing.assert_allclose(
+        np.asarray(ours, np.float32),
+        np.asarray(ref, np.float32),
+        atol=1e-6 if dtype == jnp.float32 else 1e-2,
+    )

@@ -112,3 +112,29 @@ def test_validation_wandb_tensorboard_and_plot(
     assert out.stat().st_size > 1000
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_a_step_that_cannot_fit_memory_shrinks_or_refuses(root, train_yaml, capsys, monkeypatch):
+    # The host cannot be given less RAM, so the free-memory figure is lowered instead: just
+    # under what the first compiled step asks for. XLA's own buffer plan is the real need.
+    from theseus.training import session
+
+    first: list[float] = []
+
+    def tight(compiled):
+        need, _, where = session_step_memory(compiled)
+        first.append(need)
+        return need, first[0] * 0.999, where
+
+    session_step_memory = session.step_memory
+    monkeypatch.setattr(session, "step_memory", tight)
+    assert main(cli_args("tight", train_yaml, root, *SHORT)) == 0
+    err = capsys.readouterr().err
+    assert "training.per_device_batch_size=8 needs" in err and "trying 4" in err
+    assert len(first) == 2 and first[1] < first[0]
+
+    first.clear()
+    pinned = "training.per_device_batch_size=8"
+    assert main(cli_args("tight-pinned", train_yaml, root, *SHORT, pinned)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Lower training.per_device_batch_size" in err, err

@@ -123,6 +123,11 @@ class ParallelConfig:
         default=None,
         help="tensor-parallel shards (null = --n_shards, else 1); the rest is data-parallel",
     )
+    cpu_devices: int | None = field(
+        "parallel/cpu_devices",
+        default=None,
+        help="CPU runs: JAX devices to split this host into (null = one per core, as many as divide the batch)",
+    )
 
 
 class StoppedEarly(SystemExit):
@@ -207,14 +212,29 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
     def run(self) -> dict[str, Any]:
         """Train to the configured step count (resuming when this run has checkpoints)."""
-        from theseus.base.topology import initialize_distributed
         from theseus.training.session import Session
 
-        initialize_distributed()
+        self.prepare_devices()
         self._start_over_if_asked()
         self.session = Session(self)
         with _StopSignals() as stop:
             return self.session.train(stop)
+
+    def prepare_devices(self) -> None:
+        """Before JAX starts: one CPU device per core (single process), or join the job's processes."""
+        from theseus.base.topology import initialize_distributed, split_cpu_into_cores
+
+        config = configure(BaseTrainerConfig, self.cfg)
+        parallel = configure(ParallelConfig, self.cfg)
+        tensor = parallel.tensor or self.spec.request.n_shards or 1
+        split_cpu_into_cores(
+            parallel.cpu_devices,
+            global_batch=config.batch_size,
+            per_device_batch=config.per_device_batch_size,
+            model_shards=parallel.fsdp * tensor,
+            tensor=tensor,
+        )
+        initialize_distributed()
 
     def _start_over_if_asked(self) -> None:
         """--fresh: refuse to hide existing checkpoints unless training.overwrite says to move them."""

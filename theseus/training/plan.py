@@ -7,6 +7,7 @@ set by `training.per_device_batch_size`) and gradient accumulation covers the re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -104,3 +105,43 @@ def solve_plan(
     return Plan(
         global_batch, per_device_batch, rows // per_device_batch, batch_shards, seq_len, steps
     )
+
+
+def _host_available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def step_memory(compiled: Any) -> tuple[float, float, str]:
+    """(working memory a compiled step needs, memory free for it, where) from XLA's buffer plan.
+
+    CPU devices of one process share the host's RAM, so their needs add up; an accelerator's
+    need is compared with what its parameters and optimizer state left free.
+    """
+    import jax
+
+    stats = compiled.memory_analysis()
+    device = jax.local_devices()[0]
+    temp = float(getattr(stats, "temp_size_in_bytes", 0) or 0)
+    if device.platform == "cpu":
+        return temp * jax.local_device_count(), _host_available_bytes(), "this host"
+    memory = device.memory_stats() or {}
+    if not memory.get("bytes_limit"):
+        return 0.0, math.inf, str(device.device_kind)
+    free = float(memory["bytes_limit"] - memory.get("bytes_in_use", 0))
+    return temp, free, f"each {device.device_kind}"
+
+
+def smaller_per_device_batch(plan: Plan) -> Plan | None:
+    """The plan with the next smaller per-device batch (at most half), or None at 1."""
+    rows = plan.global_batch // plan.batch_shards
+    smaller = [d for d in range(1, plan.per_device_batch // 2 + 1) if rows % d == 0]
+    if not smaller:
+        return None
+    return dataclasses.replace(plan, per_device_batch=smaller[-1], accumulation=rows // smaller[-1])

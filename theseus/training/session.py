@@ -29,7 +29,14 @@ from theseus.model.sharding import spec_for
 from theseus.training.metrics import LoggingConfig, RunLog, summary_line
 from theseus.training.mfu import peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
-from theseus.training.plan import Plan, device_memory_bytes, sequence_bytes, solve_plan
+from theseus.training.plan import (
+    Plan,
+    device_memory_bytes,
+    sequence_bytes,
+    smaller_per_device_batch,
+    solve_plan,
+    step_memory,
+)
 from theseus.training.plot import plot_runs
 from theseus.training.schedules import make_schedule
 from theseus.training.step import make_eval_step, make_train_step, split_model
@@ -292,7 +299,7 @@ class Session:
         return out
 
     def _compile(self) -> tuple[Any, Any, float]:
-        plan = self.plan
+        """Compile the train step; an automatic per-device batch shrinks until the step fits memory."""
         name = self.optim.schedule or self.trainer.schedule()
         self.schedule_name = name
         schedule = make_schedule(
@@ -300,12 +307,37 @@ class Session:
             lr=self.optim.lr,
             min_lr=self.optim.min_lr,
             warmup_steps=self.optim.warmup_steps,
-            total_steps=plan.steps,
+            total_steps=self.plan.steps,
             decay_fraction=self.optim.decay_fraction,
         )
         self.learning_rates = np.asarray(
-            jax.jit(jax.vmap(schedule))(jnp.arange(plan.steps)), np.float32
+            jax.jit(jax.vmap(schedule))(jnp.arange(self.plan.steps)), np.float32
         )
+        start = time.perf_counter()
+        while True:
+            compiled = self._compile_step(self.plan)
+            need, free, where = step_memory(compiled)
+            if need <= free:
+                break
+            smaller = smaller_per_device_batch(self.plan)
+            problem = (
+                f"a train step with training.per_device_batch_size={self.plan.per_device_batch} "
+                f"needs {need / 2**30:.1f} GiB of working memory; {where} has {free / 2**30:.1f} GiB free"
+            )
+            if self.config.per_device_batch_size is not None or smaller is None:
+                raise UserError(
+                    f"{problem}. Lower training.per_device_batch_size (gradient accumulation keeps "
+                    "the global batch), or training.seq_len"
+                )
+            self.log.info(f"{problem}; trying {smaller.per_device_batch}")
+            self.plan = smaller
+        replicated = NamedSharding(self.mesh, P())
+        evaluate = jax.jit(
+            make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
+        )
+        return compiled, evaluate, time.perf_counter() - start
+
+    def _compile_step(self, plan: Plan) -> Any:
         step_fn = make_train_step(
             self.graphdef,
             self.rest,
@@ -327,20 +359,15 @@ class Session:
         batch = self._to_device(example, plan.accumulation)
         batch_shardings = {k: v.sharding for k, v in batch.items()}
         replicated = NamedSharding(self.mesh, P())
-        start = time.perf_counter()
         train = jax.jit(
             step_fn,
             in_shardings=(state_shardings, batch_shardings, replicated, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
-        compiled = train.lower(
+        return train.lower(
             {"params": self.params, "opt": self.opt}, batch, jnp.int32(0), jnp.float32(0)
         ).compile()
-        evaluate = jax.jit(
-            make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
-        )
-        return compiled, evaluate, time.perf_counter() - start
 
     def _validation_batches(self) -> list[dict[str, jax.Array]]:
         if not self.logging.val_interval or not self.logging.val_batches:
@@ -385,6 +412,7 @@ class Session:
                 self.spec.run_dir / "config.yaml", to_yaml(self.trainer.cfg, self.trainer.schema())
             )
         compiled, evaluate, compile_s = self._compile()
+        plan = self.plan  # compiling may have lowered the per-device batch to fit memory
         peak, peak_source = peak_flops(jax.devices(), self.process_count)
         log.info(
             f"{self.spec.name}: {plan.steps} steps x {plan.global_batch} seqs x {plan.seq_len} tokens "
@@ -451,6 +479,13 @@ class Session:
                 raise UserError(
                     f"the final checkpoint was not written: {self.checkpointer.failures[-1]}"
                 )
+        except jax.errors.JaxRuntimeError as exc:
+            if "RESOURCE_EXHAUSTED" not in str(exc):
+                raise
+            raise UserError(
+                f"out of memory at step {self.step} with training.per_device_batch_size="
+                f"{plan.per_device_batch}; lower it (gradient accumulation keeps the global batch)"
+            ) from None
         finally:
             loader.close()
             self.checkpointer.close()

@@ -17,7 +17,6 @@ KVCache = tuple[jax.Array, jax.Array]
 """Keys and values of one layer: each [batch, cache_len, n_kv_heads, head_dim]."""
 
 
-
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Fused causal attention, no mask: cuDNN's kernel on NVIDIA GPUs where it takes the shapes
     (GPT-2 small on an H200: 33% -> 61% MFU against XLA's default), XLA elsewhere."""
@@ -30,6 +29,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     ):
         implementation = "cudnn"
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+
 
 class Attention(nnx.Module):
     """Multi-head causal self-attention; n_kv_heads < n_heads gives grouped-query attention."""
