@@ -99,13 +99,16 @@ def cli_args(name: str, yaml: Path, root: Path, *overrides: str) -> list[str]:
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`theseus ARGS` as a subprocess (its own session, so signals reach only it)."""
+    """`theseus ARGS` as a subprocess (its own session, so signals reach only it).
+
+    One CPU device, like the runs inside the pytest process, so that a run started in one and
+    resumed in the other is the same computation (JAX_NUM_CPU_DEVICES=-1 in `env` lifts it)."""
     return subprocess.Popen(
         [sys.executable, "-m", "theseus.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1", **(env or {})},
         start_new_session=True,
     )
 
