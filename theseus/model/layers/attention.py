@@ -90,13 +90,26 @@ class Attention(nnx.Module):
 
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         x = x.astype(self.dtype)
-        q = self._project(x, self.q, self.q_bias)
-        k = self._project(x, self.k, self.k_bias)
-        v = self._project(x, self.v, self.v_bias)
+        if self.n_kv_heads == self.n_heads:
+            q, k, v = self._project_stacked(x)
+        else:
+            q = self._project(x, self.q, self.q_bias)
+            k = self._project(x, self.k, self.k_bias)
+            v = self._project(x, self.v, self.v_bias)
         if self.rope_theta is not None:
             q = apply_rope(q, positions, self.rope_theta)
             k = apply_rope(k, positions, self.rope_theta)
         return q, k, v
+
+    def _project_stacked(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k and v from one matmul against the kernels stacked on a new axis (the heads axis,
+        which tensor parallelism shards, stays aligned)."""
+        kernel = jnp.stack([self.q[...], self.k[...], self.v[...]], axis=1).astype(self.dtype)
+        qkv = jnp.einsum("btd,dsnh->sbtnh", x, kernel)
+        if self.q_bias is not None:
+            bias = jnp.stack([self.q_bias[...], self.k_bias[...], self.v_bias[...]])
+            qkv = qkv + bias.astype(self.dtype)[:, None, None]
+        return qkv[0], qkv[1], qkv[2]
 
     def _out(self, y: jax.Array) -> jax.Array:
         out = jnp.einsum("btnh,nhd->btd", y, self.o[...].astype(self.dtype))
