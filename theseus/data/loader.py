@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -279,3 +280,32 @@ class Loader:
             stop.set()
             thread.join(timeout=5)
         self._threads.clear()
+
+
+def open_mixture(root: Path, mixes: list[DatasetMix]) -> list[TokenStore]:
+    """The token stores a training mixture names under ROOT/data, checked to share one tokenizer
+    and to hold training tokens."""
+    if not mixes:
+        raise UserError(
+            "training.dataset is empty; add a token store, e.g. training.dataset=[{name: pystdlib}]"
+        )
+    stores = []
+    for mix in mixes:
+        path = root / "data" / mix.name
+        if not (path / "manifest.json").is_file():
+            raise UserError(
+                f"no token store {mix.name!r} at {path}; write it first with "
+                f"`theseus configure data/tokenize_variable_dataset tok.yaml data.name={mix.name}` and "
+                f"`theseus run tokenize-{mix.name} tok.yaml {root}`, or set training.dataset"
+            )
+        stores.append(TokenStore.open(path, verify=False))
+    for store in stores[1:]:
+        if store.manifest.tokenizer != stores[0].manifest.tokenizer:
+            raise UserError(
+                f"token stores {stores[0].path.name} and {store.path.name} use different tokenizers; "
+                "train on stores written with the same tokenizer"
+            )
+    for store in stores:
+        if store.n_tokens("train") == 0:
+            raise UserError(f"token store {store.path} has no training tokens")
+    return stores

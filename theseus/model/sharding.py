@@ -74,3 +74,24 @@ def param_specs(model: nnx.Module, *filters: Any, mesh: Mesh | None = None) -> A
         return spec_for(axes, tuple(variable.shape), mesh)
 
     return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def mirror_shardings(param_shardings: Any, abstract: Any, mesh: Mesh) -> Any:
+    """Shardings for optimizer state (`abstract`, e.g. from `jax.eval_shape(tx.init, params)`):
+    a leaf under a parameter's path gets that parameter's sharding; the rest is replicated."""
+    from jax.sharding import NamedSharding
+
+    flat = {
+        jax.tree_util.keystr(path): sharding
+        for path, sharding in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    }
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path: tuple[Any, ...], leaf: Any) -> Any:
+        for i in range(len(path)):
+            sharding = flat.get(jax.tree_util.keystr(path[i:]))
+            if sharding is not None and len(sharding.spec) <= len(leaf.shape):
+                return sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract)

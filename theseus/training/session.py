@@ -20,12 +20,11 @@ from jax.sharding import PartitionSpec as P
 from theseus.base.topology import Layout, barrier
 from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
 from theseus.config import configure
-from theseus.data.loader import Loader
-from theseus.data.store import TokenStore
+from theseus.data.loader import Loader, open_mixture
 from theseus.errors import UserError
 from theseus.evaluation.base import EvalConfig
 from theseus.model.layers.params import logical_axes
-from theseus.model.sharding import spec_for
+from theseus.model.sharding import mirror_shardings, spec_for
 from theseus.training.metrics import LoggingConfig, RunLog, summary_line
 from theseus.training.mfu import peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
@@ -87,13 +86,8 @@ class Session:
         self.block_each_step = len(devices) > 1
 
         # data
-        self.stores = [self._open_store(mix.name) for mix in self.config.dataset]
-        if not self.stores:
-            raise UserError(
-                "training.dataset is empty; add a token store, e.g. training.dataset=[{name: pystdlib}]"
-            )
+        self.stores = open_mixture(self.spec.root, self.config.dataset)
         self.rates = [mix.rate for mix in self.config.dataset]
-        self._check_stores()
         store_vocab = self.stores[0].manifest.vocab_size
         vocab = self.arch.vocab_size or padded_vocab(store_vocab)
         if vocab < store_vocab:
@@ -144,7 +138,9 @@ class Session:
         barrier("theseus-state-on-mesh")
         self.params = jax.device_put(params, self.param_shardings)
         self.tx = make_optimizer(self.optim)
-        self.opt_shardings = self._mirror_shardings(jax.eval_shape(self.tx.init, params))
+        self.opt_shardings = mirror_shardings(
+            self.param_shardings, jax.eval_shape(self.tx.init, params), self.mesh
+        )
         self.opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         self.step = 0
         self.checkpointer = Checkpointer(
@@ -161,47 +157,6 @@ class Session:
             group=self.spec.group,
             hyperparameters=_resolved(cfg),
         )
-
-    # setup helpers -------------------------------------------------------------------------------
-
-    def _open_store(self, name: str) -> TokenStore:
-        path = self.spec.root / "data" / name
-        if not (path / "manifest.json").is_file():
-            raise UserError(
-                f"no token store {name!r} at {path}; write it first with "
-                f"`theseus configure data/tokenize_variable_dataset tok.yaml data.name={name}` and "
-                f"`theseus run tokenize-{name} tok.yaml {self.spec.root}`, or set training.dataset"
-            )
-        return TokenStore.open(path, verify=False)
-
-    def _check_stores(self) -> None:
-        first = self.stores[0].manifest
-        for store in self.stores[1:]:
-            if store.manifest.tokenizer != first.tokenizer:
-                raise UserError(
-                    f"token stores {self.stores[0].path.name} and {store.path.name} use different tokenizers; "
-                    "train on stores written with the same tokenizer"
-                )
-        for store in self.stores:
-            if store.n_tokens("train") == 0:
-                raise UserError(f"token store {store.path} has no training tokens")
-
-    def _mirror_shardings(self, abstract: Any) -> Any:
-        """Optimizer state leaves shaped like a parameter get its sharding; the rest is replicated."""
-        flat = {
-            jax.tree_util.keystr(path): sharding
-            for path, sharding in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]
-        }
-        replicated = NamedSharding(self.mesh, P())
-
-        def pick(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
-            for i in range(len(path)):
-                sharding = flat.get(jax.tree_util.keystr(path[i:]))
-                if sharding is not None and len(sharding.spec) <= len(leaf.shape):
-                    return sharding
-            return replicated
-
-        return jax.tree_util.tree_map_with_path(pick, abstract)
 
     # checkpoints ---------------------------------------------------------------------------------
 
