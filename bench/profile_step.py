@@ -101,12 +101,7 @@ def main() -> None:
     from theseus.training.session import Session
 
     with quick("gpt/train/pretrain", out, f"profile-{args.preset}") as job:
-        job.override(
-            f"training.dataset=[{{name: {store}}}]",
-            "training.compilation_cache=null",
-            *bench.PRESETS[args.preset],
-            *args.overrides,
-        )
+        job.override(*bench.preset_overrides(args.preset, store), *args.overrides)
         trainer = job._stage.instantiate(job.spec())
         trainer.prepare_devices()
         session = Session(trainer)

@@ -108,10 +108,8 @@ def main() -> None:
         "gpt/train/pretrain", out, f"bench-{args.preset}-{args.devices or 'auto'}dev"
     ) as job:
         job.override(
-            f"training.dataset=[{{name: {store}}}]",
+            *preset_overrides(args.preset, store),
             f"training.steps={steps}",
-            "training.compilation_cache=null",
-            *PRESETS[args.preset],
             *run_settings,
             *args.overrides,
         )
@@ -120,6 +118,15 @@ def main() -> None:
         summary = _run_fresh(job)
         wall = time.perf_counter() - started
     report(out, job, summary, wall, steps, reference)
+
+
+def preset_overrides(preset: str, store: str) -> list[str]:
+    """What every benchmark run of `preset` on the token store `store` sets."""
+    return [
+        f"training.dataset=[{{name: {store}}}]",
+        "training.compilation_cache=null",
+        *PRESETS[preset],
+    ]
 
 
 def prepare_data(preset: str, out: Path, text: Path) -> str:

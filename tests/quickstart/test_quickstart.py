@@ -6,14 +6,18 @@ import sys
 from theseus.checkpoint import locate
 
 
-def test_quickstart_leaves_checkpoint_samples_plot_and_commands(tmp_path):
-    out = tmp_path / "qs"
-    r = subprocess.run(
+def _quickstart(out) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "theseus.cli", "quickstart", str(out), "--steps", "12"],
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def test_quickstart_leaves_checkpoint_samples_plot_and_commands(tmp_path):
+    out = tmp_path / "qs"
+    r = _quickstart(out)
     assert r.returncode == 0, r.stderr[-3000:]
     run = out / "runs" / "default" / "default" / "quickstart-gpt"
     assert locate(run)[1] == 12
@@ -27,11 +31,6 @@ def test_quickstart_leaves_checkpoint_samples_plot_and_commands(tmp_path):
     ):
         assert command in r.stderr
     # run again: the store is reused and the finished run is not trained twice
-    again = subprocess.run(
-        [sys.executable, "-m", "theseus.cli", "quickstart", str(out), "--steps", "12"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    again = _quickstart(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert locate(run)[1] == 12

@@ -40,7 +40,7 @@ def split_cpu_into_cores(
     *,
     global_batch: int,
     per_device_batch: int | None = None,
-    model_shards: int = 1,
+    fsdp: int = 1,
     tensor: int = 1,
 ) -> int | None:
     """Give a single-process run one JAX CPU device per core; returns the count it set.
@@ -48,8 +48,8 @@ def split_cpu_into_cores(
     XLA's CPU runtime runs a step's ops mostly one at a time, each on one core, so a step on a
     single device leaves cores idle; data parallelism over one device per core keeps them busy
     (nanoGPT's CPU example on 2 cores: about 7k -> 9k tokens/s). `requested` (parallel.cpu_devices)
-    fixes the count; None picks the most devices, at most one per core, that split the batch
-    (and `model_shards` = fsdp x tensor). Nothing changes on an accelerator, in a multi-process
+    fixes the count; None picks the most devices, at most one per core, that `Layout.solve`
+    accepts for `fsdp` and `tensor` and whose batch shards split the batch. Nothing changes on an accelerator, in a multi-process
     job, once JAX has started its backends, or when XLA_FLAGS / jax_num_cpu_devices set a count.
     """
     import jax
@@ -67,8 +67,11 @@ def split_cpu_into_cores(
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
         def fits(n: int) -> bool:
-            shards = n // tensor
-            if n % model_shards or global_batch % shards:
+            try:
+                shards = Layout.solve(n, fsdp, tensor).batch_shards
+            except UserError:
+                return False
+            if global_batch % shards:
                 return False
             return per_device_batch is None or (global_batch // shards) % per_device_batch == 0
 

@@ -226,13 +226,12 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
         config = configure(BaseTrainerConfig, self.cfg)
         parallel = configure(ParallelConfig, self.cfg)
-        tensor = parallel.tensor or self.spec.request.n_shards or 1
         split_cpu_into_cores(
             parallel.cpu_devices,
             global_batch=config.batch_size,
             per_device_batch=config.per_device_batch_size,
-            model_shards=parallel.fsdp * tensor,
-            tensor=tensor,
+            fsdp=parallel.fsdp,
+            tensor=parallel.tensor or self.spec.request.n_shards or 1,
         )
         initialize_distributed()
 
