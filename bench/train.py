@@ -48,8 +48,8 @@ PRESETS = {
     "gpt2-gpu": [
         "architecture.vocab_size=50304",
         "architecture.dtype=bfloat16",
-        "training.batch_size=32",
-        "training.per_device_batch_size=32",
+        "training.batch_size=64",
+        "training.per_device_batch_size=64",
         "optimization.warmup_steps=10",
         "logging.interval=10",
         "logging.val_interval=0",

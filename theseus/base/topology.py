@@ -35,6 +35,25 @@ def is_multiprocess() -> bool:
     )
 
 
+GPU_XLA_FLAGS = {"xla_gpu_enable_triton_gemm": "false"}
+"""XLA settings theseus applies unless XLA_FLAGS names them. cuBLAS for every matmul: XLA's
+Triton GEMM fusions made GPT-2 small's step 2-4% slower on an H100 (74.0 -> 72.4 ms per step
+with them off). XLA's CPU backend ignores them."""
+
+
+def apply_default_xla_flags() -> list[str]:
+    """Add `GPU_XLA_FLAGS` the user has not set to XLA_FLAGS, before JAX starts; returns them."""
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return []
+    current = os.environ.get("XLA_FLAGS", "")
+    added = [f"--{name}={value}" for name, value in GPU_XLA_FLAGS.items() if name not in current]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added
+
+
 def split_cpu_into_cores(
     requested: int | None,
     *,

@@ -221,9 +221,15 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             return self.session.train(stop)
 
     def prepare_devices(self) -> None:
-        """Before JAX starts: one CPU device per core (single process), or join the job's processes."""
-        from theseus.base.topology import initialize_distributed, split_cpu_into_cores
+        """Before JAX starts: XLA's defaults, one CPU device per core (single process), or join
+        the job's processes."""
+        from theseus.base.topology import (
+            apply_default_xla_flags,
+            initialize_distributed,
+            split_cpu_into_cores,
+        )
 
+        apply_default_xla_flags()
         config = configure(BaseTrainerConfig, self.cfg)
         parallel = configure(ParallelConfig, self.cfg)
         split_cpu_into_cores(

@@ -28,7 +28,16 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         and q.shape[-1] <= 128
     ):
         implementation = "cudnn"
+    if implementation is None:
+        return _xla_causal_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+
+
+@jax.checkpoint
+def _xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """XLA's attention, rematerialized: the backward pass recomputes the [T, T] scores and
+    probabilities from q and k rather than keeping four of them per layer alive."""
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
 
 
 class Attention(nnx.Module):
@@ -90,7 +99,7 @@ class Attention(nnx.Module):
 
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         x = x.astype(self.dtype)
-        if self.n_kv_heads == self.n_heads:
+        if self.n_kv_heads == self.n_heads and jax.default_backend() == "cpu":
             q, k, v = self._project_stacked(x)
         else:
             q = self._project(x, self.q, self.q_bias)
@@ -103,7 +112,12 @@ class Attention(nnx.Module):
 
     def _project_stacked(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q, k and v from one matmul against the kernels stacked on a new axis (the heads axis,
-        which tensor parallelism shards, stays aligned)."""
+        which tensor parallelism shards, stays aligned).
+
+        Only on CPU, where XLA runs each dot on one core and one larger dot beats three (nanoGPT's
+        CPU example: +8% tokens/s). On a GPU the stacked result must be transposed apart for the
+        attention kernel and back together for the weight gradient: those copies took 4.5 ms of
+        a 74 ms GPT-2 small step on an H100, and three matmuls ran 3.6% faster."""
         kernel = jnp.stack([self.q[...], self.k[...], self.v[...]], axis=1).astype(self.dtype)
         qkv = jnp.einsum("btd,dsnh->sbtnh", x, kernel)
         if self.q_bias is not None:
