@@ -8,7 +8,7 @@
 of them held out for validation; 4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW lr
 1e-3 (beta2 0.99) with 100 warmup steps and cosine decay to 1e-4 at 2000 steps, no dropout,
 float32. `gpt2-gpu`: GPT-2 small (124M parameters, vocabulary 50304), bf16 compute with f32
-master weights, context 1024, on the Python standard library's source (no download).
+master weights, context 1024, batch 64, on the Python standard library's source (no download).
 
 Prints the validation loss at the end, tokens/s (median over log intervals, validation
 excluded), MFU against the peak measured in the same process (CPU: an f32 matmul) or the chip's

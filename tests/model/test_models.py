@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 from jax.sharding import PartitionSpec as P
 
 from theseus.model.models import GPT, Llama
@@ -60,6 +61,41 @@ def test_grouped_query_attention_equals_repeated_kv_heads():
             block["attn"][name].set_value(jnp.repeat(block["attn"][name][...], 2, axis=1))
     nnx.update(mha, state)
     np.testing.assert_allclose(expected, np.asarray(mha(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_qkv_projection_equals_three_projections():
+    """The CPU path (one matmul against stacked kernels) and the GPU path give the same q, k, v."""
+    attn = small(GPT, dtype="float32").blocks[0].attn
+    for name in ("q_bias", "k_bias", "v_bias"):  # non-zero, so the biases' order is checked too
+        bias = getattr(attn, name)
+        bias.set_value(jax.random.normal(jax.random.key(len(name)), bias.shape))
+    x = jax.random.normal(jax.random.key(2), (2, T, 32))
+    stacked = attn._project_stacked(x)
+    separate = [attn._project(x, getattr(attn, n), getattr(attn, f"{n}_bias")) for n in "qkv"]
+    for a, b in zip(stacked, separate, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [GPT, Llama])
+def test_backward_pass_keeps_only_the_activations_matmuls_need(cls, capsys):
+    """Norms, GELU/SwiGLU, RoPE and XLA's attention are recomputed in the backward pass: no
+    float32 [batch, seq, d_model] intermediate and no attention probabilities are kept, and the
+    MLP keeps two [batch, seq, d_ff] tensors per layer (GELU: its input and output)."""
+    model = small(cls, dtype="bfloat16", n_layers=1)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, x):
+        return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32))
+
+    print_saved_residuals(loss, params, tokens())
+    saved = [
+        line for line in capsys.readouterr().out.splitlines() if "from the argument" not in line
+    ]
+    d_ff = model.config.hidden
+    assert not [line for line in saved if line.startswith(f"f32[2,{T},32]")], saved
+    assert not [line for line in saved if f",{T},{T}]" in line], saved  # attention scores
+    n_mlp = 2 if cls is GPT else 3  # SwiGLU: gate and up projections, then their product
+    assert len([line for line in saved if line.startswith(f"bf16[2,{T},{d_ff}]")]) == n_mlp, saved
 
 
 def test_tied_embeddings_share_the_output_head():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,7 @@ from theseus.training.mfu import chip_of
 from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
 from theseus.training.plan import solve_plan
 from theseus.training.schedules import make_schedule
-from theseus.training.step import cross_entropy
+from theseus.training.step import cross_entropy, make_train_step, split_model
 
 
 def small(cls):
@@ -167,3 +169,60 @@ def test_cross_entropy_gradient_matches_autodiff_in_the_logits_dtype(dtype):
         np.asarray(ref, np.float32),
         atol=1e-6 if dtype == jnp.float32 else 1e-2,
     )
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_step_gradient_is_the_mean_over_loss_tokens(accumulation):
+    """The step divides summed losses by the batch's positions, then rescales the reduced
+    gradients to its loss tokens: the result is the gradient of the masked mean loss."""
+    model = small(GPT)
+    graphdef, params, rest = split_model(model)
+    rng = np.random.default_rng(2)
+    shape = (accumulation, 4 // accumulation, 16)
+    batch = {
+        "inputs": jnp.asarray(rng.integers(0, 128, shape), jnp.int32),
+        "targets": jnp.asarray(rng.integers(0, 128, shape), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), shape),
+        "loss_mask": jnp.asarray(rng.random(shape) > 0.6, jnp.int32),
+    }
+    step = make_train_step(graphdef, rest, optax.identity(), seed=0, accumulation=accumulation)
+    state, metrics = jax.jit(step)({"params": params, "opt": ()}, batch, 0, 1.0)
+    grads = jax.tree.map(lambda new, old: new - old, state["params"], params)
+
+    def mean_loss(params):
+        flat = jax.tree.map(lambda x: x.reshape(4, 16), batch)
+        logits = nnx.merge(graphdef, params, rest)(flat["inputs"], flat["positions"])
+        ce, _ = cross_entropy(logits, flat["targets"], flat["loss_mask"])
+        return ce / jnp.sum(flat["loss_mask"])
+
+    loss, expected = jax.value_and_grad(mean_loss)(params)
+    np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-6)
+    for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-4, atol=1e-6)
+
+
+def test_default_xla_flags_before_jax_starts_and_never_over_the_users():
+    """Run in fresh interpreters: XLA reads its flags when JAX starts its backend."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, os, jax\n"
+        "from theseus.base.topology import apply_default_xla_flags\n"
+        "first = apply_default_xla_flags()\n"
+        "jax.devices()\n"
+        "os.environ['XLA_FLAGS'] = ''\n"
+        "print(json.dumps([first, apply_default_xla_flags()]))\n"
+    )
+
+    def run(xla_flags):
+        env = {**os.environ, "XLA_FLAGS": xla_flags}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.splitlines()[-1])
+
+    first, after_start = run("--xla_cpu_enable_fast_math=false")
+    assert first == ["--xla_gpu_enable_triton_gemm=false"] and after_start == []
+    first, _ = run("--xla_gpu_enable_triton_gemm=true")
+    assert first == []
