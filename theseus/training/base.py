@@ -237,9 +237,13 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             global_batch=config.batch_size,
             per_device_batch=config.per_device_batch_size,
             fsdp=parallel.fsdp,
-            tensor=parallel.tensor or self.spec.request.n_shards or 1,
+            tensor=self.tensor_shards(),
         )
         initialize_distributed()
+
+    def tensor_shards(self) -> int:
+        """Tensor-parallel shards: parallel.tensor, else the job's --n_shards, else 1."""
+        return configure(ParallelConfig, self.cfg).tensor or self.spec.request.n_shards or 1
 
     def _start_over_if_asked(self) -> None:
         """--fresh: refuse to hide existing checkpoints unless training.overwrite says to move them."""

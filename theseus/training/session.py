@@ -79,9 +79,7 @@ class Session:
 
         # devices
         devices = jax.devices()
-        self.layout = Layout.solve(
-            len(devices), parallel.fsdp, parallel.tensor or self.spec.request.n_shards
-        )
+        self.layout = Layout.solve(len(devices), parallel.fsdp, trainer.tensor_shards())
         self.mesh = self.layout.mesh(devices)
         self.block_each_step = len(devices) > 1
 
