@@ -5,8 +5,8 @@
 The same shapes as `bench/train.py --preset cpu` (4 layers, 4 heads, 128 wide, context 64,
 batch 12, vocabulary 384, tied head, GELU MLP, pre-norm), AdamW (beta2 0.99, weight decay 0.1)
 with gradient clipping at 1.0, on random windows of the text's bytes. Prints one line: tokens/s
-over the steps after a 20-step warm-up. `bench/train.py` runs it in a subprocess first and
-reports its own speed as a ratio to this one, measured minutes apart on the same machine.
+over the steps after a 20-step warm-up. `bench/train.py` runs it in a subprocess before and
+after its own run and reports its speed as a ratio to the mean of the two.
 """
 
 from __future__ import annotations
