@@ -266,9 +266,10 @@ class Session:
         self.learning_rates = np.asarray(
             jax.jit(jax.vmap(schedule))(jnp.arange(self.plan.steps)), np.float32
         )
-        start = time.perf_counter()
         while True:
+            start = time.perf_counter()  # the compile that runs; a discarded one logs its size
             compiled = self._compile_step(self.plan)
+            compile_s = time.perf_counter() - start
             need, free, where = step_memory(compiled)
             if need <= free:
                 break
@@ -288,7 +289,7 @@ class Session:
         evaluate = jax.jit(
             make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
         )
-        return compiled, evaluate, time.perf_counter() - start
+        return compiled, evaluate, compile_s
 
     def _compile_step(self, plan: Plan) -> Any:
         step_fn = make_train_step(
