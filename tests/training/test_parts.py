@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -203,10 +206,6 @@ def test_step_gradient_is_the_mean_over_loss_tokens(accumulation):
 
 def test_default_xla_flags_before_jax_starts_and_never_over_the_users():
     """Run in fresh interpreters: XLA reads its flags when JAX starts its backend."""
-    import json
-    import subprocess
-    import sys
-
     probe = (
         "import json, os, jax\n"
         "from theseus.base.topology import apply_default_xla_flags\n"

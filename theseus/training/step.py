@@ -82,9 +82,7 @@ def make_train_step(
     lr, and finite (whether loss and gradients were finite).
     """
 
-    def loss_fn(
-        params: nnx.State, micro: dict[str, jax.Array], key: jax.Array, positions: int
-    ) -> Any:
+    def loss_fn(params: nnx.State, micro: dict[str, jax.Array], key: jax.Array) -> Any:
         # Divided by the batch's (static) number of positions, not by its count of loss tokens:
         # that count is a sum across devices, and waiting for it would put a collective before
         # the backward pass. The gradients are rescaled to the token count after their reduction.
@@ -93,6 +91,7 @@ def make_train_step(
             nnx.reseed(model, dropout=key)
         logits = model(micro["inputs"], micro["positions"], deterministic=not dropout)
         ce, z = cross_entropy(logits, micro["targets"], micro["loss_mask"])
+        positions = accumulation * micro["loss_mask"].size
         return (ce + z_loss * z) / positions, (ce, z)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -103,22 +102,21 @@ def make_train_step(
         params = state["params"]
         key = jax.random.fold_in(jax.random.key(seed), step)
         n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
-        positions = batch["loss_mask"].size
         if accumulation == 1:
             micro = jax.tree.map(lambda x: x[0], batch)
-            grads, (ce, z) = grad_fn(params, micro, key, positions)
+            grads, (ce, z) = grad_fn(params, micro, key)
         else:
 
             def body(carry: Any, xs: Any) -> Any:
                 grads, ce, z = carry
                 index, micro = xs
-                g, (c, zz) = grad_fn(params, micro, jax.random.fold_in(key, index), positions)
+                g, (c, zz) = grad_fn(params, micro, jax.random.fold_in(key, index))
                 return (jax.tree.map(jnp.add, grads, g), ce + c, z + zz), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             init = (zeros, jnp.float32(0.0), jnp.float32(0.0))
             (grads, ce, z), _ = jax.lax.scan(body, init, (jnp.arange(accumulation), batch))
-        rescale = positions / n_tokens
+        rescale = batch["loss_mask"].size / n_tokens
         grads = jax.tree.map(lambda g, p: (g * rescale).astype(p.dtype), grads, params)
         loss = ce / n_tokens
         grad_norm = optax.tree.norm(grads)
