@@ -1,6 +1,6 @@
 """Where a train step's time goes: trace compiled steps with JAX's profiler, print the top ops.
 
-    python bench/profile_step.py [--preset cpu|gpt2-gpu] [--steps 20] [KEY=VALUE ...]
+    python bench/profile_step.py [--preset cpu|gpt2-gpu] [--steps 20] [--no-trace] [KEY=VALUE ...]
 
 Uses `bench/train.py`'s presets and data (tokenized into --out on first use), builds the
 trainer's session, compiles its step, runs a few warm-up steps, then traces `--steps` steps.
@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--steps", type=int, default=20, help="traced steps")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--no-trace", action="store_true", help="only time the steps; skip the profiler trace"
+    )
     parser.add_argument("--out", help="output folder (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", default=[])
     args = parser.parse_args()
@@ -126,6 +129,8 @@ def main() -> None:
     run(args.steps)
     wall = (time.perf_counter() - started) / args.steps
     print(f"untraced: {wall * 1e3:.2f} ms/step, {plan.tokens_per_step / wall:,.0f} tokens/s")
+    if args.no_trace:
+        return
     folder = Path(tempfile.mkdtemp(prefix="theseus-trace-"))
     jax.profiler.start_trace(str(folder))
     run(args.steps)

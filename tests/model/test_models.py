@@ -12,6 +12,7 @@ from flax import nnx
 from jax.ad_checkpoint import print_saved_residuals
 from jax.sharding import PartitionSpec as P
 
+from theseus.model.layers.norms import layer_norm, rms_norm
 from theseus.model.models import GPT, Llama
 from theseus.model.sharding import RULES, param_specs, spec_for
 from theseus.registry import MODELS
@@ -74,6 +75,38 @@ def test_stacked_qkv_projection_equals_three_projections():
     separate = [attn._project(x, getattr(attn, n), getattr(attn, f"{n}_bias")) for n in "qkv"]
     for a, b in zip(stacked, separate, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def _plain_layer_norm(x, scale, bias):
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(jnp.square(x - mean).mean(-1, keepdims=True) + 1e-5) * scale + bias
+
+
+def _plain_rms_norm(x, scale):
+    return x / jnp.sqrt(jnp.square(x).mean(-1, keepdims=True) + 1e-5) * scale
+
+
+@pytest.mark.parametrize(
+    "norm, plain, n_params",
+    [(layer_norm, _plain_layer_norm, 2), (rms_norm, _plain_rms_norm, 1)],
+    ids=["layernorm", "rmsnorm"],
+)
+def test_hand_written_norm_gradients_match_autodiff_in_float64(norm, plain, n_params):
+    """The norms' own backward pass against autodiff of the textbook formula, in float64."""
+    keys = jax.random.split(jax.random.key(7), 4)
+    x = 3 * jax.random.normal(keys[0], (2, T, 48)) + 1  # an offset, so centering matters
+    params = [jax.random.normal(k, (48,)) for k in keys[1 : 1 + n_params]]
+    weights = jax.random.normal(keys[3], x.shape)
+    argnums = tuple(range(1 + n_params))
+    ours = jax.grad(lambda *a: jnp.sum(norm(*a, 1e-5) * weights), argnums)(x, *params)
+    with jax.enable_x64(True):
+        wide = [np.asarray(a, np.float64) for a in (x, *params)]
+        expected = jax.grad(lambda *a: jnp.sum(plain(*a) * weights.astype(jnp.float64)), argnums)(
+            *wide
+        )
+    for got, want in zip(ours, expected, strict=True):
+        want = np.asarray(want)
+        assert np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want) < 1e-5
 
 
 @pytest.mark.parametrize("cls", [GPT, Llama])

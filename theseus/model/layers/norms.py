@@ -1,13 +1,16 @@
 """LayerNorm and RMSNorm, computed in float32 whatever the activation dtype.
 
-Both are rematerialized (`jax.checkpoint`): the backward pass recomputes the normalization from
-the input instead of keeping float32 intermediates of every norm alive until then. The work is
-elementwise, so recomputing it inside the backward fusions is cheaper than the memory traffic.
+Both have a hand-written backward pass that keeps only the input and two float32 numbers per
+row (mean and reciprocal standard deviation), and recomputes the normalized input inside the
+gradient's fusions. Autodiff would keep float32 [tokens, width] intermediates of every norm
+until the backward pass, and even rematerialized it writes one out there: on GPT-2 small on an
+H100 the hand-written one made the step 1.3% faster (133.5 -> 131.7 ms).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,22 +19,59 @@ from flax import nnx
 from theseus.model.layers.params import param
 
 
-@partial(jax.checkpoint, static_argnums=(3,))
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """(x - mean) / std * scale + bias over the last axis, in float32, returned in x's dtype."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> Any:
     h = x.astype(jnp.float32)
     mean = h.mean(-1, keepdims=True)
-    var = jnp.square(h - mean).mean(-1, keepdims=True)
-    h = (h - mean) * jax.lax.rsqrt(var + eps)
-    return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    rstd = jax.lax.rsqrt(jnp.square(h - mean).mean(-1, keepdims=True) + eps)
+    y = (h - mean) * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype), (x, scale, bias, mean, rstd)
 
 
-@partial(jax.checkpoint, static_argnums=(2,))
+def _layer_norm_bwd(eps: float, residuals: Any, dy: jax.Array) -> Any:
+    x, scale, bias, mean, rstd = residuals
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    dy = dy.astype(jnp.float32)
+    g = dy * scale.astype(jnp.float32)
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    dscale = (dy * xhat).sum(rows)
+    dbias = dy.sum(rows)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     """x / rms(x) * scale over the last axis, in float32, returned in x's dtype."""
+    return _rms_norm_fwd(x, scale, eps)[0]
+
+
+def _rms_norm_fwd(x: jax.Array, scale: jax.Array, eps: float) -> Any:
     h = x.astype(jnp.float32)
-    h = h * jax.lax.rsqrt(jnp.square(h).mean(-1, keepdims=True) + eps)
-    return (h * scale.astype(jnp.float32)).astype(x.dtype)
+    rstd = jax.lax.rsqrt(jnp.square(h).mean(-1, keepdims=True) + eps)
+    y = h * rstd * scale.astype(jnp.float32)
+    return y.astype(x.dtype), (x, scale, rstd)
+
+
+def _rms_norm_bwd(eps: float, residuals: Any, dy: jax.Array) -> Any:
+    x, scale, rstd = residuals
+    xhat = x.astype(jnp.float32) * rstd
+    dy = dy.astype(jnp.float32)
+    g = dy * scale.astype(jnp.float32)
+    dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+    dscale = (dy * xhat).sum(tuple(range(x.ndim - 1)))
+    return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 class LayerNorm(nnx.Module):
