@@ -1,8 +1,8 @@
 """LayerNorm and RMSNorm, computed in float32 whatever the activation dtype.
 
-Both have a hand-written backward pass that keeps only the input and two float32 numbers per
-row (mean and reciprocal standard deviation), and recomputes the normalized input inside the
-gradient's fusions. Autodiff would keep float32 [tokens, width] intermediates of every norm
+Both have a hand-written backward pass that keeps only the input and its per-row float32
+statistics (LayerNorm: mean and 1/std; RMSNorm: 1/rms), and recomputes the normalized input inside
+the gradient's fusions. Autodiff would keep float32 [tokens, width] intermediates of every norm
 until the backward pass, and even rematerialized it writes one out there: on GPT-2 small on an
 H100 the hand-written one made the step 1.3% faster (133.5 -> 131.7 ms).
 """
