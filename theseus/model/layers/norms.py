@@ -35,13 +35,9 @@ def _layer_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float)
 
 def _layer_norm_bwd(eps: float, residuals: Any, dy: jax.Array) -> Any:
     x, scale, bias, mean, rstd = residuals
-    xhat = (x.astype(jnp.float32) - mean) * rstd
     dy = dy.astype(jnp.float32)
-    g = dy * scale.astype(jnp.float32)
-    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
-    rows = tuple(range(x.ndim - 1))
-    dscale = (dy * xhat).sum(rows)
-    dbias = dy.sum(rows)
+    dx, dscale = _norm_grads((x.astype(jnp.float32) - mean) * rstd, rstd, scale, dy, centered=True)
+    dbias = dy.sum(tuple(range(x.ndim - 1)))
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
@@ -64,14 +60,22 @@ def _rms_norm_fwd(x: jax.Array, scale: jax.Array, eps: float) -> Any:
 def _rms_norm_bwd(eps: float, residuals: Any, dy: jax.Array) -> Any:
     x, scale, rstd = residuals
     xhat = x.astype(jnp.float32) * rstd
-    dy = dy.astype(jnp.float32)
-    g = dy * scale.astype(jnp.float32)
-    dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))
-    dscale = (dy * xhat).sum(tuple(range(x.ndim - 1)))
+    dx, dscale = _norm_grads(xhat, rstd, scale, dy.astype(jnp.float32), centered=False)
     return dx.astype(x.dtype), dscale.astype(scale.dtype)
 
 
 rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+def _norm_grads(
+    xhat: jax.Array, rstd: jax.Array, scale: jax.Array, dy: jax.Array, *, centered: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Float32 gradients of `xhat * scale` for the norm's input and scale; `centered` when the
+    norm subtracted the row mean (LayerNorm), which the input gradient then subtracts too."""
+    g = dy * scale.astype(jnp.float32)
+    g_in = g - g.mean(-1, keepdims=True) if centered else g
+    dx = rstd * (g_in - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).sum(tuple(range(xhat.ndim - 1)))
 
 
 class LayerNorm(nnx.Module):
