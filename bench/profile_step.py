@@ -16,6 +16,7 @@ import gzip
 import importlib.util
 import json
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -90,11 +91,20 @@ def main() -> None:
     parser.add_argument(
         "--no-trace", action="store_true", help="only time the steps; skip the profiler trace"
     )
-    parser.add_argument("--out", help="output folder (default: a temporary one)")
+    parser.add_argument(
+        "--out", help="output folder, kept with its trace (default: a temporary one, removed)"
+    )
     parser.add_argument("overrides", nargs="*", default=[])
     args = parser.parse_args()
+    if args.out:
+        profile(args, Path(args.out))
+        return
+    with tempfile.TemporaryDirectory(prefix="theseus-profile-") as out:
+        profile(args, Path(out))
+
+
+def profile(args: argparse.Namespace, out: Path) -> None:
     bench = _bench_train()
-    out = Path(args.out or tempfile.mkdtemp(prefix="theseus-profile-"))
     store = bench.prepare_data(args.preset, out, bench.SHARED_TEXT)
 
     import jax
@@ -108,6 +118,7 @@ def main() -> None:
         trainer = job._stage.instantiate(job.spec())
         trainer.prepare_devices()
         session = Session(trainer)
+        session.start_state()
     compiled, _, compile_s = session._compile()
     plan = session.plan
     print(
@@ -131,7 +142,8 @@ def main() -> None:
     print(f"untraced: {wall * 1e3:.2f} ms/step, {plan.tokens_per_step / wall:,.0f} tokens/s")
     if args.no_trace:
         return
-    folder = Path(tempfile.mkdtemp(prefix="theseus-trace-"))
+    folder = out / "trace"
+    shutil.rmtree(folder, ignore_errors=True)
     jax.profiler.start_trace(str(folder))
     run(args.steps)
     jax.profiler.stop_trace()

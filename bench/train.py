@@ -71,7 +71,11 @@ def parse() -> argparse.Namespace:
         type=int,
         help="CPU: split the host into this many devices (default: the trainer's choice, one per core)",
     )
-    parser.add_argument("--out", help="output folder (default: a temporary one)")
+    parser.add_argument(
+        "--out",
+        help="output folder, kept with the run's metrics and loss curve "
+        "(default: a temporary one, removed at the end)",
+    )
     parser.add_argument(
         "--no-reference",
         action="store_true",
@@ -89,7 +93,14 @@ def main() -> None:
             os.environ.get("XLA_FLAGS", "")
             + f" --xla_force_host_platform_device_count={args.devices}"
         ).strip()
-    out = Path(args.out or tempfile.mkdtemp(prefix="theseus-bench-"))
+    if args.out:
+        benchmark(args, Path(args.out))
+        return
+    with tempfile.TemporaryDirectory(prefix="theseus-bench-") as out:
+        benchmark(args, Path(out))
+
+
+def benchmark(args: argparse.Namespace, out: Path) -> None:
     steps = args.steps or (2000 if args.preset == "cpu" else 60)
     started = time.perf_counter()
     store = prepare_data(args.preset, out, Path(args.text))

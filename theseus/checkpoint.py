@@ -225,12 +225,16 @@ def load_model(
         meta = checkpointer.meta(step)
         cfg = OmegaConf.create(meta["config"])
         trainer = JOBS[meta["job"]]
-        model = trainer.build_model(cfg, vocab_size=int(meta["vocab_size"]), seed=int(meta["seed"]))
+        create = trainer.model_factory(
+            cfg, vocab_size=int(meta["vocab_size"]), seed=int(meta["seed"])
+        )
         from flax import nnx
 
-        params = nnx.state(model, nnx.Param)
+        from theseus.model.sharding import abstract_on_mesh, make_mesh
+
+        graphdef, params, rest = abstract_on_mesh(create, make_mesh(devices=jax.devices()[:1]))
         params, _, _ = checkpointer.restore(step, params, None)
-        nnx.update(model, params)
+        model = nnx.merge(graphdef, params, rest)
     finally:
         checkpointer.close()
     return model, cfg, meta.get("tokenizer")

@@ -6,8 +6,10 @@ standard library's source), runs go through `theseus run` (in-process or as subp
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,7 @@ from theseus.cli import main
 
 # Runs of the same program in several processes compile it once (JAX's persistent cache).
 CACHE = tempfile.mkdtemp(prefix="theseus-test-xla-")
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 

@@ -20,7 +20,7 @@ from theseus.training.mfu import chip_of
 from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
 from theseus.training.plan import solve_plan
 from theseus.training.schedules import make_schedule
-from theseus.training.step import cross_entropy, make_train_step, split_model
+from theseus.training.step import cross_entropy, make_train_step
 
 
 def small(cls):
@@ -179,7 +179,7 @@ def test_step_gradient_is_the_mean_over_loss_tokens(accumulation):
     """The step divides summed losses by the batch's positions, then rescales the reduced
     gradients to its loss tokens: the result is the gradient of the masked mean loss."""
     model = small(GPT)
-    graphdef, params, rest = split_model(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(2)
     shape = (accumulation, 4 // accumulation, 16)
     batch = {

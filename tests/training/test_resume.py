@@ -133,3 +133,27 @@ def test_failed_save_keeps_the_previous_checkpoint_and_reports_it(
     err = _resume(root, train_yaml, "full-disk", *overrides, capsys=capsys)
     assert "resuming full-disk from its checkpoint at step 10" in err
     assert losses(root, "full-disk") == reference
+
+
+def test_resuming_reads_the_state_without_running_the_initializers(
+    root, train_yaml, capsys, monkeypatch
+):
+    """A new run initializes its parameters once; resuming it restores them from the checkpoint
+    and never runs the (for a large model, slow) initializers again."""
+    from theseus.training import session
+
+    built = []
+    real = session.param_initializer
+
+    def counted(create, abstract):
+        built.append(1)
+        return real(create, abstract)
+
+    monkeypatch.setattr(session, "param_initializer", counted)
+    first = ("training.steps=3", "logging.checkpoint_interval=3")
+    assert main(cli_args("lazy", train_yaml, root, *first)) == 0
+    assert built == [1]
+    assert main(cli_args("lazy", train_yaml, root, "training.steps=5")) == 0
+    assert "resuming lazy from its checkpoint at step 3" in capsys.readouterr().err
+    assert built == [1]
+    assert [step for step, _ in losses(root, "lazy")] == [1, 2, 3, 4, 5]

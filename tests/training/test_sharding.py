@@ -59,3 +59,53 @@ def test_data_fsdp_tensor_parallel_match_one_device(root, train_yaml, six_step_l
         sharded = np.array([loss for _, loss in sequence])
         assert sharded.shape == single.shape == (6,)
         np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+INIT_SCRIPT = """
+import json
+import jax, numpy as np
+from flax import nnx
+from theseus.model.models import GPT
+from theseus.model.sharding import abstract_on_mesh, make_mesh, param_initializer
+config = GPT.CONFIG(n_layers=2, n_heads=4, d_model=64, block_size=16, vocab_size=256)
+create = lambda: GPT(config, rngs=nnx.Rngs(0))
+out = {}
+for name, mesh in [("one", make_mesh(devices=jax.devices()[:1])), ("fsdp4-tensor2", make_mesh(1, 4, 2))]:
+    _, abstract, _ = abstract_on_mesh(create, mesh)
+    initialize = param_initializer(create, abstract)
+    params = initialize()
+    memory = initialize.lower().compile().memory_analysis()
+    out[name] = {
+        "values": [np.asarray(x).tolist() for x in jax.tree.leaves(params)],
+        "placed": all(x.sharding == s.sharding for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(abstract))),
+        "shards": {
+            jax.tree_util.keystr(path): list(x.addressable_shards[0].data.shape)
+            for path, x in jax.tree_util.tree_leaves_with_path(params)
+        },
+        "bytes": memory.output_size_in_bytes + memory.temp_size_in_bytes,
+    }
+print("INIT" + json.dumps(out))
+"""
+
+
+def test_parameters_are_created_on_their_shards_with_the_values_of_one_device():
+    """Initialization runs sharded: each device computes only its shards (a fraction of the
+    memory), and the values equal a one-device initialization bitwise."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", INIT_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("INIT"))
+    one, spread = json.loads(line[len("INIT") :]).values()
+    assert one["placed"] and spread["placed"]
+    for a, b in zip(one["values"], spread["values"], strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    # the [256, 64] token embedding: vocabulary over tensor 2, width over fsdp 4
+    assert spread["shards"]["['embed']['weight'].value"] == [128, 16]
+    assert one["shards"]["['embed']['weight'].value"] == [256, 64]
+    assert spread["bytes"] < one["bytes"] / 4

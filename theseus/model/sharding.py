@@ -6,12 +6,13 @@ Mesh axes: "data" (batch only), "fsdp" (batch, and parameters sharded ZeRO-3 sty
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from theseus.model.layers.params import logical_axes
 
@@ -73,14 +74,59 @@ def param_specs(model: nnx.Module, *filters: Any, mesh: Mesh | None = None) -> A
             return PartitionSpec()
         return spec_for(axes, tuple(variable.shape), mesh)
 
-    return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(spec, state, is_leaf=_is_variable)
+
+
+def variable_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
+    """`state` (abstract or concrete) with each variable's value replaced by its NamedSharding on
+    `mesh`, from its logical axes; variables without axes (RNG counters) are replicated."""
+
+    def place(variable: nnx.Variable) -> nnx.Variable:
+        spec = spec_for(logical_axes(variable) or (), tuple(variable.shape), mesh)
+        return variable.replace(NamedSharding(mesh, spec))
+
+    return jax.tree.map(place, state, is_leaf=_is_variable)
+
+
+def abstract_on_mesh(
+    create: Callable[[], nnx.Module], mesh: Mesh
+) -> tuple[Any, nnx.State, nnx.State]:
+    """What `create` builds, as (graphdef, parameters, other state), placed on `mesh`.
+
+    The parameters come back abstract (`jax.ShapeDtypeStruct`s carrying their sharding): a
+    checkpoint restores into them, or `param_initializer` runs their initializers. The other state
+    (RNG counters and the like) is created here, already sharded.
+    """
+    graphdef, params, rest = nnx.split(nnx.eval_shape(create), nnx.Param, ...)
+    placed = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        params,
+        variable_shardings(params, mesh),
+    )
+    if jax.tree.leaves(rest):
+        rest = jax.jit(
+            lambda: nnx.split(create(), nnx.Param, ...)[2],
+            out_shardings=variable_shardings(rest, mesh),
+        )()
+    return graphdef, placed, rest
+
+
+def param_initializer(create: Callable[[], nnx.Module], abstract: nnx.State) -> Any:
+    """The jitted program running the parameter initializers of `create` (eagerly, every shape
+    would compile on its own). Its outputs are created directly in the shardings `abstract`
+    gives them, so each device computes and holds only its shards; the values do not depend on
+    the sharding."""
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    return jax.jit(lambda: nnx.state(create(), nnx.Param), out_shardings=shardings)
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
 
 
 def mirror_shardings(param_shardings: Any, abstract: Any, mesh: Mesh) -> Any:
     """Shardings for optimizer state (`abstract`, e.g. from `jax.eval_shape(tx.init, params)`):
     a leaf under a parameter's path gets that parameter's sharding; the rest is replicated."""
-    from jax.sharding import NamedSharding
-
     flat = {
         jax.tree_util.keystr(path): sharding
         for path, sharding in jax.tree_util.tree_flatten_with_path(param_shardings)[0]

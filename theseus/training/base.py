@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -164,22 +165,15 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         return "cosine"
 
     @classmethod
-    def build_model(cls, cfg: DictConfig, *, vocab_size: int, seed: int) -> M:
-        """The model of `cfg` with its vocabulary set, initialized from `seed`.
-
-        Initialization runs as one jitted program: eagerly, every parameter shape would be
-        compiled on its own.
-        """
-        import jax
-
+    def model_factory(cls, cfg: DictConfig, *, vocab_size: int, seed: int) -> Callable[[], M]:
+        """A function building the model of `cfg`, its vocabulary set, initialized from `seed`
+        (trace it under `jax.jit` or `nnx.eval_shape`: `theseus.model.sharding` does both)."""
         config = dataclasses.replace(configure(cls.MODEL.CONFIG, cfg), vocab_size=vocab_size)
 
         def create() -> M:
             return cls.MODEL(config, rngs=nnx.Rngs(seed))
 
-        graphdef, _ = nnx.split(nnx.eval_shape(create))
-        state = jax.jit(lambda: nnx.state(create()))()
-        return nnx.merge(graphdef, state)
+        return create
 
     # RestoreableJob ------------------------------------------------------------------------------
 
@@ -251,6 +245,10 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             return
         import jax
 
+        from theseus.base.topology import barrier
+
+        # every process looks before the first one moves anything, and none goes on before it has
+        barrier("theseus-fresh-look")
         directory = self.spec.checkpoint_dir
         if not any(p.name.isdigit() for p in directory.iterdir()):
             return
@@ -260,13 +258,13 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
                 f"--fresh: run {self.spec.name!r} already has checkpoints in {directory}; "
                 "add training.overwrite=true to move them (and its logs) aside, or pick another run name"
             )
-        if jax.process_index() != 0:
-            return
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        for folder in (directory, self.spec.run_dir):
-            target = folder.with_name(f"{folder.name}.replaced-{stamp}")
-            shutil.move(str(folder), str(target))
-            sys.stderr.write(f"--fresh: moved {folder} to {target}\n")
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            for folder in (directory, self.spec.run_dir):
+                target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+                shutil.move(str(folder), str(target))
+                sys.stderr.write(f"--fresh: moved {folder} to {target}\n")
+        barrier("theseus-fresh-moved")
 
 
 def job_name_of(trainer: type) -> str:

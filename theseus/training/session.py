@@ -23,8 +23,7 @@ from theseus.config import configure
 from theseus.data.loader import Loader, open_mixture
 from theseus.errors import UserError
 from theseus.evaluation.base import EvalConfig
-from theseus.model.layers.params import logical_axes
-from theseus.model.sharding import mirror_shardings, spec_for
+from theseus.model.sharding import abstract_on_mesh, mirror_shardings, param_initializer
 from theseus.training.metrics import LoggingConfig, RunLog, summary_line
 from theseus.training.mfu import peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
@@ -38,7 +37,7 @@ from theseus.training.plan import (
 )
 from theseus.training.plot import plot_runs
 from theseus.training.schedules import make_schedule
-from theseus.training.step import make_eval_step, make_train_step, split_model
+from theseus.training.step import make_eval_step, make_train_step
 
 if TYPE_CHECKING:
     from theseus.training.base import BaseTrainer, BaseTrainerConfig, _StopSignals
@@ -46,8 +45,8 @@ if TYPE_CHECKING:
 BATCH_AXES = ("data", "fsdp")
 
 
-def _is_variable(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
+def _is_abstract(state: Any) -> bool:
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
 
 
 class Session:
@@ -99,10 +98,10 @@ class Session:
                 f"training.seq_len={seq_len} exceeds architecture.block_size={self.arch.block_size}"
             )
 
-        # model, plan
-        self.model = type(trainer).build_model(cfg, vocab_size=vocab, seed=self.config.seed)
-        self.graphdef, params, self.rest = split_model(self.model)
-        n_params = sum(x.size for x in jax.tree.leaves(params))
+        # model, plan: the parameters stay abstract until `start_state` restores or initializes them
+        self._create = type(trainer).model_factory(cfg, vocab_size=vocab, seed=self.config.seed)
+        self.graphdef, self.params, self.rest = abstract_on_mesh(self._create, self.mesh)
+        n_params = sum(x.size for x in jax.tree.leaves(self.params))
         compute_bytes = jnp.dtype(self.arch.dtype).itemsize
         self.plan: Plan = solve_plan(
             global_batch=self.config.batch_size,
@@ -123,23 +122,19 @@ class Session:
                 compute_bytes=compute_bytes,
             ),
         )
-        self.flops_per_token = float(self.model.flops_per_token(seq_len))
+        abstract_model = nnx.merge(self.graphdef, self.params, self.rest)
+        self.flops_per_token = float(abstract_model.flops_per_token(seq_len))
 
-        # state on the mesh
-        self.param_shardings = jax.tree.map(
-            lambda v: v.replace(
-                NamedSharding(self.mesh, spec_for(logical_axes(v) or (), tuple(v.shape), self.mesh))
-            ),
-            params,
-            is_leaf=_is_variable,
-        )
-        barrier("theseus-state-on-mesh")
-        self.params = jax.device_put(params, self.param_shardings)
+        # optimizer, its state abstract like the parameters
+        self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
         self.tx = make_optimizer(self.optim)
-        self.opt_shardings = mirror_shardings(
-            self.param_shardings, jax.eval_shape(self.tx.init, params), self.mesh
+        opt = jax.eval_shape(self.tx.init, self.params)
+        self.opt_shardings = mirror_shardings(self.param_shardings, opt, self.mesh)
+        self.opt = jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            opt,
+            self.opt_shardings,
         )
-        self.opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         self.step = 0
         self.checkpointer = Checkpointer(
             self.spec.checkpoint_dir,
@@ -205,7 +200,10 @@ class Session:
             self.opt = opt
             self.step = int(meta["step"])
 
-    def _resume_or_restore(self) -> None:
+    def start_state(self) -> None:
+        """Resume from this run's latest checkpoint; else apply --restore and initialize whatever
+        it did not fill. A resumed run never runs the initializers."""
+        barrier("theseus-start-state")
         latest = self.checkpointer.latest_step()
         if latest is not None:
             self.load(self.spec.checkpoint_dir / str(latest), weights_only=False, own=True)
@@ -226,6 +224,10 @@ class Session:
             self.load(Path(self.spec.restore), weights_only=weights_only, own=False)
             what = "weights" if weights_only else f"full state at step {self.step}"
             self.log.info(f"restored {what} from {self.spec.restore}")
+        if _is_abstract(self.params):
+            self.params = param_initializer(self._create, self.params)()
+        if _is_abstract(self.opt):
+            self.opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         self.log.keep_until(self.step)
 
     # the loop ------------------------------------------------------------------------------------
@@ -358,7 +360,7 @@ class Session:
 
     def train(self, stop: _StopSignals) -> dict[str, Any]:
         plan, log = self.plan, self.log
-        self._resume_or_restore()
+        self.start_state()
         if self.main:
             from theseus.config import atomic_write, to_yaml
 
@@ -381,6 +383,7 @@ class Session:
         if self.step >= plan.steps:
             log.info(f"{self.spec.name} already finished at step {self.step}")
             return last
+        barrier("theseus-first-step")  # compiling can take each process a different time
         loader = self._loader("train", plan.global_batch)
         pending: list[tuple[int, Any]] = []
         last_saved = self.step

@@ -55,12 +55,6 @@ def cross_entropy(
     return jnp.sum(nll * mask), jnp.sum(jnp.square(lse) * mask)
 
 
-def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
-    """(graph, parameters, everything else) — only the parameters are trained and saved."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params, rest
-
-
 def make_train_step(
     graphdef: Any,
     rest: nnx.State,
