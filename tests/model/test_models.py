@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from theseus.model.layers.norms import layer_norm, rms_norm
 from theseus.model.models import GPT, Llama
-from theseus.model.sharding import RULES, param_specs, spec_for
+from theseus.model.sharding import RULES, make_mesh, spec_for, variable_shardings
 from theseus.registry import MODELS
 
 from .tiny import tiny
@@ -184,16 +184,16 @@ def test_models_are_registered():
     assert MODELS["gpt"] is GPT and MODELS["llama"] is Llama
 
 
-def test_param_specs_follow_the_rules():
+def test_variable_shardings_follow_the_rules():
     model = small(Llama, n_heads=4, n_kv_heads=2)
-    specs = param_specs(model, nnx.Param)
-    assert specs["embed"]["weight"] == P(RULES["vocab"], RULES["embed"])
-    assert specs["blocks"][0]["attn"]["q"] == P("fsdp", "tensor", None)
-    assert specs["blocks"][0]["mlp"]["down"]["kernel"] == P("tensor", "fsdp")
-    assert specs["final_norm"]["scale"] == P(None)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    shardings = variable_shardings(nnx.state(model, nnx.Param), mesh)
+    specs = jax.tree.map(lambda sharding: sharding.spec, shardings)
+    assert specs["embed"]["weight"].value == P(RULES["vocab"], RULES["embed"])
+    assert specs["blocks"][0]["attn"]["q"].value == P("fsdp", "tensor", None)
+    assert specs["blocks"][0]["mlp"]["down"]["kernel"].value == P("tensor", "fsdp")
+    assert specs["final_norm"]["scale"].value == P(None)
     # a dimension the mesh does not divide stays replicated
-    devices = np.asarray(jax.devices()[:1]).reshape(1, 1, 1)
-    mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "tensor"))
     fake_mesh = type("M", (), {"shape": {"data": 1, "fsdp": 1, "tensor": 4}})()
     assert spec_for(("embed", "kv_heads", "head_dim"), (32, 2, 8), fake_mesh) == P(
         "fsdp", None, None

@@ -63,20 +63,6 @@ def spec_for(
     return PartitionSpec(*out)
 
 
-def param_specs(model: nnx.Module, *filters: Any, mesh: Mesh | None = None) -> Any:
-    """A pytree of PartitionSpec matching `nnx.state(model, *filters)` (default: all state);
-    state without logical axes (RNG counters) is replicated."""
-    state = nnx.state(model, *filters)
-
-    def spec(variable: Any) -> PartitionSpec:
-        axes = logical_axes(variable) if isinstance(variable, nnx.Variable) else None
-        if axes is None:
-            return PartitionSpec()
-        return spec_for(axes, tuple(variable.shape), mesh)
-
-    return jax.tree.map(spec, state, is_leaf=_is_variable)
-
-
 def variable_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     """`state` (abstract or concrete) with each variable's value replaced by its NamedSharding on
     `mesh`, from its logical axes; variables without axes (RNG counters) are replicated."""

@@ -247,10 +247,11 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
         from theseus.base.topology import barrier
 
-        # every process looks before the first one moves anything, and none goes on before it has
-        barrier("theseus-fresh-look")
         directory = self.spec.checkpoint_dir
-        if not any(p.name.isdigit() for p in directory.iterdir()):
+        existing = any(p.name.isdigit() for p in directory.iterdir())
+        # every process has looked before the first one moves anything, and waits until it has
+        barrier("theseus-fresh-looked")
+        if not existing:
             return
         config = configure(BaseTrainerConfig, self.cfg)
         if not config.overwrite:

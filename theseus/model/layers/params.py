@@ -32,7 +32,7 @@ def param(
     """A parameter annotated with logical axis names.
 
     The names are metadata only (no eager sharding), so a model can be built without an active
-    mesh; `theseus.model.sharding.param_specs` maps them to mesh axes at the jit boundary.
+    mesh; `theseus.model.sharding.variable_shardings` maps them to mesh axes at the jit boundary.
     """
     if len(axes) != len(shape):
         raise ValueError(f"axes {tuple(axes)} do not match shape {tuple(shape)}")
