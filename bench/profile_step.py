@@ -17,7 +17,6 @@ import importlib.util
 import json
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,15 +95,12 @@ def main() -> None:
     )
     parser.add_argument("overrides", nargs="*", default=[])
     args = parser.parse_args()
-    if args.out:
-        profile(args, Path(args.out))
-        return
-    with tempfile.TemporaryDirectory(prefix="theseus-profile-") as out:
-        profile(args, Path(out))
-
-
-def profile(args: argparse.Namespace, out: Path) -> None:
     bench = _bench_train()
+    with bench.output_folder(args.out, "theseus-profile-") as out:
+        profile(bench, args, out)
+
+
+def profile(bench: Any, args: argparse.Namespace, out: Path) -> None:
     store = bench.prepare_data(args.preset, out, bench.SHARED_TEXT)
 
     import jax

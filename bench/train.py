@@ -18,11 +18,13 @@ datasheet, and the compile time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -93,11 +95,18 @@ def main() -> None:
             os.environ.get("XLA_FLAGS", "")
             + f" --xla_force_host_platform_device_count={args.devices}"
         ).strip()
-    if args.out:
-        benchmark(args, Path(args.out))
+    with output_folder(args.out, "theseus-bench-") as out:
+        benchmark(args, out)
+
+
+@contextlib.contextmanager
+def output_folder(given: str | None, prefix: str) -> Iterator[Path]:
+    """The folder `given` (kept), else a temporary one removed afterwards."""
+    if given:
+        yield Path(given)
         return
-    with tempfile.TemporaryDirectory(prefix="theseus-bench-") as out:
-        benchmark(args, Path(out))
+    with tempfile.TemporaryDirectory(prefix=prefix) as out:
+        yield Path(out)
 
 
 def benchmark(args: argparse.Namespace, out: Path) -> None:
