@@ -15,6 +15,7 @@ import numpy as np
 
 from tests.training.conftest import SIX_STEPS, TINY
 
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 LAYOUTS = {
     "data8": [],
     "fsdp4-data2": ["parallel.fsdp=4"],
@@ -38,11 +39,7 @@ print("LOSSES" + json.dumps(out))
 def test_data_fsdp_tensor_parallel_match_one_device(root, train_yaml, six_step_losses):
     single = np.array(six_step_losses)
     layouts = {name: [*TINY, *SIX_STEPS, *extra] for name, extra in LAYOUTS.items()}
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = {**os.environ, **EIGHT_DEVICES}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(root), str(train_yaml), json.dumps(layouts)],
         capture_output=True,
@@ -91,11 +88,7 @@ print("INIT" + json.dumps(out))
 def test_parameters_are_created_on_their_shards_with_the_values_of_one_device():
     """Initialization runs sharded: each device computes only its shards (a fraction of the
     memory), and the values equal a one-device initialization bitwise."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = {**os.environ, **EIGHT_DEVICES}
     result = subprocess.run(
         [sys.executable, "-c", INIT_SCRIPT], capture_output=True, text=True, env=env, timeout=600
     )
