@@ -55,7 +55,13 @@ class Checkpointer:
         quiet = _absl_level(logging.ERROR) if read_only else contextlib.nullcontext()
         with quiet:
             self._manager = ocp.CheckpointManager(
-                self.directory, options=options, item_names=("params", "opt", "meta")
+                self.directory,
+                options=options,
+                item_handlers={
+                    "params": ocp.StandardCheckpointHandler(),
+                    "opt": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler(),
+                },
             )
         self.failures: list[str] = []
         self._pending: int | None = None
@@ -123,6 +129,9 @@ class Checkpointer:
     def restore(self, step: int, params: Any, opt: Any | None) -> tuple[Any, Any, dict[str, Any]]:
         """Restore checkpoint `step` into the shapes, dtypes and shardings of `params` and `opt`
         (pass `opt=None` for weights only)."""
+        self._check_fits(step, "params", params)
+        if opt is not None:
+            self._check_fits(step, "opt", opt)
         items: dict[str, Any] = {
             "params": ocp.args.StandardRestore(_abstract(params)),
             "meta": ocp.args.JsonRestore(),
@@ -140,6 +149,32 @@ class Checkpointer:
             restored.get("opt") if opt is not None else None,
             dict(restored["meta"]),
         )
+
+    def _check_fits(self, step: int, item: str, target: Any) -> None:
+        """Compare the stored shapes of `item` with `target` before reading any array: a
+        mismatch is named in one line (and no read is left running when the error surfaces)."""
+        stored, wanted = _shapes(self._manager.item_metadata(step)[item]), _shapes(target)
+        for path in sorted(stored.keys() ^ wanted.keys()) + sorted(stored.keys() & wanted.keys()):
+            have, want = stored.get(path), wanted.get(path)
+            if have == want:
+                continue
+            name = ".".join(path)
+            if have is None:
+                problem = f"has no {name}"
+            elif want is None:
+                problem = f"has {name}, which this run lacks"
+            else:
+                problem = f"has {name} of shape {have}, this run {want}"
+            fix = (
+                "train a changed model under a new run name"
+                if item == "params"
+                else "to change the optimizer, start a new run from its weights "
+                "(--restore PATH with training.restore_weights_only=true)"
+            )
+            what = "model" if item == "params" else "optimizer"
+            raise UserError(
+                f"checkpoint {self.directory / str(step)} does not fit this {what}: it {problem}; {fix}"
+            )
 
     def close(self) -> None:
         self._collect_errors()
@@ -164,6 +199,23 @@ def _abstract(tree: Any) -> Any:
         return x
 
     return jax.tree.map(spec, tree)
+
+
+def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{path: shape} of the arrays in `tree` (arrays, abstract arrays or Orbax metadata); paths
+    spelled alike whether a key is an index, a dict key or an attribute."""
+
+    def part(key: Any) -> str:
+        for field in ("key", "name", "idx"):
+            if hasattr(key, field):
+                return str(getattr(key, field))
+        return str(key)
+
+    return {
+        tuple(part(k) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(leaf, "shape")
+    }
 
 
 def key_data(key: jax.Array) -> list[int]:

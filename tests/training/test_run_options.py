@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir
+from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir, spawn
 from theseus.cli import main
 
 SHORT = ("training.steps=3", "logging.checkpoint_interval=1000")
@@ -83,6 +83,24 @@ def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):
         assert main(cli_args("bad", train_yaml, root, *SHORT, override)) == 2, override
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+
+
+def test_resuming_a_changed_model_or_optimizer_fails_in_one_line(root, train_yaml, capsys):
+    """The checkpoint's shapes are compared before any array is read: the error names the first
+    mismatch, and no read is left running to print a traceback at exit."""
+    assert main(cli_args("changed", train_yaml, root, *SHORT)) == 0
+    capsys.readouterr()
+    resume = ("training.steps=5", "logging.checkpoint_interval=1000")
+    assert main(cli_args("changed", train_yaml, root, *resume, "optimization.optimizer=muon")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "does not fit this optimizer" in err, err
+    assert "training.restore_weights_only=true" in err and len(err.splitlines()) == 1, err
+
+    proc = spawn(cli_args("changed", train_yaml, root, *resume, "architecture.d_model=64"))
+    out = proc.communicate(timeout=300)[0].strip()
+    assert proc.returncode == 2, out
+    assert out.startswith("error: ") and len(out.splitlines()) == 1, out
+    assert "does not fit this model: it has blocks.0.attn.k.value of shape (32, 4, 8)" in out, out
 
 
 def test_validation_wandb_tensorboard_and_plot(
