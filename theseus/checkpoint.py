@@ -154,27 +154,27 @@ class Checkpointer:
         """Compare the stored shapes of `item` with `target` before reading any array: a
         mismatch is named in one line (and no read is left running when the error surfaces)."""
         stored, wanted = _shapes(self._manager.item_metadata(step)[item]), _shapes(target)
-        for path in sorted(stored.keys() ^ wanted.keys()) + sorted(stored.keys() & wanted.keys()):
-            have, want = stored.get(path), wanted.get(path)
-            if have == want:
-                continue
-            name = ".".join(path)
-            if have is None:
-                problem = f"has no {name}"
-            elif want is None:
-                problem = f"has {name}, which this run lacks"
-            else:
-                problem = f"has {name} of shape {have}, this run {want}"
-            fix = (
-                "train a changed model under a new run name"
-                if item == "params"
-                else "to change the optimizer, start a new run from its weights "
-                "(--restore PATH with training.restore_weights_only=true)"
-            )
-            what = "model" if item == "params" else "optimizer"
+        differ = sorted(p for p in stored.keys() | wanted.keys() if stored.get(p) != wanted.get(p))
+        if not differ:
+            return
+        have, want, name = stored.get(differ[0]), wanted.get(differ[0]), ".".join(differ[0])
+        if have is None:
+            problem = f"has no {name}"
+        elif want is None:
+            problem = f"has {name}, which this run lacks"
+        else:
+            problem = f"has {name} of shape {have}, this run {want}"
+        where = self.directory / str(step)
+        if item == "params":
             raise UserError(
-                f"checkpoint {self.directory / str(step)} does not fit this {what}: it {problem}; {fix}"
+                f"checkpoint {where} does not fit this model: it {problem}; "
+                "train a changed model under a new run name"
             )
+        raise UserError(
+            f"checkpoint {where} does not fit this optimizer: it {problem}; to change the "
+            "optimizer, start a new run from its weights (--restore PATH with "
+            "training.restore_weights_only=true)"
+        )
 
     def close(self) -> None:
         self._collect_errors()
