@@ -84,17 +84,22 @@ def abstract_on_mesh(
     (RNG counters and the like) is created here, already sharded.
     """
     graphdef, params, rest = nnx.split(nnx.eval_shape(create), nnx.Param, ...)
-    placed = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        params,
-        variable_shardings(params, mesh),
-    )
+    placed = abstract_with(params, variable_shardings(params, mesh))
     if jax.tree.leaves(rest):
         rest = jax.jit(
             lambda: nnx.split(create(), nnx.Param, ...)[2],
             out_shardings=variable_shardings(rest, mesh),
         )()
     return graphdef, placed, rest
+
+
+def abstract_with(abstract: Any, shardings: Any) -> Any:
+    """`abstract` (a tree of shapes and dtypes) as `jax.ShapeDtypeStruct`s carrying `shardings`."""
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract,
+        shardings,
+    )
 
 
 def param_initializer(create: Callable[[], nnx.Module], abstract: nnx.State) -> Any:

@@ -23,7 +23,12 @@ from theseus.config import configure
 from theseus.data.loader import Loader, open_mixture
 from theseus.errors import UserError
 from theseus.evaluation.base import EvalConfig
-from theseus.model.sharding import abstract_on_mesh, mirror_shardings, param_initializer
+from theseus.model.sharding import (
+    abstract_on_mesh,
+    abstract_with,
+    mirror_shardings,
+    param_initializer,
+)
 from theseus.training.metrics import LoggingConfig, RunLog, summary_line
 from theseus.training.mfu import peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
@@ -130,11 +135,7 @@ class Session:
         self.tx = make_optimizer(self.optim)
         opt = jax.eval_shape(self.tx.init, self.params)
         self.opt_shardings = mirror_shardings(self.param_shardings, opt, self.mesh)
-        self.opt = jax.tree.map(
-            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            opt,
-            self.opt_shardings,
-        )
+        self.opt = abstract_with(opt, self.opt_shardings)
         self.step = 0
         self.checkpointer = Checkpointer(
             self.spec.checkpoint_dir,
