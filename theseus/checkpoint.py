@@ -129,9 +129,10 @@ class Checkpointer:
     def restore(self, step: int, params: Any, opt: Any | None) -> tuple[Any, Any, dict[str, Any]]:
         """Restore checkpoint `step` into the shapes, dtypes and shardings of `params` and `opt`
         (pass `opt=None` for weights only)."""
-        self._check_fits(step, "params", params)
+        stored = self._manager.item_metadata(step)
+        self._check_fits(step, "params", stored["params"], params)
         if opt is not None:
-            self._check_fits(step, "opt", opt)
+            self._check_fits(step, "opt", stored["opt"], opt)
         items: dict[str, Any] = {
             "params": ocp.args.StandardRestore(_abstract(params)),
             "meta": ocp.args.JsonRestore(),
@@ -150,10 +151,11 @@ class Checkpointer:
             dict(restored["meta"]),
         )
 
-    def _check_fits(self, step: int, item: str, target: Any) -> None:
-        """Compare the stored shapes of `item` with `target` before reading any array: a
-        mismatch is named in one line (and no read is left running when the error surfaces)."""
-        stored, wanted = _shapes(self._manager.item_metadata(step)[item]), _shapes(target)
+    def _check_fits(self, step: int, item: str, metadata: Any, target: Any) -> None:
+        """Compare the stored shapes of `item` (its Orbax `metadata`) with `target` before reading
+        any array: a mismatch is named in one line (and no read is left running when the error
+        surfaces)."""
+        stored, wanted = _shapes(metadata), _shapes(target)
         differ = sorted(p for p in stored.keys() | wanted.keys() if stored.get(p) != wanted.get(p))
         if not differ:
             return
