@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ STOPPED_EARLY = 75
 class CountConfig:
     steps: int = field("count/steps", default=5, help="steps to count")
     sleep: float = field("count/sleep", default=0.0, help="seconds per step")
+    linger: float = field(
+        "count/linger",
+        default=0.0,
+        help="seconds a child process keeps a file in the run folder open after the job ends",
+    )
 
 
 @job("test/dispatch/count")
@@ -71,4 +77,9 @@ class CountJob(CheckpointedJob[CountConfig]):
             with metrics.open("a") as out:
                 out.write(json.dumps({"step": self.step, "loss": 1.0 / self.step}) + "\n")
         print(f"done at step {self.step}", flush=True)
+        if self.config.linger:
+            with (self.spec.run_dir / "linger.log").open("w") as held:
+                subprocess.Popen(
+                    ["sleep", str(self.config.linger)], stdout=held, start_new_session=True
+                )
         return self.step

@@ -52,9 +52,10 @@ def test_mounts_when_not_mounted_and_leaves_a_foreign_mount_alone(
     args = ["-d", str(dispatch), "-p", project, "--load", COUNTJOB, "count.steps=2"]
     watch = ArgvWatch(lab["META_PASSWORD"].encode())
     try:
-        # Not mounted: the job mounts the volume, writes into it, and unmounts what it mounted.
+        # Not mounted: the job mounts the volume, writes into it, and unmounts what it mounted,
+        # waiting for a process it left behind to close its file in the volume.
         assert not is_mounted(mount_point)
-        assert cli("submit", "jfs-a", str(count_yaml), *args).returncode == 0
+        assert cli("submit", "jfs-a", str(count_yaml), *args, "count.linger=3").returncode == 0
         assert wait_state("jfs-a", ("completed", "failed")) == "completed"
         log = cli("logs", "jfs-a").stdout
         assert f"mounting JuiceFS at {mount_point}" in log and f"unmounted {mount_point}" in log, (

@@ -9,6 +9,7 @@ UV_GROUP_ARGS=({{UV_GROUP_ARGS}})
 VENV={{VENV}}
 RUN_ARGS=({{RUN_ARGS}})
 MOUNTED_HERE=0
+UNMOUNT_WAIT=15
 
 set_status() {
   printf '%s\n' "$1" >"$JOB_DIR/status.tmp.$$" && mv -f "$JOB_DIR/status.tmp.$$" "$JOB_DIR/status"
@@ -31,14 +32,22 @@ mount_root() {
   flock -u 9
 }
 
-# Unmount only what this job mounted, and never by force: another job may still use it.
+# Unmount only what this job mounted, and never by force: another job may still use it. A
+# process the job started can hold a file open for a moment after the job exits, so a busy
+# volume is retried for UNMOUNT_WAIT seconds before it is left mounted.
 unmount_root() {
   [ "$MOUNTED_HERE" = 1 ] || return 0
-  if juicefs umount "$ROOT"; then
-    echo "theseus: unmounted $ROOT"
-  else
-    echo "theseus: $ROOT is busy; left mounted"
-  fi
+  local waited=0 err
+  until err=$(juicefs umount "$ROOT" 2>&1); do
+    if [ "$waited" -ge "$UNMOUNT_WAIT" ]; then
+      printf '%s\n' "$err"
+      echo "theseus: $ROOT is busy; left mounted"
+      return 0
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  echo "theseus: unmounted $ROOT"
 }
 
 # theseus itself runs from the snapshot folder (python -m), so only its dependencies are installed.
