@@ -240,22 +240,17 @@ class _Progress:
 
     def __init__(self, description: str, total: int | None, done: int) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        columns: list[Any] = [
-            TextColumn("[bold]{task.description}"),
-            TextColumn("{task.fields[stats]}"),
-        ]
+        from theseus.base.progress import fitted_progress, fixed_text
+
+        columns: list[Any] = [fixed_text("[bold]{task.description}")]
         if total:
-            columns += [BarColumn(), TimeRemainingColumn()]
+            columns += [BarColumn(bar_width=12), TimeRemainingColumn()]
         columns.append(TimeElapsedColumn())
-        self.bar = Progress(*columns, console=Console(stderr=True), transient=False)
+        self.bar = fitted_progress(
+            *columns, figures="stats", console=Console(stderr=True), transient=False
+        )
         self.task = self.bar.add_task(description, total=total, completed=done, stats="")
         self.start, self.docs, self.tokens = time.perf_counter(), 0, 0
         self.bar.start()
@@ -264,7 +259,7 @@ class _Progress:
         self.docs += docs
         self.tokens += tokens
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        stats = f"{total_docs:,} docs  {self.docs / elapsed:,.0f} docs/s  {self.tokens / elapsed:,.0f} tok/s"
+        stats = f"{total_docs:,} docs  {self.tokens / elapsed:,.0f} tok/s  {self.docs / elapsed:,.0f} docs/s"
         self.bar.update(self.task, completed=total_docs, stats=stats)
 
     def close(self) -> None:

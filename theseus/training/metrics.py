@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
+from theseus.base.progress import fitted_progress, fixed_text
 from theseus.config import field
 
 
@@ -184,16 +185,10 @@ class _ProgressContext:
     def __enter__(self) -> RunLog:
         log = self.log
         if log.enabled and sys.stderr.isatty():
-            log._progress = Progress(
-                TextColumn("step {task.completed}/{task.total}"),
-                BarColumn(bar_width=20),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[summary]}"),
-                console=log.console,
-                refresh_per_second=4,
-            )
+            log._progress = training_bar(log.console)
+            # the step is compiled by now; figures come with the first log interval
             log._task = log._progress.add_task(
-                "train", total=self.total, completed=self.start, summary="compiling"
+                "train", total=self.total, completed=self.start, summary="measuring…"
             )
             log._progress.start()
         return log
@@ -204,16 +199,25 @@ class _ProgressContext:
             self.log._progress = None
 
 
+def training_bar(console: Console) -> Progress:
+    """Step, bar and time left, then the latest interval's figures in what is left of the line."""
+    return fitted_progress(
+        fixed_text("step {task.completed}/{task.total}"),
+        BarColumn(bar_width=12),
+        TimeRemainingColumn(),
+        figures="summary",
+        console=console,
+        refresh_per_second=4,
+    )
+
+
 def summary_line(values: dict[str, Any]) -> str:
-    """The figures shown on the progress bar for one interval."""
-    parts = [
-        f"loss {values['loss']:.4f}",
-        f"lr {values['lr']:.2e}",
-        f"gnorm {values['grad_norm']:.3f}",
-    ]
-    parts.append(f"{values['tokens_per_s']:,.0f} tok/s")
+    """The figures shown on the progress bar for one interval, most looked-at first (a narrow
+    terminal cuts the last)."""
+    parts = [f"loss {values['loss']:.4f}", f"{values['tokens_per_s']:,.0f} tok/s"]
     if values.get("mfu") is not None:
         parts.append(f"MFU {100 * values['mfu']:.1f}%")
+    parts += [f"lr {values['lr']:.2e}", f"gnorm {values['grad_norm']:.3f}"]
     return "  ".join(parts)
 
 

@@ -1,0 +1,36 @@
+"""The training progress bar on narrow and wide terminals (rendered by rich, as on a TTY)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from rich.console import Console
+
+from theseus.training.metrics import summary_line, training_bar
+
+FIGURES = {"loss": 2.34567, "lr": 6e-4, "grad_norm": 0.8123, "tokens_per_s": 504321.0, "mfu": 0.436}
+
+
+def rendered(width: int) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None)
+    bar = training_bar(console)
+    bar.add_task("train", total=50000, completed=12000, summary=summary_line(FIGURES))
+    console.print(bar.make_tasks_table(bar.tasks))
+    return out.getvalue().rstrip("\n")
+
+
+def test_a_narrow_terminal_cuts_the_last_figures_and_keeps_step_bar_and_time_left() -> None:
+    line = rendered(80)
+    assert "\n" not in line and len(line) <= 80, line
+    assert re.match(
+        r"step 12000/50000 .{12} -:--:-- loss 2\.3457  504,321 tok/s  MFU 43\.6%", line
+    ), line
+    assert line.rstrip().endswith("…") and "gnorm" not in line, line
+
+
+def test_a_wide_terminal_shows_every_figure() -> None:
+    line = rendered(160).rstrip()
+    assert line.endswith("loss 2.3457  504,321 tok/s  MFU 43.6%  lr 6.00e-04  gnorm 0.812"), line
+    assert line.startswith("step 12000/50000 "), line
