@@ -68,8 +68,9 @@ def split_cpu_into_cores(
     single device leaves cores idle; data parallelism over one device per core keeps them busy
     (nanoGPT's CPU example on 2 cores: about 7k -> 9k tokens/s). `requested` (parallel.cpu_devices)
     fixes the count; None picks the most devices, at most one per core, that `Layout.solve`
-    accepts for `fsdp` and `tensor` and whose batch shards split the batch. Nothing changes on an accelerator, in a multi-process
-    job, once JAX has started its backends, or when XLA_FLAGS / jax_num_cpu_devices set a count.
+    accepts for `fsdp` and `tensor` and whose batch shards split the batch. Nothing changes on
+    an accelerator, in a multi-process job, once JAX has started its backends, or when
+    XLA_FLAGS / jax_num_cpu_devices set a count.
     """
     import jax
     from jax._src import xla_bridge
