@@ -159,7 +159,8 @@ class Checkpointer:
         differ = sorted(p for p in stored.keys() | wanted.keys() if stored.get(p) != wanted.get(p))
         if not differ:
             return
-        have, want, name = stored.get(differ[0]), wanted.get(differ[0]), ".".join(differ[0])
+        name = differ[0]
+        have, want = stored.get(name), wanted.get(name)
         if have is None:
             problem = f"has no {name}"
         elif want is None:
@@ -203,18 +204,11 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(spec, tree)
 
 
-def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """{path: shape} of the arrays in `tree` (arrays, abstract arrays or Orbax metadata); paths
-    spelled alike whether a key is an index, a dict key or an attribute."""
-
-    def part(key: Any) -> str:
-        for field in ("key", "name", "idx"):
-            if hasattr(key, field):
-                return str(getattr(key, field))
-        return str(key)
-
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{dotted path: shape} of the arrays in `tree` (arrays, abstract arrays or Orbax metadata);
+    paths spelled alike whether a key is an index, a dict key or an attribute."""
     return {
-        tuple(part(k) for k in path): tuple(leaf.shape)
+        jax.tree_util.keystr(path, simple=True, separator="."): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
         if hasattr(leaf, "shape")
     }
