@@ -14,7 +14,8 @@ class PretrainGPT(BaseTrainer[BaseTrainerConfig, GPT]):
     MODEL = GPT
     CONFIG = BaseTrainerConfig
 
-    def schedule(self) -> str:
+    @classmethod
+    def schedule(cls) -> str:
         return "cosine"
 
 
@@ -25,5 +26,6 @@ class PretrainLlama(BaseTrainer[BaseTrainerConfig, Llama]):
     MODEL = Llama
     CONFIG = BaseTrainerConfig
 
-    def schedule(self) -> str:
+    @classmethod
+    def schedule(cls) -> str:
         return "wsd"

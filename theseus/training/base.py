@@ -8,7 +8,8 @@ A trainer job names its model class and config, and optionally its schedule::
         MODEL = MyModel
         CONFIG = BaseTrainerConfig
 
-        def schedule(self) -> str:
+        @classmethod
+        def schedule(cls) -> str:
             return "wsd"
 
 The loop (`run`) is: open the token stores, build the model and optimizer on a device mesh,
@@ -160,7 +161,8 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             *evaluation_components(),
         ]
 
-    def schedule(self) -> str:
+    @classmethod
+    def schedule(cls) -> str:
         """The learning-rate schedule when `optimization.schedule` is null."""
         return "cosine"
 
