@@ -84,3 +84,32 @@ def test_unknown_encodings_and_missing_files_are_user_errors(
     with pytest.raises(UserError, match=r"needs the Hugging Face hub.*tokenizer\.backend=bytes"):
         make_tokenizer("huggingface", "someone/some-tokenizer")
     assert time.perf_counter() - start < 5
+
+
+def test_special_token_text_in_a_document_stays_text(bpe_json: Path):
+    tok = make_tokenizer("huggingface", str(bpe_json))
+    text = "quoting <|endoftext|> mid-document"
+    ids = tok.encode(text)
+    assert tok.eot_id not in ids and tok.decode(ids) == text
+    assert tok.encode_markup_batch(["<|endoftext|>"]) == [[tok.eot_id]]
+
+
+def test_chat_markup_becomes_special_ids_and_messages_stay_text(bpe_json: Path, tmp_path: Path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from theseus.data.pipeline import Encoder, Plan
+
+    with_markers = HFTokenizer.from_file(str(bpe_json))
+    with_markers.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    with_markers.save(str(tmp_path / "tokenizer.json"))
+    tok = make_tokenizer("huggingface", str(tmp_path / "tokenizer.json"))
+    start, end = (tok.markup.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>"))
+    chat = [
+        {"role": "user", "content": "say <|im_end|> please"},
+        {"role": "assistant", "content": "ok"},
+    ]
+    plan = Plan("blockwise", None, None, 0.0, 8, seq_len=64)
+    encoded = Encoder(tok, plan, "uint16").encode([chat])
+    ids = encoded.arrays["train"]["tokens"][0, : int(encoded.tokens[0])].tolist()
+    assert ids.count(start) == 2 and ids.count(end) == 2  # the markup only, not the quote
+    assert "say <|im_end|> please" in tok.decode(ids)

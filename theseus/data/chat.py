@@ -9,31 +9,33 @@ from theseus.data.datasets.base import Document
 TEMPLATES = ("chatml", "plain")
 
 
-def segments(document: Document, template: str, loss_on: str) -> list[tuple[str, bool]]:
-    """The document as (text, counts toward the loss) pieces, in order.
+def segments(document: Document, template: str, loss_on: str) -> list[tuple[str, bool, bool]]:
+    """The document as (text, counts toward the loss, is template markup) pieces, in order.
 
     Plain text is one piece. A chat puts each message into `template`; with
-    `loss_on="assistant"` only assistant replies (and their end marker) count.
+    `loss_on="assistant"` only assistant replies (and their end marker) count. Markup is kept
+    apart from the messages so that only the template's markers can become special tokens.
     """
     if isinstance(document, str):
-        return [(document, True)]
-    pieces: list[tuple[str, bool]] = []
+        return [(document, True, False)]
+    pieces: list[tuple[str, bool, bool]] = []
     for message in document:
         role, content = message["role"], message["content"]
         learn = loss_on == "all" or role == "assistant"
         if template == "chatml":
             pieces += [
-                (f"<|im_start|>{role}\n", loss_on == "all"),
-                (f"{content}<|im_end|>\n", learn),
+                (f"<|im_start|>{role}\n", loss_on == "all", True),
+                (content, learn, False),
+                ("<|im_end|>\n", learn, True),
             ]
         else:
-            pieces += [(f"{role}: ", loss_on == "all"), (f"{content}\n\n", learn)]
+            pieces += [(f"{role}: ", loss_on == "all", False), (f"{content}\n\n", learn, False)]
     return pieces
 
 
 def render(document: Document, template: str) -> str:
     """The whole document as one text (chats through `template`)."""
-    return "".join(text for text, _ in segments(document, template, "all"))
+    return "".join(text for text, _, _ in segments(document, template, "all"))
 
 
 def example(

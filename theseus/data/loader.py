@@ -37,7 +37,7 @@ class _Windows:
     """One store's split seen as numbered windows of `seq_len + 1` tokens."""
 
     def __init__(self, store: TokenStore, split: str, seq_len: int) -> None:
-        self.store, self.seq_len = store, seq_len
+        self.store, self.split, self.seq_len = store, split, seq_len
         self.kind = store.manifest.kind
         self.eot = store.manifest.eot_id
         self.tokens = store.memmaps(split, "tokens")
@@ -71,6 +71,24 @@ class _Windows:
 
     def read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Rows of `seq_len + 1` tokens, plus loss masks and padding lengths for blockwise stores."""
+        rows, masks, pads = self._read(windows)
+        self._check_ids(rows)
+        return rows, masks, pads
+
+    def _check_ids(self, rows: np.ndarray) -> None:
+        """Opening a store checks only shard sizes (checksums would read it all): damage inside a
+        shard shows here, as ids the tokenizer cannot have written."""
+        vocab = self.store.manifest.vocab_size
+        if rows.min() >= 0 and rows.max() < vocab:
+            return
+        bad = int(rows[(rows < 0) | (rows >= vocab)][0])
+        raise UserError(
+            f"token store {self.store.path}: its {self.split} split holds token id {bad}, outside its "
+            f"vocabulary of {vocab}, so a shard is damaged; run its tokenize job again to find the "
+            "shard (it verifies every checksum), and rebuild with --fresh"
+        )
+
+    def _read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         rows = np.empty((len(windows), self.seq_len + 1), dtype=np.int32)
         if self.kind == "blockwise":
             masks = np.empty((len(windows), self.seq_len), dtype=np.float32)
@@ -292,13 +310,23 @@ def open_mixture(root: Path, mixes: list[DatasetMix]) -> list[TokenStore]:
     stores = []
     for mix in mixes:
         path = root / "data" / mix.name
-        if not (path / "manifest.json").is_file():
+        if (
+            not (path / "manifest.json").is_file()
+            and not path.with_name(f"{mix.name}.partial").exists()
+        ):
+            from theseus.registry import DATASETS
+
+            source = (
+                f"data.name={mix.name}"
+                if mix.name in DATASETS
+                else f"data.name=files 'data.paths=[...]' data.store={mix.name}"
+            )
             raise UserError(
                 f"no token store {mix.name!r} at {path}; write it first with "
-                f"`theseus configure data/tokenize_variable_dataset tok.yaml data.name={mix.name}` and "
+                f"`theseus configure data/tokenize_variable_dataset tok.yaml {source}` and "
                 f"`theseus run tokenize-{mix.name} tok.yaml {root}`, or set training.dataset"
             )
-        stores.append(TokenStore.open(path, verify=False))
+        stores.append(TokenStore.open(path, verify=False))  # says so if the store is unfinished
     for store in stores[1:]:
         if store.manifest.tokenizer != stores[0].manifest.tokenizer:
             raise UserError(

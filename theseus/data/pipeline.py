@@ -8,28 +8,34 @@ commits, so a killed run resumes at the last committed document.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
 
-from theseus.data.chat import example, render, segments
+from theseus.base.stopping import EXIT_STOPPED, StoppedEarly, StopSignals
+from theseus.data.chat import example, segments
 from theseus.data.datasets.base import Document, Source
 from theseus.data.store import StoreWriter
 from theseus.data.tokenizers import Tokenizer
+from theseus.errors import UserError
 
 _DONE = object()
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BATCHES_IN_FLIGHT = 2
 #: Text per batch: big enough that per-batch costs vanish, small enough to keep every worker
 #: busy on small corpora and to start writing early.
@@ -194,8 +200,14 @@ class Encoder:
 
     def variable(self, docs: list[Document]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Each document's ids followed by the end-of-text id, all in one array."""
-        texts = [d if isinstance(d, str) else render(d, self.plan.template) for d in docs]
-        flat, lengths = self.tokenizer.encode_batch_flat(texts)
+        texts = [d for d in docs if isinstance(d, str)]
+        if len(texts) == len(docs):
+            flat, lengths = self.tokenizer.encode_batch_flat(texts)
+        else:
+            pieces = [segments(d, self.plan.template, "all") for d in docs]
+            ids = [list(chain.from_iterable(doc)) for doc in self.encode_pieces(pieces)]
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         counts = lengths + 1
         stream = np.empty(int(counts.sum()), dtype=self.dtype)
         is_eot = np.zeros(len(stream), dtype=bool)
@@ -204,25 +216,30 @@ class Encoder:
         stream[~is_eot] = flat
         return counts, {"tokens": stream}
 
+    def encode_pieces(self, pieces: list[list[tuple[str, bool, bool]]]) -> list[list[list[int]]]:
+        """The ids of every piece of every document (see `segments`), markup parsed apart."""
+        flat = [piece for doc in pieces for piece in doc]
+        text = iter(self.tokenizer.encode_batch([t for t, _, m in flat if not m]))
+        markup = iter(self.tokenizer.encode_markup_batch([t for t, _, m in flat if m]))
+        return [[next(markup) if m else next(text) for _, _, m in doc] for doc in pieces]
+
     def blockwise(
         self, docs: list[Document]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """One fixed-length example per document: (real token counts, truncated, arrays)."""
         plan, seq_len = self.plan, int(self.plan.seq_len or 0)
         pieces = [segments(d, plan.template, plan.loss_on) for d in docs]
-        flat = self.tokenizer.encode_batch([text for doc in pieces for text, _ in doc])
+        ids_of = self.encode_pieces(pieces)
         tokens = np.empty((len(docs), seq_len + 1), dtype=self.dtype)
         masks = np.empty((len(docs), seq_len), dtype=np.uint8)
         lengths = np.empty(len(docs), dtype=np.int64)
         truncated = np.zeros(len(docs), dtype=bool)
-        at = 0
-        for row, doc_pieces in enumerate(pieces):
+        for row, (doc_pieces, piece_ids) in enumerate(zip(pieces, ids_of, strict=True)):
             ids: list[int] = []
             weights: list[bool] = []
-            for _, learn in doc_pieces:
-                ids += flat[at]
-                weights += [learn] * len(flat[at])
-                at += 1
+            for (_, learn, _), piece in zip(doc_pieces, piece_ids, strict=True):
+                ids += piece
+                weights += [learn] * len(piece)
             ids.append(self.tokenizer.eot_id)
             weights.append(doc_pieces[-1][1] if doc_pieces else True)
             tokens[row], masks[row], lengths[row], truncated[row] = example(
@@ -271,6 +288,12 @@ _WORKER_ENCODER: Encoder | None = None
 
 def _start_worker(encoder: Encoder) -> None:
     global _WORKER_ENCODER
+    # Ctrl-C and SIGUSR1 reach the whole process group: only the parent stops, at a commit. A
+    # worker dies with the parent even when that is killed outright.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     encoder.tokenizer.use_one_thread()  # the processes are the parallelism now
     _WORKER_ENCODER = encoder
 
@@ -292,7 +315,7 @@ class EncodeWorkers:
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
         self.workers = os.cpu_count() or 1
-        self.pool: Any = None
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> EncodeWorkers:
         if self.workers > 1 and sys.platform == "linux":
@@ -304,10 +327,13 @@ class EncodeWorkers:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             gc.freeze()  # children's collections then skip, and so do not copy, the parent's heap
             try:
-                context = multiprocessing.get_context("fork")
-                self.pool = context.Pool(
-                    self.workers, initializer=_start_worker, initargs=(self.encoder,)
+                self.pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=multiprocessing.get_context("fork"),
+                    initializer=_start_worker,
+                    initargs=(self.encoder,),
                 )
+                self.pool.submit(int).result()  # forks every worker now, before other threads
             finally:
                 gc.unfreeze()
                 if previous is None:
@@ -316,43 +342,56 @@ class EncodeWorkers:
                     os.environ["TOKENIZERS_PARALLELISM"] = previous
         return self
 
-    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
-        if self.pool is None:
-            return
-        if error_type is None:
-            self.pool.close()  # at most 2 * workers batches are left: let them finish
-        else:
-            self.pool.terminate()
-        self.pool.join()
+    def __exit__(self, *_: object) -> None:
+        if self.pool is not None:
+            # at most 2 * workers batches are in flight; a dead worker only breaks the pool
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def map(self, batches: Iterator[list[Document]]) -> Iterator[Encoded]:
         if self.pool is None:
             yield from ordered_map(self.encoder.encode, batches, BATCHES_IN_FLIGHT)
             return
-        pending: deque[Any] = deque()
-        for batch in batches:
-            pending.append(self.pool.apply_async(_encode_in_worker, (batch,)))
-            if len(pending) > 2 * self.workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        pending: deque[Future[Encoded]] = deque()
+        try:
+            for batch in batches:
+                pending.append(self.pool.submit(_encode_in_worker, batch))
+                if len(pending) > 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise UserError(
+                "a tokenize worker process died (out of memory, or killed); run the job again "
+                "to resume from its last commit"
+            ) from None
 
 
 def tokenize(
     source: Source, tokenizer: Tokenizer, writer: StoreWriter, plan: Plan, label: str
 ) -> dict[str, int]:
-    """Run (or finish) the tokenization `writer` was set up for; returns the final counts."""
+    """Run (or finish) the tokenization `writer` was set up for; returns the final counts.
+
+    SIGTERM, SIGUSR1 or Ctrl-C stop it at the next commit with `StoppedEarly` (exit code 75)."""
     encoder = Encoder(tokenizer, plan, writer.manifest.dtype)
     stats = {"docs_read": 0, "tokens": 0, "truncated": 0, "skipped_empty": 0, **writer.stats}
     done = plan.max_tokens is not None and stats["tokens"] >= plan.max_tokens
     total = source.size_hint() if plan.max_samples is None else plan.max_samples
-    with EncodeWorkers(encoder) as workers:
+    with EncodeWorkers(encoder) as workers, StopSignals() as stop:
         progress = _Progress(label, total, writer.docs_read)  # its thread starts after the fork
         try:
-            _tokenize_all(source, workers, writer, plan, stats, progress, done)
+            stopped = not done and _tokenize_all(
+                source, workers, writer, plan, stats, progress, stop
+            )
         finally:
             progress.close()
     sys.stderr.flush()
+    if stopped:
+        print(
+            f"stopped by {stop.signal_name} after {writer.docs_read:,} documents; "
+            f"run again to resume (exit code {EXIT_STOPPED})",
+            file=sys.stderr,
+        )
+        raise StoppedEarly(stop.signal_name or "a signal")
     return stats
 
 
@@ -363,41 +402,39 @@ def _tokenize_all(
     plan: Plan,
     stats: dict[str, int],
     progress: _Progress,
-    done: bool,
-) -> None:
-    """Read, encode and write every batch after the last commit."""
-    if done:
-        return
+    stop: StopSignals,
+) -> bool:
+    """Read, encode and write every batch after the last commit; True if a signal stopped it
+    before the end."""
     read = prefetch(batches(source, writer.docs_read, plan), depth=4)
     try:
-        _commit_each(workers.map(read), writer, plan, stats, progress)
+        for encoded in workers.map(read):
+            if _commit(encoded, writer, plan, stats, progress):
+                return False
+            if stop.signal_name is not None:
+                return True
+        return False
     finally:
         read.close()
 
 
-def _commit_each(
-    encoded_batches: Iterator[Encoded],
-    writer: StoreWriter,
-    plan: Plan,
-    stats: dict[str, int],
-    progress: _Progress,
-) -> None:
-    """Write each encoded batch and commit; stop at `plan.max_tokens`."""
-    for encoded in encoded_batches:
-        done = False
-        if plan.max_tokens is not None:
-            reached = np.flatnonzero(stats["tokens"] + np.cumsum(encoded.tokens) >= plan.max_tokens)
-            if len(reached):
-                encoded, done = encoded.cut(int(reached[0]) + 1), True
-        for split, arrays in encoded.arrays.items():
-            if len(arrays["tokens"]):
-                writer.add(split, arrays)
-        tokens = int(encoded.tokens.sum())
-        stats["skipped_empty"] += encoded.n_read - len(encoded.index)
-        stats["docs_read"] = writer.docs_read + encoded.n_read
-        stats["tokens"] += tokens
-        stats["truncated"] += int(encoded.truncated.sum())
-        writer.commit(writer.docs_read + encoded.n_read, stats)
-        progress.advance(encoded.n_read, tokens, writer.docs_read)
-        if done:
-            break
+def _commit(
+    encoded: Encoded, writer: StoreWriter, plan: Plan, stats: dict[str, int], progress: _Progress
+) -> bool:
+    """Write one encoded batch and commit it; True once `plan.max_tokens` is reached."""
+    done = False
+    if plan.max_tokens is not None:
+        reached = np.flatnonzero(stats["tokens"] + np.cumsum(encoded.tokens) >= plan.max_tokens)
+        if len(reached):
+            encoded, done = encoded.cut(int(reached[0]) + 1), True
+    for split, arrays in encoded.arrays.items():
+        if len(arrays["tokens"]):
+            writer.add(split, arrays)
+    tokens = int(encoded.tokens.sum())
+    stats["skipped_empty"] += encoded.n_read - len(encoded.index)
+    stats["docs_read"] = writer.docs_read + encoded.n_read
+    stats["tokens"] += tokens
+    stats["truncated"] += int(encoded.truncated.sum())
+    writer.commit(writer.docs_read + encoded.n_read, stats)
+    progress.advance(encoded.n_read, tokens, writer.docs_read)
+    return done

@@ -161,6 +161,10 @@ class TokenizeJob(BasicJob[StoreConfig]):
         tokenizer_config = configure(TokenizerConfig, self.cfg)
         self._check()
         final = store_path(self.spec, self.config.store)
+        if final.exists() and not (final / "manifest.json").is_file():
+            raise UserError(
+                f"{final} exists and is not a token store; move it away, or set data.store=NEW_NAME"
+            )
         source = open_source(self.source_config)
         tokenizer = make_tokenizer(tokenizer_config.backend, tokenizer_config.name)
         plan = self.plan()
@@ -184,8 +188,16 @@ class TokenizeJob(BasicJob[StoreConfig]):
                 k: getattr(existing.manifest, k)
                 for k in ("kind", "tokenizer", "source", "settings")
             }:
+                existing.check(checksums=True)  # a re-run is how a store's integrity is checked
+                leftover = (
+                    f"; {writer.partial.name} is left from an interrupted --fresh rebuild: "
+                    "delete it, or run with --fresh to rebuild again"
+                    if writer.partial.exists()
+                    else ""
+                )
                 _say(
-                    f"store {final} is already complete ({existing.n_tokens('train'):,} train tokens); nothing to do"
+                    f"store {final} is already complete ({existing.n_tokens('train'):,} train tokens, "
+                    f"checksums verified); nothing to do{leftover}"
                 )
                 return final
             raise UserError(

@@ -53,7 +53,13 @@ class Tokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, special-token strings included as plain text."""
         raise NotImplementedError
+
+    def encode_markup_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode_batch` for template markup (`<|im_start|>` ...): special-token strings become
+        their ids where the tokenizer has them."""
+        return self.encode_batch(texts)
 
     def encode_batch_flat(self, texts: list[str]) -> tuple[Any, Any]:
         """`encode_batch` as (all ids in one int64 array, each text's length)."""
@@ -118,6 +124,9 @@ class TiktokenTokenizer(Tokenizer):
             return [self.encoding.encode_ordinary(text) for text in texts]
         return self.encoding.encode_ordinary_batch(texts, num_threads=self._threads)
 
+    def encode_markup_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encoding.encode(text, allowed_special="all") for text in texts]
+
     def use_one_thread(self) -> None:
         self._threads = 1
 
@@ -135,8 +144,11 @@ class HuggingFaceTokenizer(Tokenizer):
         text = self.path.read_text()
         try:
             self.tokenizer = HFTokenizer.from_str(text)
+            self.markup = HFTokenizer.from_str(text)
         except Exception as exc:  # the Rust side raises a plain Exception for bad files
             raise UserError(f"tokenizer.name={name}: not a valid tokenizer.json ({exc})") from None
+        # A document that quotes "<|endoftext|>" must not end there (tiktoken's encode_ordinary).
+        self.tokenizer.encode_special_tokens = True
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
         eot = next((vocab[t] for t in _HF_EOT_CANDIDATES if t in vocab), None)
         if eot is None:
@@ -152,6 +164,9 @@ class HuggingFaceTokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def encode_markup_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.markup.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

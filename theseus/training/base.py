@@ -24,9 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
+from theseus.base.stopping import StopSignals
 from theseus.config import configure, field
 from theseus.data.loader import DatasetMix
 from theseus.errors import UserError
@@ -43,10 +42,8 @@ from theseus.job import RestoreableJob
 from theseus.training.metrics import LoggingConfig
 from theseus.training.optimizers import OptimizerConfig
 
-EXIT_STOPPED = 75
 C = TypeVar("C")
 M = TypeVar("M", bound=nnx.Module)
-_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 @dataclass
@@ -132,15 +129,6 @@ class ParallelConfig:
     )
 
 
-class StoppedEarly(SystemExit):
-    """A signal asked the run to stop; it saved a checkpoint and exits with code 75."""
-
-    def __init__(self, step: int, reason: str) -> None:
-        super().__init__(EXIT_STOPPED)
-        self.step = step
-        self.reason = reason
-
-
 class BaseTrainer(RestoreableJob[C], Generic[C, M]):
     """Pretrain `MODEL` on token stores; subclasses set MODEL and CONFIG and may override
     `schedule()` ("wsd", "cosine" or "constant")."""
@@ -213,7 +201,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         self.prepare_devices()
         self._start_over_if_asked()
         self.session = Session(self)
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             return self.session.train(stop)
 
     def prepare_devices(self) -> None:
@@ -287,24 +275,3 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
     return multiple * math.ceil(vocab_size / multiple)
-
-
-class _StopSignals:
-    """Turns SIGTERM / SIGUSR1 / SIGINT into a flag checked at each step boundary."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in _SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from theseus.base.stopping import StoppedEarly
 from theseus.base.topology import Layout, barrier
 from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
 from theseus.config import configure
@@ -45,7 +46,8 @@ from theseus.training.schedules import make_schedule
 from theseus.training.step import make_eval_step, make_train_step
 
 if TYPE_CHECKING:
-    from theseus.training.base import BaseTrainer, BaseTrainerConfig, _StopSignals
+    from theseus.base.stopping import StopSignals
+    from theseus.training.base import BaseTrainer, BaseTrainerConfig
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -359,7 +361,7 @@ class Session:
             count += float(n)
         return total / max(count, 1.0)
 
-    def train(self, stop: _StopSignals) -> dict[str, Any]:
+    def train(self, stop: StopSignals) -> dict[str, Any]:
         plan, log = self.plan, self.log
         self.start_state()
         if self.main:
@@ -511,7 +513,7 @@ class Session:
         self.log.update(self.step, summary_line(values))
         return values
 
-    def _stop_requested(self, stop: _StopSignals) -> bool:
+    def _stop_requested(self, stop: StopSignals) -> bool:
         flag = stop.signal_name is not None
         if self.process_count == 1:
             return flag
@@ -520,8 +522,6 @@ class Session:
         return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
     def _stop(self, step: int, reason: str, last_saved: int) -> None:
-        from theseus.training.base import StoppedEarly
-
         before = len(self.checkpointer.failures)
         if last_saved != step:
             self.save(step)
@@ -533,7 +533,7 @@ class Session:
         self.log.info(
             f"stopped by {reason} at step {step}; checkpoint saved; run again to resume (exit code 75)"
         )
-        raise StoppedEarly(step, reason)
+        raise StoppedEarly(f"{reason} at step {step}")
 
 
 def _use_compilation_cache(folder: str | None) -> None:

@@ -1,0 +1,109 @@
+"""A tokenize job stops cleanly on signals, never deletes what it did not write, and damage to a
+finished store is found: by a re-run (checksums) and by training (ids outside the vocabulary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.data.conftest import THESEUS, configure_and_run, store_bytes, theseus
+from tests.data.test_tokenize_jobs import run_job
+from theseus.data.loader import DatasetMix, Loader, open_mixture
+from theseus.errors import UserError
+
+SLOW_STDLIB = (
+    "data.name=pystdlib",
+    "tokenizer.backend=bytes",
+    "data.max_samples=400",
+    "data.batch_docs=4",
+    "data.shard_tokens=400000",
+)
+
+
+def _signal_group_after(process: subprocess.Popen, progress: Path, sig: int) -> None:
+    """Send `sig` to the job's whole process group (as a terminal's Ctrl-C or SLURM's scancel
+    do) once it has committed some documents."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(progress.read_text())["docs_read"] >= 40:
+                os.killpg(process.pid, sig)
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.002)
+    pytest.fail(f"the run ended (rc={process.poll()}) before the signal could be sent")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_stops_at_a_commit_and_a_rerun_finishes(
+    tmp_path: Path, sig: signal.Signals
+):
+    whole = configure_and_run(tmp_path, "data/tokenize_variable_dataset", "w", *SLOW_STDLIB)
+    assert whole.returncode == 0, whole.stderr
+    configured = theseus(
+        "configure",
+        "data/tokenize_variable_dataset",
+        "s.yaml",
+        *SLOW_STDLIB,
+        "data.store=stopped",
+        cwd=tmp_path,
+    )
+    assert configured.returncode == 0, configured.stderr
+    command = [*THESEUS, "run", "s", "s.yaml", "out"]
+    partial = tmp_path / "out" / "data" / "stopped.partial"
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    _signal_group_after(process, partial / "progress.json", sig)
+    try:
+        _, err = process.communicate(timeout=60)  # the old pool could hang here for good
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"the job did not stop within 60 s of {sig.name}")
+    assert process.returncode == 75, err
+    assert f"stopped by {sig.name} after" in err and "run again to resume" in err
+    assert "Traceback" not in err
+    assert partial.is_dir() and not (tmp_path / "out" / "data" / "stopped").exists()
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and "resuming stopped" in resumed.stderr, resumed.stderr
+    assert store_bytes(tmp_path / "out" / "data" / "stopped") == store_bytes(
+        tmp_path / "out" / "data" / "pystdlib"
+    )
+
+
+def test_a_folder_in_the_stores_place_is_refused_and_left_alone(tmp_path: Path):
+    mine = tmp_path / "data" / "pystdlib"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("not a token store")
+    with pytest.raises(UserError, match="is not a token store; move it away"):
+        run_job(tmp_path, "data/tokenize_variable_dataset", "t", *SLOW_STDLIB[:3])
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "data" / "pystdlib.partial").exists()
+
+
+def test_a_damaged_shard_is_found_by_a_rerun_and_by_training(tmp_path: Path):
+    path = run_job(tmp_path, "data/tokenize_variable_dataset", "t", *SLOW_STDLIB[:3])
+    shard = next(path.glob("train-*.tokens.bin"))
+    shard.write_bytes(b"\xff" * shard.stat().st_size)  # same size: only checksums or ids tell
+
+    with pytest.raises(UserError, match=f"shard {shard.name} was altered"):
+        run_job(tmp_path, "data/tokenize_variable_dataset", "t", *SLOW_STDLIB[:3])
+    stores = open_mixture(tmp_path, [DatasetMix("pystdlib")])
+    loader = Loader(stores, [1.0], 64, 8)
+    with pytest.raises(UserError, match="token id 65535, outside its vocabulary of 257"):
+        for step in range(loader.steps_per_epoch):
+            loader.batch(step)
+
+
+def test_a_missing_store_names_the_job_that_writes_it(tmp_path: Path):
+    with pytest.raises(UserError, match=r"data\.name=pystdlib` and"):
+        open_mixture(tmp_path, [DatasetMix("pystdlib")])
+    with pytest.raises(UserError, match=r"data.name=files 'data.paths=\[...\]' data.store=mine"):
+        open_mixture(tmp_path, [DatasetMix("mine")])
