@@ -55,6 +55,18 @@ def test_chat_records_become_message_lists(corpus: Path):
     ]
 
 
+def test_a_chat_column_wins_over_text_and_empty_files_hold_nothing(corpus: Path):
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    (corpus / "both.jsonl").write_text(json.dumps({"text": "summary", "conversations": chat}))
+    (corpus / "empty.jsonl").write_text("")
+    got = documents(
+        name="files",
+        paths=[str(corpus / "empty.jsonl"), str(corpus / "both.jsonl")],
+        chat_column="conversations",
+    )
+    assert got == [chat]
+
+
 def test_bad_paths_and_columns_are_one_line_errors(corpus: Path):
     with pytest.raises(UserError, match=r"needs data\.paths"):
         open_source(SourceConfig(name="files"))
@@ -63,13 +75,16 @@ def test_bad_paths_and_columns_are_one_line_errors(corpus: Path):
     (corpus / "notes.md").write_text("x")
     with pytest.raises(UserError, match="unsupported type"):
         open_source(SourceConfig(name="files", paths=[str(corpus / "notes.md")]))
-    with pytest.raises(UserError, match=r"no text in column 'body'.*columns: text"):
+    with pytest.raises(UserError, match=r"lines\.jsonl, row 1: no column 'body'.*columns: text"):
         documents(
             name="files",
             paths=[str(corpus / "lines.jsonl")],
             text_column="body",
             chat_column="none",
         )
+    (corpus / "gap.jsonl").write_text('{"text": "fine"}\n{"text": null}\n')
+    with pytest.raises(UserError, match=r"gap\.jsonl, row 2: column 'text' is empty \(null\)"):
+        documents(name="files", paths=[str(corpus / "gap.jsonl")])
     with pytest.raises(UserError, match="unknown dataset 'finewbe'; did you mean fineweb"):
         open_source(SourceConfig(name="finewbe"))
 

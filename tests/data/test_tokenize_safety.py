@@ -107,3 +107,30 @@ def test_a_missing_store_names_the_job_that_writes_it(tmp_path: Path):
         open_mixture(tmp_path, [DatasetMix("pystdlib")])
     with pytest.raises(UserError, match=r"data.name=files 'data.paths=\[...\]' data.store=mine"):
         open_mixture(tmp_path, [DatasetMix("mine")])
+
+
+def test_a_source_without_text_is_refused_and_leaves_nothing(tmp_path: Path):
+    (tmp_path / "blank.txt").write_text("  \n")
+    (tmp_path / "empty.jsonl").write_text("")
+    paths = f"data.paths=[{tmp_path / 'blank.txt'}, {tmp_path / 'empty.jsonl'}]"
+    with pytest.raises(UserError, match=r"the source gave no text \(1 documents, all empty\)"):
+        run_job(
+            tmp_path,
+            "data/tokenize_variable_dataset",
+            "t",
+            "data.name=files",
+            paths,
+            "tokenizer.backend=bytes",
+        )
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_a_source_file_rewritten_at_the_same_size_is_not_taken_for_the_old_one(tmp_path: Path):
+    source = tmp_path / "x.txt"
+    source.write_text("aaaa bbbb")
+    args = ("data.name=files", f"data.paths=[{source}]", "tokenizer.backend=bytes")
+    run_job(tmp_path, "data/tokenize_variable_dataset", "t", *args)
+    source.write_text("cccc dddd")
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    with pytest.raises(UserError, match="made with other settings; pass --fresh"):
+        run_job(tmp_path, "data/tokenize_variable_dataset", "t", *args)

@@ -222,6 +222,12 @@ class TokenizeJob(BasicJob[StoreConfig]):
             if not resumed and writer.docs_read == 0 and writer.partial.exists():
                 shutil.rmtree(writer.partial)  # nothing done: leave nothing behind
             raise
+        if not stats["tokens"]:
+            shutil.rmtree(writer.partial)
+            raise UserError(
+                f"the source gave no text ({stats['docs_read']:,} documents, all empty); "
+                "check data.paths, data.text_column and data.chat_column"
+            )
         extra = {"tokenizer.json": Path(tokenizer.path)} if hasattr(tokenizer, "path") else {}
         if final.exists():
             shutil.rmtree(final)  # --fresh: the old store goes only once the new one is complete

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,20 +75,36 @@ class Source:
         raise NotImplementedError
 
 
-def record_document(record: dict[str, Any], config: SourceConfig, where: str) -> Document:
-    """The document in one table row: its text column, or else its chat column."""
-    text = record.get(config.text_column)
-    if isinstance(text, str):
-        return text
+def table_documents(
+    records: Iterable[dict[str, Any]], config: SourceConfig, where: str
+) -> Iterator[Document]:
+    """The documents of table rows (see `record_document`); a bad row is named by its number."""
+    for row, record in enumerate(records, 1):
+        try:
+            yield record_document(record, config)
+        except UserError as exc:
+            raise UserError(f"{where}, row {row}: {exc}") from None
+
+
+def record_document(record: dict[str, Any], config: SourceConfig) -> Document:
+    """The document in one table row: its chat column if that holds a chat, else its text column."""
     chat = record.get(config.chat_column)
     if isinstance(chat, list) and all(
         isinstance(m, dict) and "role" in m and "content" in m for m in chat
     ):
         return [{"role": str(m["role"]), "content": str(m["content"] or "")} for m in chat]
+    text = record.get(config.text_column)
+    if isinstance(text, str):
+        return text
     columns = ", ".join(sorted(record)) or "none"
+    found = (
+        f"column {config.text_column!r} is {type(text).__name__ if text is not None else 'empty (null)'}"
+        if config.text_column in record
+        else f"no column {config.text_column!r}"
+    )
     raise UserError(
-        f"{where}: no text in column {config.text_column!r} and no chat in {config.chat_column!r} "
-        f"(columns: {columns}); set data.text_column or data.chat_column"
+        f"{found} and no chat in {config.chat_column!r} (columns: {columns}); "
+        "set data.text_column or data.chat_column, or drop the row"
     )
 
 

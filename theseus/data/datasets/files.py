@@ -9,7 +9,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from theseus.data.datasets.base import Document, Source, record_document
+from theseus.data.datasets.base import Document, Source, table_documents
 from theseus.errors import UserError, first_line
 from theseus.registry import dataset
 
@@ -69,7 +69,10 @@ class LocalFiles(Source):
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.config.name,
-            "files": [{"path": str(p), "bytes": p.stat().st_size} for p in self.files],
+            "files": [
+                {"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                for p in self.files
+            ],
             "text_column": self.config.text_column,
             "chat_column": self.config.chat_column,
             "separator": self.config.separator,
@@ -81,7 +84,8 @@ class LocalFiles(Source):
         return None
 
     def documents(self) -> Iterator[Document]:
-        for builder, group in groupby(self.files, key=lambda p: BUILDERS[p.suffix.lower()]):
+        files = [p for p in self.files if p.stat().st_size > 0]  # an empty file holds no document
+        for builder, group in groupby(files, key=lambda p: BUILDERS[p.suffix.lower()]):
             paths = list(group)
             if builder == "text":
                 for path in paths:
@@ -97,8 +101,7 @@ class LocalFiles(Source):
             table = load_dataset(
                 builder, data_files=[str(p) for p in paths], split="train", streaming=True
             )
-            for record in table:
-                yield record_document(record, self.config, where)
+            yield from table_documents(table, self.config, where)
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types for unreadable files

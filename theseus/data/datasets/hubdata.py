@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from theseus.data.datasets.base import Document, Source, record_document
+from theseus.data.datasets.base import Document, Source, table_documents
 from theseus.data.datasets.hub import require_hub
 from theseus.errors import UserError, first_line
 from theseus.registry import dataset
@@ -46,8 +46,7 @@ class HubSource(Source):
             )
         except Exception as exc:  # datasets raises many types for bad ids, subsets and splits
             raise UserError(f"cannot open {where}: {first_line(exc)}") from None
-        for record in table:
-            yield record_document(record, self.config, where)
+        yield from table_documents(table, self.config, where)
 
 
 @dataset("hf")
