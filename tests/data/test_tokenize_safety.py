@@ -134,3 +134,21 @@ def test_a_source_file_rewritten_at_the_same_size_is_not_taken_for_the_old_one(t
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
     with pytest.raises(UserError, match="made with other settings; pass --fresh"):
         run_job(tmp_path, "data/tokenize_variable_dataset", "t", *args)
+
+
+def test_a_trained_tokenizer_is_kept_unless_fresh_asks_to_replace_it(tmp_path: Path):
+    args = ("data.name=pystdlib", "data.max_samples=20", "tokenizer_training.vocab_size=300")
+    trained = configure_and_run(tmp_path, "data/train_tokenizer", "bpe", *args)
+    assert trained.returncode == 0, trained.stderr
+    tokenizer_json = tmp_path / "out" / "tokenizers" / "bpe" / "tokenizer.json"
+    first = tokenizer_json.read_bytes()
+
+    again = theseus("run", "bpe", "bpe.yaml", "out", cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
+    other = ("run", "bpe", "bpe.yaml", "out", "tokenizer_training.vocab_size=280")
+    changed = theseus(*other, cwd=tmp_path)
+    assert changed.returncode == 2 and "other settings; pass --fresh" in changed.stderr
+    assert tokenizer_json.read_bytes() == first
+    fresh = theseus(*other, "--fresh", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert tokenizer_json.read_bytes() != first

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from theseus.data.datasets import SourceConfig
+from theseus.data.datasets import SourceConfig, open_source
 from theseus.data.tokenizer_training import train_bpe
 from theseus.data.tokenizers import BytesTokenizer, load_tokenizer, make_tokenizer
 from theseus.errors import UserError
@@ -17,7 +17,7 @@ from theseus.errors import UserError
 @pytest.fixture(scope="module")
 def bpe_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
-    return train_bpe(SourceConfig(name="pystdlib", max_samples=40), 400, 2, out)
+    return train_bpe(open_source(SourceConfig(name="pystdlib")), 40, 400, 2, out)
 
 
 def test_bytes_round_trip_and_end_of_text():

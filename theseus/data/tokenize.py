@@ -9,6 +9,7 @@ Only light modules are imported here: configuring a data job never loads JAX, `d
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -292,11 +293,36 @@ class TrainTokenizer(BasicJob[TokenizerTrainingConfig]):
         return [SourceConfig, TokenizerTrainingConfig]
 
     def run(self) -> Path:
-        from theseus.config import configure
+        from theseus.config import atomic_write, configure
+        from theseus.data.datasets import open_source
         from theseus.data.tokenizer_training import train_bpe
 
         source_config = configure(SourceConfig, self.cfg)
         out = self.spec.root / "tokenizers" / self.spec.name / "tokenizer.json"
-        train_bpe(source_config, self.config.vocab_size, self.config.min_frequency, out)
+        source = open_source(source_config)
+        settings = {
+            "source": source.describe(),
+            "max_samples": source_config.max_samples,
+            "vocab_size": self.config.vocab_size,
+            "min_frequency": self.config.min_frequency,
+        }
+        record = out.with_name("settings.json")
+        if out.exists() and not self.spec.fresh:
+            if record.is_file() and json.loads(record.read_text()) == settings:
+                _say(f"{out} was trained with these settings already; nothing to do")
+                return out
+            raise UserError(
+                f"{out} holds a tokenizer trained with other settings; pass --fresh to replace it "
+                "(stores written with it keep their own copy), or choose another run name"
+            )
+        record.unlink(missing_ok=True)  # until the new tokenizer is written, no settings match
+        train_bpe(
+            source,
+            source_config.max_samples,
+            self.config.vocab_size,
+            self.config.min_frequency,
+            out,
+        )
+        atomic_write(record, json.dumps(settings, indent=2, sort_keys=True))
         _say(f"wrote {out}; use it with tokenizer.backend=huggingface tokenizer.name={out}")
         return out

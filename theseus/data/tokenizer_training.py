@@ -9,18 +9,19 @@ from pathlib import Path
 
 from theseus.config import atomic_write
 from theseus.data.chat import render
-from theseus.data.datasets import SourceConfig, open_source
+from theseus.data.datasets import Source
 from theseus.data.tokenizers import EOT_TEXT
 from theseus.errors import UserError
 
 
-def train_bpe(config: SourceConfig, vocab_size: int, min_frequency: int, out: Path) -> Path:
-    """Train on the source's documents (at most `data.max_samples`) and write `out` atomically."""
+def train_bpe(
+    source: Source, max_samples: int | None, vocab_size: int, min_frequency: int, out: Path
+) -> Path:
+    """Train on the source's documents (at most `max_samples`) and write `out` atomically."""
     if vocab_size < 257:
         raise UserError(
             f"tokenizer_training.vocab_size={vocab_size}: must be >= 257 (256 bytes + end-of-text)"
         )
-    source = open_source(config)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -35,10 +36,10 @@ def train_bpe(config: SourceConfig, vocab_size: int, min_frequency: int, out: Pa
     )
 
     def texts() -> Iterator[str]:
-        for document in islice(source.documents(), config.max_samples):
+        for document in islice(source.documents(), max_samples):
             yield render(document, "chatml")
 
-    total = source.size_hint() if config.max_samples is None else config.max_samples
+    total = source.size_hint() if max_samples is None else max_samples
     tokenizer.train_from_iterator(texts(), trainer=trainer, length=total)
     atomic_write(out, tokenizer.to_str(pretty=True))
     return out
