@@ -9,11 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from theseus.errors import UserError
+
+if TYPE_CHECKING:
+    from theseus.stages import Stage
 
 _VERBOSE_FLAGS = ("-v", "--verbose")
 
@@ -164,8 +167,9 @@ def configure(
                 f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}"
             )
     override([stage], list(overrides))
-    stage.save(out)
+    C.check_values(stage.schema, stage.cfg)
     missing = C.missing_keys(stage.cfg)
+    stage.save(out)
     _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
 
 
@@ -199,13 +203,43 @@ def run(
     from theseus.stages import Stage, override, run_stages
 
     _do_loads(loads)
-    pipeline = [Stage.from_yaml(yaml_path, job)] + [Stage.from_yaml(s) for s in stages]
+    pipeline = [_first_stage(yaml_path, job)] + [Stage.from_yaml(s) for s in stages]
     override(pipeline, list(overrides))
     request = pipeline[0].request
     if n_shards is not None:
         request.n_shards = n_shards
     spec = ExecutionSpec(name, Path(out), project, group, request, fresh=fresh, restore=restore)
+    for stage in pipeline:  # run_stages checks too; first, so a bad config creates no OUT
+        stage.check()
+    _check_writable(spec.root)
     run_stages(pipeline, spec)
+
+
+def _first_stage(yaml_path: str, job: str | None) -> Stage:
+    """The stage of YAML, run as `job` when -j names one; a mismatch says whose file it is."""
+    from theseus import config as C
+    from theseus.stages import Stage
+
+    try:
+        return Stage.from_yaml(yaml_path, job)
+    except UserError as exc:
+        written = C.read_yaml(yaml_path).get("job") if job else None
+        if not written or written == job:
+            raise
+        problem = str(exc).removeprefix(f"{yaml_path}: ")
+        raise UserError(
+            f"{yaml_path} was written for job {written!r} and -j asks for {job!r}: {problem} "
+            f"(drop -j, or carry its values over: theseus configure {job} NEW.yaml -p {yaml_path})"
+        ) from None
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any job starts."""
+    from theseus.config import unwritable
+
+    why = unwritable(out)
+    if why:
+        raise UserError(f"cannot use output folder {out}: {why}; choose another OUT")
 
 
 def _split_commas(values: tuple[str, ...]) -> list[str] | None:
@@ -438,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=args, prog_name="theseus", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # click's own convention for a bare group: the help, not an error, and exit code 2
+        _echo(exc.format_message())
+        return 2
     except click.exceptions.Abort:
         _echo("aborted")
         return 130

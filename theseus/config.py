@@ -14,12 +14,14 @@ component's typed dataclass out of it.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import contextvars
 import copy
 import dataclasses
 import difflib
 import itertools
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +35,7 @@ from omegaconf.errors import (
     ConfigKeyError,
     ConfigTypeError,
     InterpolationResolutionError,
+    InterpolationToMissingValueError,
     MissingMandatoryValue,
     OmegaConfBaseException,
     ValidationError,
@@ -216,12 +219,17 @@ def build(*components: type) -> DictConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Override:
-    """One `KEY=VALUE` (set), `KEY+=VALUE` (append to a list) or `~KEY.N` (remove from a list)."""
+    """One `KEY=VALUE` (set), `KEY+=VALUE` (append to a list) or `~KEY.N` (remove from a list).
+
+    Parsed from text, the value stays `raw` until it is applied: how to read it depends on the
+    type of the field it lands in.
+    """
 
     key: str
     op: str
     value: Any = None
     text: str = ""
+    raw: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Override:
@@ -239,13 +247,7 @@ class Override:
         key = key.strip()
         if not key or not all(part.isidentifier() or part.isdigit() for part in key.split(".")):
             raise ConfigError(f"bad override {text!r}: {key!r} is not a dotted key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"bad override {text!r}: value is not valid YAML ({_yaml_problem(exc)})"
-            ) from None
-        return cls(key, op, value, text)
+        return cls(key, op, text=text, raw=raw)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -254,21 +256,144 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def _owned(schema: Schema, cfg: DictConfig, key: str) -> bool:
-    if schema.entry_for(key) is None:
-        return False
+_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _optional(kind: Any) -> tuple[Any, bool]:
+    """`kind` without its `| None`, and whether it had one."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = typing.get_args(kind)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return rest[0], True
+        return kind, len(rest) < len(args)
+    return kind, False
+
+
+def _is_sequence(kind: Any) -> bool:
+    return typing.get_origin(_optional(kind)[0]) in (list, tuple, collections.abc.Sequence)
+
+
+def _item_type(kind: Any, part: str) -> Any:
+    """The type of `part` (an index or a field name) inside a value of type `kind`."""
+    kind = _optional(kind)[0]
+    args = typing.get_args(kind)
+    if _is_sequence(kind) and args:
+        return args[0]
+    if typing.get_origin(kind) is dict and len(args) == 2:
+        return args[1]
+    if dataclasses.is_dataclass(kind):
+        return typing.get_type_hints(kind).get(part, Any)
+    return Any
+
+
+def _type_at(schema: Schema, key: str) -> Any:
+    entry = schema.entry_for(key)
+    if entry is None:
+        return Any
+    kind = entry.type
+    for part in key[len(entry.key) :].split(".")[1:]:
+        kind = _item_type(kind, part)
+    return kind
+
+
+def _is_text(kind: Any) -> bool:
+    """Whether every scalar inside a value of type `kind` is a string."""
+    kind = _optional(kind)[0]
+    if kind is str:
+        return True
+    args = [a for a in typing.get_args(kind) if a is not Ellipsis]
+    if _is_sequence(kind):
+        return bool(args) and all(_is_text(a) for a in args)
+    return typing.get_origin(kind) is dict and len(args) == 2 and _is_text(args[1])
+
+
+def _unquoted(raw: str) -> str:
+    """A quoted string as YAML reads it (`'it''s'` -> `it's`); any other text as written."""
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        with contextlib.suppress(yaml.YAMLError):
+            value = yaml.safe_load(text)
+            if isinstance(value, str):
+                return value
+    return raw
+
+
+def _read_raw(text: str, raw: str, kind: Any) -> Any:
+    """The value of override text for a field of type `kind`.
+
+    A string field takes the text as written, because YAML would turn `no` into False, `#...`
+    into None and refuse `@@`; lists of strings keep every item a string for the same reason.
+    """
+    inner, optional = _optional(kind)
+    if optional and raw.strip() in _NULLS:
+        return None
+    if inner is str:
+        return _unquoted(raw)
+    if not raw.strip():
+        return None
+    text_only = _is_text(inner)
     try:
-        OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
-    except OmegaConfBaseException:
-        return False
+        return yaml.load(raw, Loader=yaml.BaseLoader if text_only else yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        hint = "; quote items that YAML reads as syntax, e.g. ['@@']" if text_only else ""
+        raise ConfigError(
+            f"bad override {text!r}: value is not valid YAML ({_yaml_problem(exc)}){hint}"
+        ) from None
+
+
+def _value_of(schema: Schema, override: Override) -> Any:
+    if override.raw is None:
+        return override.value
+    key, raw = override.key, override.raw
+    kind = _type_at(schema, key)
+    if override.op == "append":
+        kind = _item_type(kind, "0")
+        if kind is not Any and not _is_sequence(kind):
+            with contextlib.suppress(yaml.YAMLError):
+                if isinstance(yaml.safe_load(raw), list):
+                    raise ConfigError(
+                        f"{override.text}: += appends one element, not a list; replace the "
+                        f"list with {key}={raw.strip()}, or append one item at a time "
+                        f"({key}+=ITEM; quote an item that starts with '[')"
+                    )
+    return _read_raw(override.text, raw, kind)
+
+
+def _exists(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` names a node of `cfg`; a bad list index counts (`_check_indices` explains)."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig | ListConfig):
+            return False
+        if node._is_missing() or node._is_none() or node._is_interpolation():
+            return True  # nothing below to look at; OmegaConf says what is wrong
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                return True
+            node = node._get_node(int(part))
+        elif part in node.keys():  # noqa: SIM118 - `part in node` is False for a `???` value
+            node = node._get_node(part)
+        else:
+            return False
     return True
 
 
-def _node_type(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
-    return node._metadata.ref_type
+def _owned(schema: Schema, cfg: DictConfig, key: str) -> bool:
+    return schema.entry_for(key) is not None and _exists(cfg, key)
+
+
+def _near(schema: Schema, cfg: DictConfig, key: str) -> list[str]:
+    """Valid keys near `key`: the schema's, and the fields beside it inside a list element."""
+    near = schema.suggest(key)
+    entry = schema.entry_for(key)
+    parent = key.rpartition(".")[0]
+    if entry is not None and entry.key != key and _exists(cfg, parent):
+        with contextlib.suppress(OmegaConfBaseException, ValueError):
+            node = OmegaConf.select(cfg, parent)
+            if isinstance(node, DictConfig):
+                near += [f"{parent}.{k}" for k in node]
+    return difflib.get_close_matches(key, near, n=3, cutoff=0.0) or near[:3]
 
 
 def _check_indices(cfg: DictConfig, key: str) -> None:
@@ -287,16 +412,13 @@ def _check_indices(cfg: DictConfig, key: str) -> None:
         node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
 
 
-def _type_error(
-    schema: Schema, cfg: DictConfig, key: str, value: Any, exc: Exception
-) -> ConfigError:
+def _type_error(schema: Schema, key: str, value: Any, exc: Exception) -> ConfigError:
     entry = schema.entry_for(key)
-    expected = _type_name(entry.type) if entry else "another type"
-    if entry is not None and entry.key != key:
-        try:
-            expected = _type_name(_node_type(cfg, key))
-        except (AttributeError, KeyError, IndexError, ValueError, TypeError):
-            expected = f"an element of {expected}"
+    kind = _type_at(schema, key)
+    if kind is not Any:
+        expected = _type_name(kind)
+    else:
+        expected = f"an element of {_type_name(entry.type)}" if entry else "another type"
     return ConfigError(
         f"{key}: expected {expected}, got {value!r} ({type(value).__name__})"
         + (f" [{first_line(exc)}]" if not isinstance(exc, ValidationError) else "")
@@ -322,13 +444,14 @@ def _coerce(node: Any, value: Any) -> Any:
 
 def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
     """Apply one override to `cfg`; errors name the key and the fix."""
-    key, value = override.key, override.value
-    _check_indices(cfg, key if override.op != "remove" else key.rpartition(".")[0])
+    key = override.key
+    value = _value_of(schema, override)
     try:
+        _check_indices(cfg, key if override.op != "remove" else key.rpartition(".")[0])
         if override.op == "set":
-            OmegaConf.update(
-                cfg, key, _coerce(OmegaConf.select(cfg, key), value), merge=False, force_add=False
-            )
+            # the current value may be the broken interpolation this override replaces
+            node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+            OmegaConf.update(cfg, key, _coerce(node, value), merge=False, force_add=False)
             return
         parent_key, _, last = key.rpartition(".")
         if override.op == "append":
@@ -344,8 +467,8 @@ def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
             raise ConfigError(f"{key}: index {last} is out of range (the list has {len(parent)})")
         del parent[int(last)]
     except (ValidationError, ConfigTypeError) as exc:
-        raise _type_error(schema, cfg, key, value, exc) from None
-    except (ConfigAttributeError, ConfigKeyError, IndexError) as exc:
+        raise _type_error(schema, key, value, exc) from None
+    except (ConfigAttributeError, ConfigKeyError, IndexError, InterpolationResolutionError) as exc:
         raise ConfigError(f"{key}: {first_line(exc)}") from None
 
 
@@ -359,8 +482,8 @@ def apply_overrides(stages: Sequence[tuple[Schema, DictConfig]], overrides: Sequ
         owners = [(s, c) for s, c in stages if _owned(s, c, override.key)]
         if not owners:
             near: list[str] = []
-            for schema, _ in stages:
-                near += schema.suggest(override.key)
+            for schema, cfg in stages:
+                near += _near(schema, cfg, override.key)
             near = difflib.get_close_matches(override.key, near, n=3, cutoff=0.0) or near[:3]
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise ConfigError(f"unknown config key {override.key!r}{hint}")
@@ -389,7 +512,7 @@ def merge_values(
     for key, value in _flatten(values):
         if not _owned(schema, cfg, key):
             if strict:
-                near = ", ".join(schema.suggest(key))
+                near = ", ".join(_near(schema, cfg, key))
                 raise ConfigError(f"unknown config key {key!r}; did you mean {near}?")
             dropped.append(key)
             continue
@@ -407,9 +530,47 @@ def missing_keys(cfg: DictConfig) -> list[str]:
     return sorted(OmegaConf.missing_keys(cfg))
 
 
+def _of_missing(exc: BaseException) -> bool:
+    """Whether a resolution failed only because it reached a value still required (`???`)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, InterpolationToMissingValueError | MissingMandatoryValue):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _check_interpolations(node: DictConfig | ListConfig) -> None:
+    for key in range(len(node)) if isinstance(node, ListConfig) else list(node.keys()):
+        child = node._get_node(key)
+        if child._is_interpolation():
+            try:
+                node[key]
+            except InterpolationResolutionError as exc:
+                if not _of_missing(exc):
+                    # OmegaConf writes list indices as a[0]; overrides write a.0
+                    where = node._get_full_key(key).replace("[", ".").replace("]", "")
+                    raise ConfigError(
+                        f"{where}: interpolation {child._value()} does not resolve "
+                        f"({first_line(exc)}); fix the reference or set {where}=VALUE"
+                    ) from None
+        elif isinstance(child, DictConfig | ListConfig) and not (
+            child._is_missing() or child._is_none()
+        ):
+            _check_interpolations(child)
+
+
+def check_values(schema: Schema, cfg: DictConfig) -> None:
+    """Fail if an interpolation does not resolve or a choice is invalid (required values may
+    still be unset)."""
+    _check_interpolations(cfg)
+    schema.validate(cfg)
+
+
 def check_complete(schema: Schema, cfg: DictConfig, job: str = "") -> None:
-    """Fail before any work if a required value is unset, a choice is invalid, or an
-    interpolation does not resolve."""
+    """Fail before any work if an interpolation does not resolve, a choice is invalid, or a
+    required value is unset."""
+    check_values(schema, cfg)
     missing = missing_keys(cfg)
     if missing:
         where = f" for {job}" if job else ""
@@ -417,11 +578,6 @@ def check_complete(schema: Schema, cfg: DictConfig, job: str = "") -> None:
         raise ConfigError(
             f"required config values missing{where}: {', '.join(missing)} (set them: {sets})"
         )
-    schema.validate(cfg)
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except InterpolationResolutionError as exc:
-        raise ConfigError(f"config interpolation failed: {first_line(exc)}") from None
 
 
 # YAML --------------------------------------------------------------------------------------------
@@ -483,10 +639,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def atomic_write(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = unwritable(path.parent) or exc.strerror or str(exc)
+        raise UserError(f"cannot write {path}: {why}; choose another path") from None
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written under `folder` (made if need be), or None; creates nothing."""
+    existing = next(p for p in [folder.absolute(), *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return None
+    except OSError as exc:
+        return f"{existing} is not writable ({exc.strerror or exc})"
 
 
 # The current configuration -----------------------------------------------------------------------

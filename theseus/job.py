@@ -43,6 +43,11 @@ class Request:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, source: str = "request") -> Request:
+        if data is not None and not isinstance(data, dict):
+            raise UserError(
+                f"{source}: expected a mapping (chip:, n:, n_shards:), got {data!r}; "
+                "e.g. `request: {chip: h100, n: 8}`"
+            )
         data = dict(data or {})
         unknown = set(data) - {"chip", "n", "n_shards"}
         if unknown:

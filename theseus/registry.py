@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Listing:
     name: str
     module: str
     description: str
+    where: str = ""  # FILE:LINE of the registering decorator
 
 
 def _summary(doc: str | None) -> str:
@@ -57,7 +59,12 @@ def _indexed(decorator: str) -> list[Listing]:
                     and isinstance(dec.args[0].value, str)
                 ):
                     found.append(
-                        Listing(dec.args[0].value, module, _summary(ast.get_docstring(node)))
+                        Listing(
+                            dec.args[0].value,
+                            module,
+                            _summary(ast.get_docstring(node)),
+                            f"{path}:{dec.lineno}",
+                        )
                     )
     return found
 
@@ -89,21 +96,20 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             known = self._entries.get(name)
             if known is not None and _qualname(known) != _qualname(obj):
-                raise ValueError(
-                    f"{self.kind} {name!r} is already registered by {_qualname(known)}; "
-                    f"cannot register {_qualname(obj)} under the same name"
-                )
+                raise self._twice(name, _where(known), _where(obj))
             listing = self._builtin().get(name)
             module = getattr(obj, "__module__", "")
             if listing is not None and listing.module != module and module != "__main__":
-                raise ValueError(
-                    f"{self.kind} {name!r} is already registered by {listing.module}; "
-                    f"cannot register {_qualname(obj)} under the same name"
-                )
+                raise self._twice(name, listing.where, _where(obj))
             self._entries[name] = obj
             return obj
 
         return add
+
+    def _twice(self, name: str, first: str, second: str) -> UserError:
+        return UserError(
+            f"{self.kind} {name!r} is defined twice: at {first} and at {second}; rename one of them"
+        )
 
     def names(self) -> list[str]:
         return sorted(set(self._builtin()) | set(self._entries))
@@ -140,6 +146,14 @@ class Registry(Generic[T]):
 
 def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _where(obj: Any) -> str:
+    """FILE:LINE where `obj` is defined (its first decorator), else its qualified name."""
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (OSError, TypeError):
+        return _qualname(obj)
 
 
 JOBS: Registry[Any] = Registry("job", "job")

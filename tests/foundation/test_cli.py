@@ -177,7 +177,7 @@ MALFORMED = [
     ),
     (
         "override bad value",
-        lambda t: ["configure", "toy/echo", str(t / "x.yaml"), "toy.tag=[1,"],
+        lambda t: ["configure", "toy/echo", str(t / "x.yaml"), "optimization.lr=[1,"],
         "not valid YAML",
     ),
     (
@@ -264,6 +264,70 @@ MALFORMED = [
         "no such file",
     ),
     ("directory as yaml", lambda t: ["run", "r", str(t), str(t)], "is a directory"),
+    (
+        "bad interpolation in configure",
+        lambda t: ["configure", "toy/echo", str(t / "x.yaml"), "toy.tag=${toy.nope}"],
+        "toy.tag: interpolation ${toy.nope} does not resolve",
+    ),
+    (
+        "bad interpolation in run",
+        lambda t: [
+            "run",
+            "r",
+            _write(t, "i.yaml", "job: toy/echo\nconfig: {toy: {tag: a}}\n"),
+            str(t / "out"),
+            "toy.tag=${toy.nope}",
+        ],
+        "toy.tag: interpolation ${toy.nope} does not resolve",
+    ),
+    (
+        "unknown key in a list element",
+        lambda t: ["configure", "toy/echo", str(t / "x.yaml"), "training.dataset.0.nam=x"],
+        "did you mean training.dataset.0.name",
+    ),
+    (
+        "append a list",
+        lambda t: ["configure", "toy/echo", str(t / "x.yaml"), "training.dataset+=[{name: a}]"],
+        "+= appends one element",
+    ),
+    (
+        "bad choice in configure",
+        lambda t: ["configure", "toy/echo", str(t / "x.yaml"), "toy.mode=warp"],
+        "toy.mode: 'warp' is not one of 'fast', 'slow'",
+    ),
+    (
+        "yaml under a file",
+        lambda t: ["configure", "toy/echo", _write(t, "afile", "") + "/x.yaml"],
+        "is a file",
+    ),
+    ("yaml in /proc", lambda t: ["configure", "toy/echo", "/proc/x.yaml"], "cannot write"),
+    (
+        "request not a mapping",
+        lambda t: ["run", "r", _write(t, "q.yaml", "job: toy/echo\nrequest: 5\n"), str(t)],
+        "request: expected a mapping",
+    ),
+    (
+        "yaml of another job",
+        lambda t: [
+            "run",
+            "r",
+            _write(t, "o.yaml", "job: toy/echo\nconfig: {toy: {tag: a}, optimization: {lr: 1}}\n"),
+            str(t),
+            "-j",
+            "toy/fail",
+        ],
+        "was written for job 'toy/echo' and -j asks for 'toy/fail'",
+    ),
+    (
+        "output folder under a file",
+        lambda t: [
+            "run",
+            "r",
+            _write(t, "g.yaml", "job: toy/echo\nconfig: {toy: {tag: a}}\n"),
+            _write(t, "afile", "") + "/out",
+        ],
+        "output folder",
+    ),
 ]
 
 
@@ -280,6 +344,55 @@ def test_malformed_input_gives_one_line_and_exit_2(tmp_path, case):
     assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "x.yaml").exists()  # nothing half-written
+
+
+def test_loading_a_second_definition_of_a_job_names_both(tmp_path):
+    dup = _write(
+        tmp_path,
+        "dup.py",
+        "from theseus.job import BasicJob\nfrom theseus.registry import job\n\n\n"
+        '@job("toy/echo")\nclass Mine(BasicJob):\n    """Mine."""\n',
+    )
+    r = theseus("jobs", "--load", TOYJOBS, "--load", dup)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: job 'toy/echo' is defined twice")
+    assert f"{TOYJOBS}:" in line and f"{dup}:5" in line
+    builtin = _write(
+        tmp_path,
+        "builtin.py",
+        "from theseus.job import BasicJob\nfrom theseus.registry import job\n\n\n"
+        '@job("gpt/train/pretrain")\nclass Mine(BasicJob):\n    """Mine."""\n',
+    )
+    r = theseus("jobs", "--load", builtin)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert "job 'gpt/train/pretrain' is defined twice" in line
+    assert "theseus/experiments/pretrain.py:" in line and f"{builtin}:5" in line
+
+
+def test_bare_theseus_prints_the_usage_without_calling_it_an_error():
+    r = theseus()
+    assert r.returncode == 2
+    assert r.stderr.startswith("Usage: theseus") and "configure" in r.stderr
+    assert "error" not in r.stderr
+
+
+def test_configure_writes_override_text_verbatim_into_string_fields(tmp_path):
+    out = tmp_path / "d.yaml"
+    r = theseus(
+        "configure",
+        "data/tokenize_variable_dataset",
+        str(out),
+        "data.separator=---",
+        "data.store=no",
+        "tokenizer.name=on",
+        "data.paths=[a.txt, '#b.txt']",
+    )
+    assert r.returncode == 0, r.stderr
+    data = yaml.safe_load(out.read_text())["config"]
+    assert data["data"]["separator"] == "---" and data["data"]["store"] == "no"
+    assert data["tokenizer"]["name"] == "on" and data["data"]["paths"] == ["a.txt", "#b.txt"]
 
 
 def test_configure_never_overwrites_a_users_file(tmp_path):

@@ -144,10 +144,93 @@ def test_list_index_append_remove():
         C.apply_overrides([(s, cfg)], ["architecture.n_layers+=1"])
 
 
-@pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1", "a.b=[1,", "~"])
+@pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1", "~"])
 def test_malformed_overrides(text):
     with pytest.raises(ConfigError, match="bad override"):
         C.Override.parse(text)
+
+
+def test_values_that_are_not_yaml_are_refused_for_typed_fields():
+    s = schema()
+    with pytest.raises(ConfigError, match=r"bad override 'data.rates=\[1,': value is not valid"):
+        C.apply_overrides([(s, s.tree())], ["data.rates=[1,"])
+
+
+@dataclass
+class Text:
+    separator: str | None = C.field("data/separator", default=None)
+    store: str = C.field("data/store", default="x")
+    paths: list[str] = C.field("data/paths", default_factory=list)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("data.separator=---", "data.separator", "---"),
+        ("data.separator=#", "data.separator", "#"),
+        ("data.separator=@@", "data.separator", "@@"),
+        ("data.separator=[SEP]", "data.separator", "[SEP]"),
+        ("data.separator=null", "data.separator", None),
+        ("data.separator=~", "data.separator", None),
+        ("data.separator='null'", "data.separator", "null"),
+        ('data.separator="a # b"', "data.separator", "a # b"),
+        ("data.store=no", "data.store", "no"),
+        ("data.store=on", "data.store", "on"),
+        ("data.store=12", "data.store", "12"),
+        ("data.store=null", "data.store", "null"),
+        ("data.paths=[a, b]", "data.paths", ["a", "b"]),
+        ("data.paths=[no, '#', '@@']", "data.paths", ["no", "#", "@@"]),
+        ("data.paths+=no", "data.paths", ["no"]),
+        ("data.paths+=#", "data.paths", ["#"]),
+        ("training.dataset.0.name=off", "training.dataset.0.name", "off"),
+        ("training.dataset+={name: b, rate: 2}", "training.dataset.1.rate", 2.0),
+        ("architecture.n_layers=3", "architecture.n_layers", 3),
+    ],
+)
+def test_string_fields_take_the_override_text_as_written(override, key, expected):
+    s = C.Schema(Model, Mixture, Text)
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], [override])
+    value = OmegaConf.select(cfg, key)
+    assert (OmegaConf.to_container(value) if key == "data.paths" else value) == expected
+
+
+def test_appending_a_list_explains_that_plus_equals_appends_one_element():
+    s = C.Schema(Text, Mixture)
+    cfg = s.tree()
+    with pytest.raises(ConfigError) as err:
+        C.apply_overrides([(s, cfg)], ["data.paths+=[a, b]"])
+    message = str(err.value)
+    assert "+= appends one element" in message and "data.paths=[a, b]" in message
+    with pytest.raises(ConfigError, match="appends one element"):
+        C.apply_overrides([(s, cfg)], ["training.dataset+=[{name: a}]"])
+    C.apply_overrides([(s, cfg)], ["data.paths+='[draft]'"])
+    assert list(cfg.data.paths) == ["[draft]"]
+
+
+def test_unknown_field_of_a_list_element_suggests_the_nearest():
+    s = schema()
+    with pytest.raises(ConfigError) as err:
+        C.apply_overrides([(s, s.tree())], ["training.dataset.0.nam=x"])
+    message = str(err.value)
+    assert message.startswith("unknown config key 'training.dataset.0.nam'")
+    assert message.split("did you mean ")[1].startswith("training.dataset.0.name")
+
+
+def test_bad_interpolation_names_the_key_and_the_reference():
+    s = schema()
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], ["training.doubled=${architecture.nope}"])
+    for check in (C.check_values, C.check_complete):
+        with pytest.raises(ConfigError) as err:
+            check(s, cfg)
+        message = str(err.value)
+        assert message.startswith("training.doubled: interpolation ${architecture.nope}")
+        assert "architecture.nope" in message.split("does not resolve")[1]
+    # an interpolation of a value still required is reported as required, not as broken
+    C.apply_overrides([(s, cfg)], ["training.doubled=${data.name}"])
+    C.check_values(s, cfg)
+    assert C.missing_keys(cfg) == ["data.name", "training.doubled"]
 
 
 def test_required_values_are_all_listed_before_work():

@@ -15,12 +15,13 @@ def test_registering_a_name_twice_is_an_error():
     class A:
         """First."""
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UserError, match="widget 'a' is defined twice") as err:
 
         @reg.register("a")
         class B:
             """Second."""
 
+    assert f"at {__file__}:14 and at {__file__}:20" in str(err.value)
     assert reg["a"] is A
     assert [(row.name, row.description) for row in reg.listings()] == [("a", "First.")]
 
