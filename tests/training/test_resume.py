@@ -157,3 +157,22 @@ def test_resuming_reads_the_state_without_running_the_initializers(
     assert "resuming lazy from its checkpoint at step 3" in capsys.readouterr().err
     assert built == [1]
     assert [step for step, _ in losses(root, "lazy")] == [1, 2, 3, 4, 5]
+
+
+def test_dropout_trains_and_resumes_with_the_same_masks(root, train_yaml, capsys):
+    drop = ("architecture.dropout=0.1", *STEPS, "logging.checkpoint_interval=4")
+    assert main(cli_args("dropout-ref", train_yaml, root, *drop)) == 0
+    reference = losses(root, "dropout-ref")
+    assert [step for step, _ in reference] == list(range(1, 25))
+    proc = spawn(cli_args("dropout-cut", train_yaml, root, *drop))
+    wait_for(
+        lambda: (
+            (last_step(root, "dropout-cut") >= 6 and _has_checkpoint(root, "dropout-cut"))
+            or proc.poll() is not None
+        )
+    )
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last_step(root, "dropout-cut") < 24
+    assert "resuming dropout-cut" in _resume(root, train_yaml, "dropout-cut", *drop, capsys=capsys)
+    assert losses(root, "dropout-cut") == reference

@@ -80,7 +80,8 @@ def make_train_step(
         # Divided by the batch's (static) number of positions, not by its count of loss tokens:
         # that count is a sum across devices, and waiting for it would put a collective before
         # the backward pass. The gradients are rescaled to the token count after their reduction.
-        model = nnx.merge(graphdef, params, rest)
+        # a copy: reseeding must not touch the dropout keys of `rest`, made outside this trace
+        model = nnx.merge(graphdef, params, rest, copy=True)
         if dropout:
             nnx.reseed(model, dropout=key)
         logits = model(micro["inputs"], micro["positions"], deterministic=not dropout)
@@ -140,7 +141,7 @@ def make_eval_step(
     """`(params, batch) -> (summed token loss, token count)` for a `[batch, seq]` batch."""
 
     def eval_fn(params: nnx.State, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        model = nnx.merge(graphdef, params, rest)
+        model = nnx.merge(graphdef, params, rest, copy=True)
         logits = model(batch["inputs"], batch["positions"], deterministic=True)
         ce, _ = cross_entropy(logits, batch["targets"], batch["loss_mask"])
         return ce, jnp.sum(batch["loss_mask"].astype(jnp.float32))
