@@ -56,13 +56,20 @@ def field(
     default_factory: Callable[[], Any] | None = None,
     help: str = "",
     choices: Sequence[Any] | None = None,
+    minimum: float | None = None,
 ) -> Any:
     """A dataclass field that lives at `path` ("section/key") in the job's config tree.
 
     Without a default the value is required (`???`) and must be set before the job runs.
-    `choices` restricts the value to a fixed set, checked whenever the tree is validated.
+    `choices` restricts the value to a fixed set and `minimum` bounds a number from below (null
+    stays allowed where the type is optional), checked whenever the tree is validated.
     """
-    metadata = {_PATH: path, "help": help, "choices": tuple(choices) if choices else None}
+    metadata = {
+        _PATH: path,
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "minimum": minimum,
+    }
     if default_factory is not None:
         if default is not _NO_DEFAULT:
             raise TypeError(f"field {path!r}: give default or default_factory, not both")
@@ -82,6 +89,7 @@ class Entry:
     help: str
     choices: tuple[Any, ...] | None
     owners: list[str]
+    minimum: float | None = None
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -126,6 +134,7 @@ class Schema:
                 f.metadata["help"],
                 f.metadata["choices"],
                 [owner],
+                f.metadata.get("minimum"),
             )
             known = self.entries.get(key)
             if known is None:
@@ -197,16 +206,20 @@ class Schema:
         return close or keys[:n]
 
     def validate(self, cfg: DictConfig) -> None:
-        """Check the value constraints OmegaConf cannot express (choices)."""
+        """Check the value constraints OmegaConf cannot express (choices, minimums)."""
         for key, entry in self.entries.items():
-            if not entry.choices:
+            if not entry.choices and entry.minimum is None:
                 continue
             value = OmegaConf.select(
                 cfg, key, throw_on_missing=False, throw_on_resolution_failure=False
             )
-            if value is not None and value != MISSING and value not in entry.choices:
+            if value is None or value == MISSING:
+                continue
+            if entry.choices and value not in entry.choices:
                 options = ", ".join(repr(c) for c in entry.choices)
                 raise ConfigError(f"{key}: {value!r} is not one of {options}")
+            if entry.minimum is not None and value < entry.minimum:
+                raise ConfigError(f"{key}={value}: must be >= {entry.minimum:g}")
 
 
 def build(*components: type) -> DictConfig:

@@ -261,6 +261,28 @@ def test_choices_are_enforced():
         C.check_complete(s, cfg)
 
 
+def test_minimums_are_enforced_and_null_stays_allowed_where_optional():
+    @dataclass
+    class Bounds:
+        every: int = C.field("x/every", default=10, minimum=1)
+        keep: int | None = C.field("x/keep", default=None, minimum=1)
+        rate: float = C.field("x/rate", default=0.5, minimum=0)
+
+    s = C.Schema(Bounds)
+    for override, message in {
+        "x.every=0": "x.every=0: must be >= 1",
+        "x.keep=-2": "x.keep=-2: must be >= 1",
+        "x.rate=-0.1": "x.rate=-0.1: must be >= 0",
+    }.items():
+        cfg = s.tree()
+        C.apply_overrides([(s, cfg)], [override])
+        with pytest.raises(ConfigError, match=message):
+            C.check_complete(s, cfg)
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], ["x.every=1", "x.keep=null", "x.rate=0"])
+    C.check_complete(s, cfg)
+
+
 def test_configure_reads_typed_dataclasses_inside_configuration():
     s = schema()
     cfg = s.tree()

@@ -78,6 +78,10 @@ def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):
         "training.per_device_batch_size=3": "does not divide the 8 sequences",
         "training.dataset=[{name: nope}]": "no token store 'nope'",
         "parallel.fsdp=3": "do not split into fsdp=3",
+        "logging.checkpoint_keep=0": "logging.checkpoint_keep=0: must be >= 1",
+        "logging.interval=0": "logging.interval=0: must be >= 1",
+        "architecture.n_heads=3": "d_model=32 does not split into n_heads=3 heads",
+        "architecture.dtype=float16": "architecture.dtype=float16 does not run on CPU",
     }
     for override, message in cases.items():
         assert main(cli_args("bad", train_yaml, root, *SHORT, override)) == 2, override
@@ -121,7 +125,9 @@ def test_validation_wandb_tensorboard_and_plot(
     train = [r for r in records if "loss" in r]
     assert {"lr", "grad_norm", "tokens_per_s", "mfu"} <= set(train[0])
     assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
-    assert list((folder / "wandb").glob("offline-run-*"))
+    assert main(cli_args("logged", train_yaml, root, "training.steps=6", *extra)) == 0
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run
     assert (folder / "loss.png").stat().st_size > 1000
     assert (folder / "config.yaml").read_text().startswith("config:")
 

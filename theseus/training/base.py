@@ -56,21 +56,32 @@ class BaseTrainerConfig:
         help="token stores under OUT/data to train on, each with a sampling rate",
     )
     steps: int = field(
-        "training/steps", default=5000, help="optimizer steps (ignored when training.tokens is set)"
+        "training/steps",
+        minimum=1,
+        default=5000,
+        help="optimizer steps (ignored when training.tokens is set)",
     )
     tokens: int | None = field(
-        "training/tokens", default=None, help="token budget; sets the step count when given"
+        "training/tokens",
+        minimum=1,
+        default=None,
+        help="token budget; sets the step count when given",
     )
     batch_size: int = field(
-        "training/batch_size", default=512, help="global batch in sequences per optimizer step"
+        "training/batch_size",
+        minimum=1,
+        default=512,
+        help="global batch in sequences per optimizer step",
     )
     per_device_batch_size: int | None = field(
         "training/per_device_batch_size",
+        minimum=1,
         default=None,
         help="sequences per device per micro-batch (null = the most that fits; gradient accumulation covers the rest)",
     )
     seq_len: int | None = field(
         "training/seq_len",
+        minimum=1,
         default=None,
         help="training sequence length (null = architecture.block_size)",
     )
@@ -78,7 +89,10 @@ class BaseTrainerConfig:
         "training/seed", default=0, help="seed of initialization, data order and dropout"
     )
     z_loss: float = field(
-        "training/z_loss", default=0.0, help="weight of the z-loss (log-sum-exp squared); 0 = off"
+        "training/z_loss",
+        minimum=0,
+        default=0.0,
+        help="weight of the z-loss (log-sum-exp squared); 0 = off",
     )
     reset_at_eot: bool = field(
         "training/reset_at_eot",
@@ -114,16 +128,19 @@ class ParallelConfig:
 
     fsdp: int = field(
         "parallel/fsdp",
+        minimum=1,
         default=1,
         help="devices sharing one copy of parameters and optimizer state (FSDP)",
     )
     tensor: int | None = field(
         "parallel/tensor",
+        minimum=1,
         default=None,
         help="tensor-parallel shards (null = --n_shards, else 1); the rest is data-parallel",
     )
     cpu_devices: int | None = field(
         "parallel/cpu_devices",
+        minimum=1,
         default=None,
         help="CPU runs: JAX devices to split this host into (null = one per core, as many as divide the batch)",
     )

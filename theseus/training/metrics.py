@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
 from theseus.base.progress import fitted_progress, fixed_text
-from theseus.config import field
+from theseus.config import atomic_write, field
 
 
 @dataclass
@@ -29,23 +30,28 @@ class LoggingConfig:
 
     interval: int = field(
         "logging/interval",
+        minimum=1,
         default=10,
         help="steps between metric lines (losses are averaged over them)",
     )
     val_interval: int = field(
-        "logging/val_interval", default=500, help="steps between validations (0 = never)"
+        "logging/val_interval", minimum=0, default=500, help="steps between validations (0 = never)"
     )
     val_batches: int = field(
-        "logging/val_batches", default=20, help="validation batches (the same fixed set each time)"
+        "logging/val_batches",
+        minimum=0,
+        default=20,
+        help="validation batches (the same fixed set each time)",
     )
     checkpoint_interval: int = field(
-        "logging/checkpoint_interval", default=1000, help="steps between checkpoints"
+        "logging/checkpoint_interval", minimum=1, default=1000, help="steps between checkpoints"
     )
     checkpoint_keep: int = field(
-        "logging/checkpoint_keep", default=3, help="keep this many latest checkpoints"
+        "logging/checkpoint_keep", minimum=1, default=3, help="keep this many latest checkpoints"
     )
     checkpoint_keep_every: int | None = field(
         "logging/checkpoint_keep_every",
+        minimum=1,
         default=None,
         help="also keep every checkpoint whose step is a multiple of this",
     )
@@ -75,6 +81,14 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """The run's W&B id, kept in its folder so that every resume continues the same W&B run."""
+    path = run_dir / "wandb_id"
+    if not path.is_file():
+        atomic_write(path, secrets.token_hex(8))
+    return path.read_text().strip()
 
 
 class RunLog:
@@ -111,6 +125,7 @@ class RunLog:
                 name=run_name,
                 dir=str(run_dir),
                 config=hyperparameters,
+                id=_wandb_id(run_dir),
                 resume="allow",
             )
         if config.tensorboard:

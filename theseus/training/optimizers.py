@@ -25,12 +25,12 @@ class OptimizerConfig:
     optimizer: str = field(
         "optimization/optimizer", default="adamw", choices=OPTIMIZERS, help="adamw or muon"
     )
-    lr: float = field("optimization/lr", default=6e-4, help="peak learning rate")
+    lr: float = field("optimization/lr", minimum=0, default=6e-4, help="peak learning rate")
     min_lr: float = field(
-        "optimization/min_lr", default=6e-5, help="learning rate at the end of the decay"
+        "optimization/min_lr", minimum=0, default=6e-5, help="learning rate at the end of the decay"
     )
     warmup_steps: int = field(
-        "optimization/warmup_steps", default=200, help="steps of linear warmup from 0"
+        "optimization/warmup_steps", minimum=0, default=200, help="steps of linear warmup from 0"
     )
     schedule: str | None = field(
         "optimization/schedule",
@@ -39,24 +39,34 @@ class OptimizerConfig:
         help="wsd, cosine or constant; null = the job's own choice (its schedule() method)",
     )
     decay_fraction: float = field(
-        "optimization/decay_fraction", default=0.2, help="wsd: fraction of the run spent decaying"
+        "optimization/decay_fraction",
+        minimum=0,
+        default=0.2,
+        help="wsd: fraction of the run spent decaying",
     )
     b1: float = field(
-        "optimization/b1", default=0.9, help="Adam beta1 (Muon: momentum of the Adam part)"
+        "optimization/b1",
+        minimum=0,
+        default=0.9,
+        help="Adam beta1 (Muon: momentum of the Adam part)",
     )
-    b2: float = field("optimization/b2", default=0.95, help="Adam beta2")
-    eps: float = field("optimization/eps", default=1e-8, help="Adam epsilon")
+    b2: float = field("optimization/b2", minimum=0, default=0.95, help="Adam beta2")
+    eps: float = field("optimization/eps", minimum=0, default=1e-8, help="Adam epsilon")
     weight_decay: float = field(
         "optimization/weight_decay",
+        minimum=0,
         default=0.1,
         help="decoupled weight decay; never applied to norms, biases or embeddings",
     )
     clip_norm: float | None = field(
         "optimization/clip_norm",
+        minimum=0,
         default=1.0,
         help="clip gradients to this global norm; null = no clipping",
     )
-    muon_momentum: float = field("optimization/muon_momentum", default=0.95, help="Muon: momentum")
+    muon_momentum: float = field(
+        "optimization/muon_momentum", minimum=0, default=0.95, help="Muon: momentum"
+    )
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:

@@ -85,6 +85,11 @@ class Session:
 
         # devices
         devices = jax.devices()
+        if devices[0].platform == "cpu" and self.arch.dtype == "float16":
+            raise UserError(
+                "architecture.dtype=float16 does not run on CPU (XLA's CPU matmuls have no "
+                "float16 form); use bfloat16 or float32"
+            )
         self.layout = Layout.solve(len(devices), parallel.fsdp, trainer.tensor_shards())
         self.mesh = self.layout.mesh(devices)
         self.block_each_step = len(devices) > 1
@@ -422,12 +427,15 @@ class Session:
                         log.record({"step": done, "val_loss": last["val_loss"]})
                         log.info(f"step {done}  val_loss {last['val_loss']:.4f}")
                         interval_start = time.perf_counter()
-                    if self._evaluations_due(done, plan.steps):
-                        last.update(self.run_evaluations(done))
-                        interval_start = time.perf_counter()
-                    if done % self.logging.checkpoint_interval == 0 and done < plan.steps:
+                    evaluate_now = self._evaluations_due(done, plan.steps)
+                    if (done % self.logging.checkpoint_interval == 0 and done < plan.steps) or (
+                        evaluate_now and last_saved != done
+                    ):  # before evaluating: a failing evaluation must not cost the weights
                         self.save(done)
                         last_saved = done
+                    if evaluate_now:
+                        last.update(self.run_evaluations(done))
+                        interval_start = time.perf_counter()
                     if self._stop_requested(stop):
                         if pending:
                             last = self._flush(pending, interval_start, interval_steps, peak)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from theseus.errors import UserError
 from theseus.model.layers.params import param
 from theseus.model.layers.rope import apply_rope
 
@@ -57,9 +58,15 @@ class Attention(nnx.Module):
         out_std: float = 0.02,
     ) -> None:
         if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+            raise UserError(
+                f"architecture.d_model={d_model} does not split into n_heads={n_heads} heads; "
+                "choose n_heads dividing d_model"
+            )
         if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads {n_heads} is not divisible by n_kv_heads {n_kv_heads}")
+            raise UserError(
+                f"architecture.n_heads={n_heads} does not split into n_kv_heads={n_kv_heads} "
+                "groups; choose n_kv_heads dividing n_heads"
+            )
         head_dim = d_model // n_heads
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.rope_theta = rope_theta

@@ -15,6 +15,7 @@ class LlamaConfig(TransformerConfig):
 
     n_kv_heads: int | None = field(
         "architecture/n_kv_heads",
+        minimum=1,
         default=4,
         help="key/value heads for grouped-query attention (null = n_heads)",
     )

@@ -23,27 +23,41 @@ from theseus.model.layers import Block, Dense, Embedding, KVCache, dtype_of, mak
 class TransformerConfig:
     """Shape and numerics of a decoder-only transformer (defaults: GPT-2 small)."""
 
-    n_layers: int = field("architecture/n_layers", default=12, help="number of transformer blocks")
-    n_heads: int = field("architecture/n_heads", default=12, help="attention (query) heads")
+    n_layers: int = field(
+        "architecture/n_layers", minimum=1, default=12, help="number of transformer blocks"
+    )
+    n_heads: int = field(
+        "architecture/n_heads", minimum=1, default=12, help="attention (query) heads"
+    )
     n_kv_heads: int | None = field(
         "architecture/n_kv_heads",
+        minimum=1,
         default=None,
         help="key/value heads for grouped-query attention (null = n_heads)",
     )
-    d_model: int = field("architecture/d_model", default=768, help="residual stream width")
+    d_model: int = field(
+        "architecture/d_model", minimum=1, default=768, help="residual stream width"
+    )
     d_ff: int | None = field(
         "architecture/d_ff",
+        minimum=1,
         default=None,
         help="MLP hidden width (null = 4 * d_model for gelu, ~8/3 * d_model for swiglu)",
     )
-    block_size: int = field("architecture/block_size", default=1024, help="context length (tokens)")
+    block_size: int = field(
+        "architecture/block_size", minimum=1, default=1024, help="context length (tokens)"
+    )
     vocab_size: int | None = field(
         "architecture/vocab_size",
+        minimum=1,
         default=None,
         help="vocabulary size (null = the training store's, padded up to a multiple of 128)",
     )
     dropout: float = field(
-        "architecture/dropout", default=0.0, help="dropout on embeddings and residual branches"
+        "architecture/dropout",
+        minimum=0,
+        default=0.0,
+        help="dropout on embeddings and residual branches",
     )
     dtype: str = field(
         "architecture/dtype",
@@ -64,7 +78,7 @@ class TransformerConfig:
         help="learned position embeddings or rotary (RoPE)",
     )
     rope_theta: float = field(
-        "architecture/rope_theta", default=10000.0, help="RoPE base frequency"
+        "architecture/rope_theta", minimum=0, default=10000.0, help="RoPE base frequency"
     )
     mlp: str = field(
         "architecture/mlp", default="gelu", choices=["gelu", "swiglu"], help="MLP kind"
@@ -72,7 +86,9 @@ class TransformerConfig:
     norm: str = field(
         "architecture/norm", default="layernorm", choices=["layernorm", "rmsnorm"], help="norm kind"
     )
-    norm_eps: float = field("architecture/norm_eps", default=1e-5, help="epsilon of the norms")
+    norm_eps: float = field(
+        "architecture/norm_eps", minimum=0, default=1e-5, help="epsilon of the norms"
+    )
     tie_embeddings: bool = field(
         "architecture/tie_embeddings",
         default=True,
