@@ -83,10 +83,13 @@ def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):
         "architecture.n_heads=3": "d_model=32 does not split into n_heads=3 heads",
         "architecture.dtype=float16": "architecture.dtype=float16 does not run on CPU",
     }
+    cases["--restore=nowhere"] = "no such run or checkpoint"
+    cases["training.dataset=[{name: pystdlib, rate: -1}]"] = "training.dataset.0.rate=-1"
     for override, message in cases.items():
         assert main(cli_args("bad", train_yaml, root, *SHORT, override)) == 2, override
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not run_dir(root, "bad").exists() and not ckpt_dir(root, "bad").exists()
 
 
 def test_resuming_a_changed_model_or_optimizer_fails_in_one_line(root, train_yaml, capsys):

@@ -155,8 +155,11 @@ class Loader:
             raise UserError(
                 f"the loader needs one rate per store (got {len(stores)} stores, {len(rates)} rates)"
             )
-        if any(r < 0 for r in rates) or sum(rates) <= 0:
-            raise UserError(f"mixture rates must be >= 0 and not all 0, got {rates}")
+        for k, rate in enumerate(rates):
+            if rate < 0:
+                raise UserError(f"training.dataset.{k}.rate={rate}: a rate must be >= 0")
+        if sum(rates) <= 0:
+            raise UserError(f"training.dataset: every rate is 0 ({rates}); give one a rate > 0")
         if seq_len < 1 or global_batch < 1:
             raise UserError(
                 f"seq_len and global batch size must be >= 1 (got {seq_len}, {global_batch})"

@@ -254,8 +254,9 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
         from theseus.base.topology import barrier
 
-        directory = self.spec.checkpoint_dir
-        existing = any(p.name.isdigit() for p in directory.iterdir())
+        spec = self.spec  # its folder properties create the folders: look without them
+        directory = spec.root / "checkpoints" / spec.project / spec.group / spec.name
+        existing = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
         # every process has looked before the first one moves anything, and waits until it has
         barrier("theseus-fresh-looked")
         if not existing:
@@ -268,7 +269,9 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             )
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            for folder in (directory, self.spec.run_dir):
+            for folder in (directory, spec.root / "runs" / spec.project / spec.group / spec.name):
+                if not folder.exists():
+                    continue
                 target = folder.with_name(f"{folder.name}.replaced-{stamp}")
                 shutil.move(str(folder), str(target))
                 sys.stderr.write(f"--fresh: moved {folder} to {target}\n")

@@ -144,6 +144,11 @@ class Session:
         self.opt_shardings = mirror_shardings(self.param_shardings, opt, self.mesh)
         self.opt = abstract_with(opt, self.opt_shardings)
         self.step = 0
+
+        # what can still be refused is checked before the run's folders are made
+        if self.spec.restore:
+            locate(Path(self.spec.restore))
+        self.train_loader = self._loader("train", self.plan.global_batch)
         self.checkpointer = Checkpointer(
             self.spec.checkpoint_dir,
             keep_last=self.logging.checkpoint_keep,
@@ -392,7 +397,7 @@ class Session:
             log.info(f"{self.spec.name} already finished at step {self.step}")
             return last
         barrier("theseus-first-step")  # compiling can take each process a different time
-        loader = self._loader("train", plan.global_batch)
+        loader = self.train_loader
         pending: list[tuple[int, Any]] = []
         last_saved = self.step
         interval_start = time.perf_counter()
