@@ -170,8 +170,8 @@ class Checkpointer:
         where = self.directory / str(step)
         if item == "params":
             raise UserError(
-                f"checkpoint {where} does not fit this model: it {problem}; "
-                "train a changed model under a new run name"
+                f"checkpoint {where} does not fit this model: it {problem}; set the architecture "
+                "to the checkpoint's (its run's config.yaml), or train a changed model under a new run name"
             )
         raise UserError(
             f"checkpoint {where} does not fit this optimizer: it {problem}; to change the "

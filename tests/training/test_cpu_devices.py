@@ -31,3 +31,14 @@ def test_one_device_per_core_dividing_the_batch_and_exact_resume(root, train_yam
     assert _run(root, train_yaml, "cores-straight", "training.steps=4") == expected
     assert losses(root, "cores") == losses(root, "cores-straight")
     assert _run(root, train_yaml, "pinned", "training.steps=2", "parallel.cpu_devices=1") == 1
+
+
+def test_a_device_count_in_xla_flags_wins_and_says_so(root, train_yaml):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_NUM_CPU_DEVICES": "-1"}
+    args = cli_args(
+        "flagged", train_yaml, root, *FLAT, "training.steps=1", "parallel.cpu_devices=2"
+    )
+    proc = spawn(args, env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "warning: parallel.cpu_devices=2 is ignored" in out and "on 1 cpu device(s)" in out

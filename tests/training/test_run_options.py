@@ -13,6 +13,7 @@ SHORT = ("training.steps=3", "logging.checkpoint_interval=1000")
 
 def test_fresh_refuses_existing_checkpoints_unless_overwrite(root, train_yaml, capsys):
     assert main(cli_args("again", train_yaml, root, *SHORT)) == 0
+    assert "warmup_steps=3 covers the whole run (3 steps)" in capsys.readouterr().err
     assert main(cli_args("again", train_yaml, root, *SHORT)) == 0
     assert "already finished at step 3" in capsys.readouterr().err
 

@@ -8,6 +8,7 @@ single process. `Layout` splits the visible devices into the `data`, `fsdp` and 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +76,17 @@ def split_cpu_into_cores(
     import jax
     from jax._src import xla_bridge
 
-    if (
-        is_multiprocess()
-        or xla_bridge.backends_are_initialized()
-        or jax.config.jax_num_cpu_devices != -1
+    counted = (
+        jax.config.jax_num_cpu_devices != -1
         or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    ):
+    )
+    if requested is not None and counted:
+        print(
+            f"warning: parallel.cpu_devices={requested} is ignored: XLA_FLAGS "
+            "(--xla_force_host_platform_device_count) or JAX_NUM_CPU_DEVICES sets the count",
+            file=sys.stderr,
+        )
+    if is_multiprocess() or xla_bridge.backends_are_initialized() or counted:
         return None
     count = requested
     if count is None:

@@ -278,6 +278,11 @@ class Session:
             total_steps=self.plan.steps,
             decay_fraction=self.optim.decay_fraction,
         )
+        if name != "constant" and self.optim.warmup_steps >= self.plan.steps:
+            self.log.info(
+                f"warning: optimization.warmup_steps={self.optim.warmup_steps} covers the whole run "
+                f"({self.plan.steps} steps), so the learning rate never decays; lower warmup_steps"
+            )
         self.learning_rates = np.asarray(
             jax.jit(jax.vmap(schedule))(jnp.arange(self.plan.steps)), np.float32
         )
@@ -506,7 +511,8 @@ class Session:
                 self.checkpointer.wait()
                 raise UserError(
                     f"loss became non-finite at step {step} (loss {float(m['loss'])}, grad norm "
-                    f"{float(m['grad_norm'])}); last checkpoint: {latest}. Lower optimization.lr, or set "
+                    f"{float(m['grad_norm'])}); last checkpoint: "
+                    f"{'none yet' if latest is None else f'step {latest}'}. Lower optimization.lr, or set "
                     "training.on_nonfinite=skip"
                 )
         finite = [m for m in fetched if bool(m["finite"])] or fetched
