@@ -24,6 +24,8 @@ def test_text_files_are_one_document_unless_split(corpus: Path):
         "First document.\n\nSecond paragraph of a.",
         "Another file, one document.",
     ]
+    overlapping = [str(corpus / "*.txt"), str(corpus / "a.txt")]
+    assert documents(name="files", paths=overlapping) == documents(name="files", paths=paths)
     split = documents(name="files", paths=paths, separator="\n\n")
     assert split == ["First document.", "Second paragraph of a.", "Another file, one document."]
 

@@ -152,3 +152,25 @@ def test_a_trained_tokenizer_is_kept_unless_fresh_asks_to_replace_it(tmp_path: P
     fresh = theseus(*other, "--fresh", cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     assert tokenizer_json.read_bytes() != first
+
+
+def test_chats_with_nothing_to_learn_are_counted(tmp_path: Path, capsys):
+    chats = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "user", "content": "anyone?"}],
+        [{"role": "User", "content": "hi"}, {"role": "Assistant", "content": "hello"}],
+    ]
+    (tmp_path / "chats.jsonl").write_text(
+        "".join(json.dumps({"messages": c}) + "\n" for c in chats)
+    )
+    run_job(
+        tmp_path,
+        "data/tokenize_blockwise_dataset",
+        "t",
+        "data.name=files",
+        f"data.paths=[{tmp_path / 'chats.jsonl'}]",
+        "tokenizer.backend=bytes",
+        "data.val_pct=0",
+        "data.seq_len=64",
+    )
+    assert "warning: 2 examples have no token to learn" in capsys.readouterr().err

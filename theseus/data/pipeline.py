@@ -373,7 +373,14 @@ def tokenize(
 
     SIGTERM, SIGUSR1 or Ctrl-C stop it at the next commit with `StoppedEarly` (exit code 75)."""
     encoder = Encoder(tokenizer, plan, writer.manifest.dtype)
-    stats = {"docs_read": 0, "tokens": 0, "truncated": 0, "skipped_empty": 0, **writer.stats}
+    stats = {
+        "docs_read": 0,
+        "tokens": 0,
+        "truncated": 0,
+        "skipped_empty": 0,
+        "unlearned": 0,
+        **writer.stats,
+    }
     done = plan.max_tokens is not None and stats["tokens"] >= plan.max_tokens
     total = source.size_hint() if plan.max_samples is None else plan.max_samples
     with EncodeWorkers(encoder) as workers, StopSignals() as stop:
@@ -430,6 +437,8 @@ def _commit(
     for split, arrays in encoded.arrays.items():
         if len(arrays["tokens"]):
             writer.add(split, arrays)
+            if "loss_mask" in arrays:
+                stats["unlearned"] += int((arrays["loss_mask"].max(axis=1) == 0).sum())
     tokens = int(encoded.tokens.sum())
     stats["skipped_empty"] += encoded.n_read - len(encoded.index)
     stats["docs_read"] = writer.docs_read + encoded.n_read

@@ -229,6 +229,11 @@ class TokenizeJob(BasicJob[StoreConfig]):
                 f"the source gave no text ({stats['docs_read']:,} documents, all empty); "
                 "check data.paths, data.text_column and data.chat_column"
             )
+        if stats.get("unlearned"):
+            _say(
+                f"warning: {stats['unlearned']:,} examples have no token to learn (with "
+                f"data.loss_on={plan.loss_on}: chats without an 'assistant' reply); they add nothing"
+            )
         extra = {"tokenizer.json": Path(tokenizer.path)} if hasattr(tokenizer, "path") else {}
         if final.exists():
             shutil.rmtree(final)  # --fresh: the old store goes only once the new one is complete

@@ -17,7 +17,7 @@ BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parq
 
 
 def expand(patterns: list[str], what: str) -> list[Path]:
-    """Every file the paths/globs name, in the order given (each glob sorted); none missing."""
+    """Every file the paths/globs name, once, in the order given (each glob sorted); none missing."""
     if not patterns:
         raise UserError(
             f"{what} needs data.paths: local files or globs, e.g. data.paths=[corpus/*.jsonl]"
@@ -32,6 +32,7 @@ def expand(patterns: list[str], what: str) -> list[Path]:
         if not matches:
             raise UserError(f"data.paths: {pattern!r} matches no file")
         files += [Path(m).resolve() for m in matches]
+    files = list(dict.fromkeys(files))  # overlapping globs name a file once
     for path in files:
         if path.suffix.lower() not in BUILDERS:
             raise UserError(
