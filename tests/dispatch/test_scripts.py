@@ -167,3 +167,22 @@ def test_hostile_paths_and_values_run_literally(
     assert (root / "runs/default/default/hostile/metrics.jsonl").read_text().count("\n") == 2
     planted = [p for p in (shared.parent, shared, root, work, Path.cwd()) if any(p.glob("PWNED*"))]
     assert planted == [] and state_of("hostile") == "completed"
+
+
+def test_a_path_relative_to_here_is_refused_with_its_absolute_form(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("text")
+    yaml_path = tmp_path / "tok.yaml"
+    assert main(["configure", "data/tokenize_variable_dataset", str(yaml_path)]) == 0
+    capsys.readouterr()
+    args = ["submit", "tok", str(yaml_path), "--dry-run", "data.name=files"]
+    assert main([*args, "data.paths=[corpus/*.txt]"]) == 2
+    err = capsys.readouterr().err
+    assert "data.paths.0=corpus/*.txt is relative to this folder" in err
+    assert f"give data.paths.0={tmp_path}/corpus/*.txt" in err and len(err.splitlines()) == 1

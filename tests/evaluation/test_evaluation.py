@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import shlex
+import tracemalloc
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from theseus.checkpoint import load_model
 from theseus.cli import main
+from theseus.config import read_yaml
+from theseus.data.datasets import SourceConfig, open_source
 from theseus.data.store import TokenStore
-from theseus.data.tokenizers import load_tokenizer
+from theseus.data.tokenizer_training import train_bpe
+from theseus.data.tokenizers import BytesTokenizer, load_tokenizer
+from theseus.errors import UserError
+from theseus.evaluation import check_evaluations, run_evaluations
 from theseus.evaluation.multiple_choice import MultipleChoice, MultipleChoiceConfig
 from theseus.evaluation.perplexity import Perplexity, PerplexityConfig
 from theseus.evaluation.scoring import Scorer
+from theseus.stages import Stage, override
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 TINY = [
     "architecture.n_layers=2",
@@ -34,8 +47,9 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(output root, run folder) of a tiny GPT trained 150 steps on Python source (bytes)."""
-    out = tmp_path_factory.mktemp("out")
+    """(output root, run folder) of a tiny GPT trained 150 steps on Python source (bytes), laid
+    out as the README's: ./output/runs/default/default/my-gpt-run and ./output/data/pystdlib."""
+    out = tmp_path_factory.mktemp("eval") / "output"
     tok, train = out / "tok.yaml", out / "train.yaml"
     assert (
         main(["configure", "data/tokenize_variable_dataset", str(tok), "data.name=pystdlib"]) == 0
@@ -55,8 +69,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         == 0
     )
     assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
-    assert main(["run", "tiny", str(train), str(out), *TINY]) == 0
-    return out, out / "runs" / "default" / "default" / "tiny"
+    assert main(["run", "my-gpt-run", str(train), str(out), *TINY]) == 0
+    return out, out / "runs" / "default" / "default" / "my-gpt-run"
+
+
+@pytest.fixture(scope="module")
+def bpe_store(trained) -> Path:
+    """A store of the same text written with a trained BPE (400 ids) instead of bytes."""
+    out, _ = trained
+    bpe = train_bpe(open_source(SourceConfig(name="pystdlib")), 20, 400, 2, out / "bpe.json")
+    overrides = [
+        "tokenizer.backend=huggingface",
+        f"tokenizer.name={bpe}",
+        "data.store=pystdlib-bpe",
+        "data.max_tokens=20000",
+        "data.val_pct=10",
+    ]
+    assert main(["run", "tok-bpe", str(out / "tok.yaml"), str(out), *overrides]) == 0
+    return out / "data" / "pystdlib-bpe"
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +164,8 @@ def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, traini
         "eval/perplexity/tokens",
     }
     assert 1.0 < results["eval/perplexity/perplexity"] < 256
+    config = read_yaml(out / "runs" / "default" / "default" / "ev" / "config.yaml")["config"]
+    assert config["eval"]["perplexity"]["store"] == str(out / "data" / "pystdlib")
 
 
 @pytest.mark.parametrize(
@@ -146,16 +178,268 @@ def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, traini
             "no such file",
         ),
         (["eval.evaluations=[bleu]"], "unknown evaluation 'bleu'"),
+        (
+            [
+                "eval.evaluations=[perplexity]",
+                "eval.perplexity.text=TEXT",
+                "eval.batch_size=0",
+            ],
+            "eval.batch_size must be >= 1, got 0",
+        ),
+        (
+            ["eval.evaluations=[perplexity]", "eval.perplexity.store=/nonexistent"],
+            "perplexity: no token store at /nonexistent",
+        ),
     ],
 )
 def test_evaluate_bad_input_is_one_line(trained, tmp_path, capsys, overrides, message):
     out, run = trained
     cfg = tmp_path / "eval.yaml"
     assert main(["configure", "gpt/evaluate", str(cfg), f"eval.checkpoint={run}"]) == 0
+    (tmp_path / "t.txt").write_text("def f():\n    pass\n")
+    overrides = [o.replace("TEXT", str(tmp_path / "t.txt")) for o in overrides]
     capsys.readouterr()
     assert main(["run", "bad", str(cfg), str(out), *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error:") and err.count("\n") == 1
+    assert not (out / "runs" / "default" / "default" / "bad").exists()
+
+
+def readme_evaluate_commands() -> list[list[str]]:
+    """The README's `gpt/evaluate` example, one argument list per command."""
+    text = README.read_text()
+    rest = text[text.index("### Evaluation") :]
+    block = re.search(r"```bash\n(.*?)```", rest, re.S)
+    assert block is not None
+    lines = block.group(1).replace("\\\n", " ").strip().splitlines()
+    return [shlex.split(line, comments=True) for line in lines]
+
+
+def test_readme_evaluate_commands_run_as_written(trained, monkeypatch):
+    out, _ = trained
+    configure, run = readme_evaluate_commands()
+    assert configure[:3] == ["theseus", "configure", "gpt/evaluate"]
+    assert run[:2] == ["theseus", "run"] and run[-1] == "./output"
+    monkeypatch.chdir(out.parent)
+    assert main(configure[1:]) == 0
+    assert main(run[1:]) == 0
+    folder = out / "runs" / "default" / "default" / "my-eval"
+    results = json.loads((folder / "eval.json").read_text())
+    assert 1.0 < results["eval/perplexity/perplexity"] < 256
+    # the run folder says what it scored: the checkpoint step and the data
+    written = read_yaml(folder / "config.yaml")["config"]["eval"]
+    scored = out / "checkpoints" / "default" / "default" / "my-gpt-run" / "150"
+    assert Path(written["checkpoint"]) == scored.resolve()
+    assert written["evaluations"] == ["perplexity"]
+    assert written["perplexity"]["store"] == "output/data/pystdlib"
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "options"),
+    [
+        ("my-gpt-run", ["--group", "sweeps"]),  # a run name: this group has none, the default has
+        ("runs/default/default/my-gpt-run", []),  # relative to the output root
+    ],
+)
+def test_evaluate_finds_a_checkpoint_by_run_name_or_under_the_output_root(
+    trained, tmp_path, monkeypatch, checkpoint, options
+):
+    out, _ = trained
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "eval.yaml"
+    assert main(["configure", "gpt/evaluate", str(cfg), f"eval.checkpoint={checkpoint}"]) == 0
+    overrides = [
+        "eval.evaluations=[perplexity]",
+        f"eval.perplexity.store={out / 'data' / 'pystdlib'}",
+    ]
+    assert (
+        main(
+            [
+                "run",
+                "by-name",
+                str(cfg),
+                str(out),
+                *options,
+                *overrides,
+                "eval.perplexity.max_tokens=200",
+            ]
+        )
+        == 0
+    )
+    group = options[1] if options else "default"
+    assert (out / "runs" / "default" / group / "by-name" / "eval.json").is_file()
+
+
+def test_a_missing_checkpoint_lists_the_places_looked(trained, tmp_path, monkeypatch, capsys):
+    out, _ = trained
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "eval.yaml"
+    assert main(["configure", "gpt/evaluate", str(cfg), "eval.checkpoint=nope"]) == 0
+    (tmp_path / "t.txt").write_text("def f():\n    pass\n")
+    capsys.readouterr()
+    args = ["run", "lost", str(cfg), str(out), "-p", "p", "eval.evaluations=[perplexity]"]
+    assert main([*args, f"eval.perplexity.text={tmp_path / 't.txt'}"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: eval.checkpoint=nope: no run or checkpoint at")
+        and err.count("\n") == 1
+    )
+    root = out.resolve()
+    for place in [
+        tmp_path.resolve() / "nope",
+        root / "nope",
+        root / "runs/p/default/nope",
+        root / "runs/default/default/nope",
+    ]:
+        assert str(place) in err
+
+
+def test_perplexity_refuses_a_store_of_another_tokenizer(trained, bpe_store, tmp_path, capsys):
+    out, run = trained
+    cfg = tmp_path / "eval.yaml"
+    assert main(["configure", "gpt/evaluate", str(cfg), f"eval.checkpoint={run}"]) == 0
+    capsys.readouterr()
+    overrides = ["eval.evaluations=[perplexity]", f"eval.perplexity.store={bpe_store}"]
+    assert main(["run", "other-tok", str(cfg), str(out), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: perplexity: {bpe_store} was tokenized with huggingface:")
+    assert "but the model uses bytes:utf-8" in err and err.count("\n") == 1
+    assert not (out / "runs" / "default" / "default" / "other-tok").exists()
+
+
+def test_perplexity_reads_only_the_tokens_it_scores(trained, scorer):
+    path = trained[0] / "data" / "pystdlib"
+    split = TokenStore.open(path).memmaps("train")
+    evaluation = Perplexity(PerplexityConfig(store=str(path), split="train", max_tokens=1000))
+    tracemalloc.start()
+    try:
+        tokens = evaluation.tokens(scorer)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(tokens, np.concatenate(split)[:1001])
+    size = sum(m.nbytes for m in split)
+    assert peak < size / 8, (peak, size)
+
+
+def test_a_score_that_is_not_finite_is_an_error(trained, tmp_path, training_text):
+    model, _, identity = load_model(trained[1])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    broken = nnx.merge(graphdef, jax.tree.map(lambda x: x * np.nan, params), rest)
+    scorer = Scorer(broken, load_tokenizer(identity), broken.config.block_size)
+    (tmp_path / "t.txt").write_text(training_text[:500])
+    stage = Stage.new("gpt/evaluate")
+    override(
+        [stage], ["eval.evaluations=[perplexity]", f"eval.perplexity.text={tmp_path / 't.txt'}"]
+    )
+    with pytest.raises(
+        UserError, match="perplexity: loss is nan: the model's outputs are not finite"
+    ):
+        run_evaluations(["perplexity"], scorer, stage.cfg)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_an_empty_context_scores_every_continuation_token(scorer, tmp_path, normalize):
+    # one-token choices: unscored first tokens would tie every pair (or divide by zero)
+    common = [" ", "e", "t", "\n", "s"]
+    items = [{"context": "", "choices": ["\x07", c], "answer": 1} for c in common]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    result = MultipleChoice(MultipleChoiceConfig(path=str(path), normalize=normalize)).run(scorer)
+    assert result == {"accuracy": 1.0, "items": 5.0}
+    with pytest.raises(ValueError, match="at least one token"):
+        scorer.continuation_logprobs([([], [101])])
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            '{"context": "a", "choices": ["", "b"], "answer": 0}',
+            'choice 0 must be a non-empty string, got ""',
+        ),
+        (
+            '{"context": "a", "choices": [1, 2], "answer": 0}',
+            "choice 0 must be a non-empty string, got 1",
+        ),
+        (
+            '{"context": "a", "choices": "bc", "answer": 0}',
+            'choices must be a list of 2 or more strings, got "bc"',
+        ),
+        (
+            '{"context": "a", "choices": ["b", "c"], "answer": 1.5}',
+            "answer must be an integer index from 0 to 1, got 1.5",
+        ),
+        ('{"context": null, "choices": ["b", "c"], "answer": 0}', "context must be a string"),
+        ('{"context": "a", "choices": ["b", "c"]}', "missing answer"),
+        ('["a", "b"]', 'expected an object, got ["a", "b"]'),
+        ('{"context": "a",', "not JSON"),
+    ],
+)
+def test_bad_multiple_choice_items_are_named_by_file_and_line(
+    trained, tmp_path, capsys, line, problem
+):
+    out, run = trained
+    items = tmp_path / "mc.jsonl"
+    items.write_text('{"context": "a", "choices": ["b", "c"], "answer": 0}\n' + line + "\n")
+    cfg = tmp_path / "eval.yaml"
+    assert main(["configure", "gpt/evaluate", str(cfg), f"eval.checkpoint={run}"]) == 0
+    capsys.readouterr()
+    overrides = ["eval.evaluations=[multiple_choice]", f"eval.multiple_choice.path={items}"]
+    assert main(["run", "bad-mc", str(cfg), str(out), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: multiple_choice: {items}:2: {problem}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["eval.evaluations=[multiple_choice]", "eval.multiple_choice.path=/nonexistent.jsonl"],
+            "no such file",
+        ),
+        (["eval.evaluations=[perplexity]", "eval.perplexity.store=/nonexistent"], "no token store"),
+        (
+            ["eval.evaluations=[perplexity]", "eval.perplexity.store=BPE"],
+            "was tokenized with huggingface:",
+        ),
+        (
+            ["eval.evaluations=[perplexity]", "eval.perplexity.store=STORE", "eval.batch_size=0"],
+            "eval.batch_size",
+        ),
+        (
+            [
+                "eval.evaluations=[perplexity]",
+                "eval.perplexity.store=STORE",
+                "eval.perplexity.max_tokens=0",
+            ],
+            "max_tokens",
+        ),
+        (["eval.evaluations=[perplexity]"], "set exactly one of"),
+        (["eval.evaluations=[bleu]"], "unknown evaluation 'bleu'"),
+    ],
+)
+def test_check_evaluations_refuses_bad_settings_of_a_training_run(
+    trained, bpe_store, overrides, message
+):
+    stores = {"STORE": str(trained[0] / "data" / "pystdlib"), "BPE": str(bpe_store)}
+    stage = Stage.new("gpt/train/pretrain")
+    override([stage], [re.sub(r"STORE|BPE", lambda m: stores[m.group()], o) for o in overrides])
+    with pytest.raises(UserError, match=message):
+        check_evaluations(list(stage.cfg.eval.evaluations), stage.cfg, BytesTokenizer().identity)
+
+
+def test_check_evaluations_accepts_good_settings(trained, tmp_path):
+    items = tmp_path / "mc.jsonl"
+    items.write_text('{"context": "", "choices": ["b", "c"], "answer": 1}\n')
+    stage = Stage.new("gpt/train/pretrain")
+    settings = [
+        "eval.evaluations=[perplexity, multiple_choice]",
+        f"eval.perplexity.store={trained[0] / 'data' / 'pystdlib'}",
+        f"eval.multiple_choice.path={items}",
+    ]
+    override([stage], settings)
+    check_evaluations(["perplexity", "multiple_choice"], stage.cfg, BytesTokenizer().identity)
 
 
 def test_evaluations_run_during_training_and_are_logged(trained, tmp_path):

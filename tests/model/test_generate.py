@@ -97,7 +97,11 @@ def test_top_k_and_vocab_limit_restrict_the_choice():
 
 def test_bad_requests_are_user_errors():
     model = small(GPT)
-    with pytest.raises(UserError, match="exceeds the model's context"):
+    with pytest.raises(UserError, match="context of 32; with it max_new can be at most 2,"):
         generate(model, [[1] * 30], 5)
+    generate(model, [[1] * 30], 2)  # the most it said
+    # a prompt that fills the context leaves no max_new that works: the fix is a shorter prompt
+    with pytest.raises(UserError, match=r"longest prompt \(32 tokens\) fills .* at most 31 tokens"):
+        generate(model, [[1] * 32, [1]], 1)
     with pytest.raises(UserError, match="at least one token"):
         generate(model, [[]], 5)

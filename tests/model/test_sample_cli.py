@@ -65,7 +65,11 @@ def test_sample_prints_each_prompt_with_its_continuation(run, capsys):
     [
         (["sample", "/nonexistent/run", "hi"], "no such run or checkpoint"),
         (["sample", "RUN", "hi", "--top-p", "0"], "--top-p"),
-        (["sample", "RUN", "hi", "--max-new", "100"], "exceeds the model's context"),
+        (["sample", "RUN", "hi", "--max-new", "100"], "max_new can be at most 46,"),
+        (
+            ["sample", "RUN", "x" * 60, "--max-new", "1"],
+            "(60 tokens) fills the model's context of 48",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(run, capsys, args, message):

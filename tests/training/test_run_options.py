@@ -85,6 +85,7 @@ def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):
         "architecture.dtype=float16": "architecture.dtype=float16 does not run on CPU",
     }
     cases["--restore=nowhere"] = "no such run or checkpoint"
+    cases["eval.evaluations=[multiple_choice]"] = "eval.multiple_choice.path"
     cases["training.dataset=[{name: pystdlib, rate: -1}]"] = "training.dataset.0.rate=-1"
     for override, message in cases.items():
         assert main(cli_args("bad", train_yaml, root, *SHORT, override)) == 2, override

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import secrets
 import shlex
 import time
@@ -87,6 +88,29 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _refuse_relative_paths(stage: Stage) -> None:
+    """A submitted job runs in its code snapshot, where a value naming a file relative to this
+    folder names nothing (or something else): ask for the absolute path instead."""
+    from omegaconf import OmegaConf
+
+    def walk(value: object, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}")
+        elif isinstance(value, str) and value and "://" not in value:
+            path = Path(value).expanduser()
+            if not path.is_absolute() and (path.exists() or glob.glob(str(path))):
+                raise UserError(
+                    f"{key}={value} is relative to this folder, but a submitted job runs in its "
+                    f"code snapshot; give {key}={Path.cwd() / path}"
+                )
+
+    walk(OmegaConf.to_container(stage.cfg, resolve=True), "")
+
+
 def submit(
     name: str,
     yaml_path: str,
@@ -120,6 +144,7 @@ def submit(
     for stage in pipeline:
         stage.request = request
         stage.check()
+        _refuse_relative_paths(stage)
     job_env = _parse_env(list(env))
 
     settings = dispatch_config.load(dispatch_file)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from omegaconf import DictConfig
 
 from theseus.config import configure, field
+from theseus.errors import UserError
 from theseus.registry import EVALUATIONS
 
 if TYPE_CHECKING:
@@ -49,6 +51,10 @@ class Evaluation(abc.ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    def check(self, tokenizer: dict[str, str] | None = None) -> None:  # noqa: B027 - optional
+        """Refuse bad settings or missing data without a model; `tokenizer` is the identity of
+        the model's tokenizer, when known, for data that must have been written with it."""
+
     @abc.abstractmethod
     def run(self, scorer: Scorer) -> dict[str, float]:
         """Score the model; returns metric name -> value."""
@@ -64,11 +70,41 @@ def evaluation_components() -> list[type]:
     return components
 
 
+def check_evaluations(
+    names: list[str], cfg: DictConfig, tokenizer: dict[str, str] | None = None
+) -> None:
+    """Refuse unknown evaluations, bad `eval.*` settings and missing or mismatched data in one
+    line, without loading a model: cheap enough to call before training starts.
+
+    `tokenizer`, the identity of the model's tokenizer when known, also refuses a token store
+    written with another one.
+    """
+    settings = configure(EvalConfig, cfg)
+    if settings.batch_size < 1:
+        raise UserError(f"eval.batch_size must be >= 1, got {settings.batch_size}")
+    if settings.interval < 0:
+        raise UserError(
+            f"eval.interval must be >= 0 (0: only at the end of training), got {settings.interval}"
+        )
+    for name in names:
+        cls = EVALUATIONS[name]
+        cls(configure(cls.CONFIG, cfg)).check(tokenizer)
+
+
 def run_evaluations(names: list[str], scorer: Scorer, cfg: DictConfig) -> dict[str, float]:
-    """Run the named evaluations; results are keyed `eval/<name>/<metric>`."""
+    """Run the named evaluations; results are keyed `eval/<name>/<metric>`.
+
+    A result that is not finite is an error, never a score.
+    """
     results: dict[str, float] = {}
     for name in names:
         cls = EVALUATIONS[name]
         metrics = cls(configure(cls.CONFIG, cfg)).run(scorer)
-        results.update({f"eval/{name}/{metric}": value for metric, value in metrics.items()})
+        for metric, value in metrics.items():
+            if not math.isfinite(value):
+                raise UserError(
+                    f"{name}: {metric} is {value}: the model's outputs are not finite "
+                    "(check its weights) or the data holds ids outside its vocabulary"
+                )
+            results[f"eval/{name}/{metric}"] = value
     return results

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from theseus.config import configure, field
 from theseus.errors import UserError
-from theseus.evaluation.base import EvalConfig, evaluation_components, run_evaluations
+from theseus.evaluation.base import (
+    EvalConfig,
+    check_evaluations,
+    evaluation_components,
+    run_evaluations,
+)
 from theseus.job import BasicJob
 from theseus.registry import job
 
@@ -22,7 +29,8 @@ class EvaluateConfig:
 
 @job("gpt/evaluate")
 class Evaluate(BasicJob[EvaluateConfig]):
-    """Score a trained model with the evaluations in eval.evaluations; results go to eval.json."""
+    """Score a trained model with the evaluations in eval.evaluations; results go to eval.json
+    and the config (naming the checkpoint step scored) to config.yaml."""
 
     CONFIG = EvaluateConfig
 
@@ -30,10 +38,31 @@ class Evaluate(BasicJob[EvaluateConfig]):
     def components(cls) -> list[type]:
         return [EvaluateConfig, *evaluation_components()]
 
+    def checkpoint_path(self) -> Path:
+        """eval.checkpoint as given relative to the current folder (like every other path
+        setting), else to the output root, else as a run name: OUT/runs/<project>/<group>/NAME
+        with this run's project and group, then the defaults."""
+        given = Path(self.config.checkpoint).expanduser()
+        places = [given] if given.is_absolute() else [given.resolve(), self.spec.root / given]
+        if len(given.parts) == 1:
+            places += [
+                self.spec.root / "runs" / project / group / given
+                for project, group in [(self.spec.project, self.spec.group), ("default", "default")]
+            ]
+        places = list(dict.fromkeys(places))
+        for place in places:
+            if place.exists():
+                return place
+        raise UserError(
+            f"eval.checkpoint={self.config.checkpoint}: no run or checkpoint at "
+            f"{', '.join(map(str, places))}; give a run folder, a checkpoint folder or a run name"
+        )
+
     def run(self) -> dict[str, float]:
         from rich.console import Console
 
-        from theseus.checkpoint import load_model
+        from theseus.checkpoint import load_model, locate
+        from theseus.config import atomic_write, to_yaml
         from theseus.data.tokenizers import load_tokenizer
         from theseus.evaluation.scoring import Scorer
 
@@ -42,7 +71,10 @@ class Evaluate(BasicJob[EvaluateConfig]):
             raise UserError(
                 "nothing to evaluate: set eval.evaluations, e.g. eval.evaluations=[perplexity]"
             )
-        model, _, tokenizer_identity = load_model(self.config.checkpoint, root=self.spec.root)
+        check_evaluations(settings.evaluations, self.cfg)
+        directory, step = locate(self.checkpoint_path())
+        scored = directory / str(step)
+        model, _, tokenizer_identity = load_model(scored)
         if not tokenizer_identity:
             raise UserError(
                 f"{self.config.checkpoint}: the checkpoint does not record its tokenizer"
@@ -51,7 +83,11 @@ class Evaluate(BasicJob[EvaluateConfig]):
             model, load_tokenizer(tokenizer_identity), model.config.block_size, settings.batch_size
         )
         results = run_evaluations(settings.evaluations, scorer, self.cfg)
-        (self.spec.run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        # the step folder, not the name given: a run that trains on would score another one later
+        cfg = copy.deepcopy(self.cfg)
+        cfg.eval.checkpoint = str(scored)
+        atomic_write(self.spec.run_dir / "config.yaml", to_yaml(cfg, self.schema()))
+        atomic_write(self.spec.run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
         console = Console(stderr=True)
         for key, value in results.items():
             console.print(f"{key:40s} {value:.4f}")

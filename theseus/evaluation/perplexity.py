@@ -15,6 +15,7 @@ from theseus.evaluation.base import Evaluation
 from theseus.registry import evaluation
 
 if TYPE_CHECKING:
+    from theseus.data.store import TokenStore
     from theseus.evaluation.scoring import Scorer
 
 
@@ -42,31 +43,62 @@ class Perplexity(Evaluation):
 
     CONFIG = PerplexityConfig
 
-    def tokens(self, scorer: Scorer) -> np.ndarray:
+    def check(self, tokenizer: dict[str, str] | None = None) -> None:
+        self._source(tokenizer)
+
+    def _source(self, tokenizer: dict[str, str] | None) -> Path | TokenStore:
+        """The text file or the variable token store to score, its settings checked."""
+        from theseus.data.store import TokenStore
+
         cfg = self.config
         if (cfg.store is None) == (cfg.text is None):
             raise UserError(
                 "perplexity: set exactly one of eval.perplexity.store and eval.perplexity.text"
             )
+        if cfg.max_tokens < 1:
+            raise UserError(
+                f"perplexity: eval.perplexity.max_tokens must be >= 1, got {cfg.max_tokens}"
+            )
         if cfg.text is not None:
             path = Path(cfg.text).expanduser()
             if not path.is_file():
                 raise UserError(f"perplexity: no such text file {path} (eval.perplexity.text)")
-            return np.asarray(scorer.tokenizer.encode(path.read_text()), np.int64)
-        from theseus.data.store import TokenStore
-
-        store = TokenStore.open(Path(cfg.store).expanduser())
+            return path
+        # sizes only: hashing every shard would read the whole store to score max_tokens of it
+        try:
+            store = TokenStore.open(Path(cfg.store).expanduser(), verify=False)
+        except UserError as exc:
+            raise UserError(f"perplexity: {exc} (eval.perplexity.store)") from None
         if store.manifest.kind != "variable":
             raise UserError(
                 f"perplexity: {store.path} is a {store.manifest.kind} store; give a variable one"
             )
-        maps = store.memmaps(cfg.split)
-        if not maps:
+        if store.n_rows(cfg.split) == 0:
             raise UserError(f"perplexity: the {cfg.split} split of {store.path} is empty")
-        return np.concatenate(maps)[: cfg.max_tokens + 1]
+        if tokenizer is not None and not _same_tokenizer(store.manifest.tokenizer, tokenizer):
+            raise UserError(
+                f"perplexity: {store.path} was tokenized with {_name(store.manifest.tokenizer)} but "
+                f"the model uses {_name(tokenizer)}; score a store written with the model's "
+                "tokenizer, or a text file (eval.perplexity.text)"
+            )
+        return store
+
+    def tokens(self, scorer: Scorer) -> np.ndarray:
+        """The first max_tokens + 1 tokens to score (only those are read)."""
+        source = self._source(scorer.tokenizer.identity)
+        limit = self.config.max_tokens + 1
+        if isinstance(source, Path):
+            return np.asarray(scorer.tokenizer.encode(source.read_text())[:limit], np.int64)
+        parts = []
+        for tokens in source.memmaps(self.config.split):
+            parts.append(np.asarray(tokens[:limit], np.int64))
+            limit -= len(parts[-1])
+            if limit == 0:
+                break
+        return np.concatenate(parts)
 
     def run(self, scorer: Scorer) -> dict[str, float]:
-        tokens = self.tokens(scorer)[: self.config.max_tokens + 1]
+        tokens = self.tokens(scorer)
         step = scorer.seq_len
         windows = [tokens[i : i + step + 1] for i in range(0, len(tokens) - 1, step)]
         windows = [w for w in windows if len(w) > 1]
@@ -74,3 +106,15 @@ class Perplexity(Evaluation):
             raise UserError("perplexity: fewer than two tokens to score")
         nll, count = scorer.nll(windows)
         return {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens": float(count)}
+
+
+def _same_tokenizer(a: dict[str, str], b: dict[str, str]) -> bool:
+    if a.get("hash") and b.get("hash"):
+        return a["hash"] == b["hash"]
+    return (a.get("backend"), a.get("name")) == (b.get("backend"), b.get("name"))
+
+
+def _name(identity: dict[str, str]) -> str:
+    return (
+        f"{identity.get('backend')}:{identity.get('name')} (hash {str(identity.get('hash'))[:12]})"
+    )

@@ -53,12 +53,13 @@ class Scorer:
     ) -> list[tuple[float, int]]:
         """For each (context, continuation): log P(continuation | context) and its token count.
 
-        Contexts longer than the model's window are cut from the left.
+        Each context needs a token (start an empty one with end-of-text) so that every
+        continuation token is scored; contexts longer than the model's window are cut from the left.
         """
         rows, spans = [], []
         for context, continuation in pairs:
-            if not continuation:
-                raise ValueError("a continuation must have at least one token")
+            if not context or not continuation:
+                raise ValueError("a context and a continuation each need at least one token")
             row = (list(context) + list(continuation))[-(self.seq_len + 1) :]
             rows.append(np.asarray(row, np.int32))
             spans.append(min(len(continuation), len(row) - 1))

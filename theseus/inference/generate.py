@@ -145,9 +145,15 @@ def generate(
     width = int(lengths.max())
     block_size = model.config.block_size
     if getattr(model.config, "positions", "learned") == "learned" and width + max_new > block_size:
+        which = "the longest prompt" if len(prompts) > 1 else "the prompt"
+        if width >= block_size:
+            raise UserError(
+                f"{which} ({width} tokens) fills the model's context of {block_size}, leaving "
+                f"no room for new tokens; shorten it to at most {block_size - 1} tokens"
+            )
         raise UserError(
-            f"prompt ({width} tokens) + max_new ({max_new}) exceeds the model's context of {block_size}; "
-            f"lower max_new to {max(block_size - width, 0)} or shorten the prompt"
+            f"{which} ({width} tokens) + max_new ({max_new}) exceeds the model's context of "
+            f"{block_size}; with it max_new can be at most {block_size - width}, or shorten it"
         )
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, prompt in enumerate(prompts):

@@ -23,6 +23,7 @@ from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
 from theseus.config import configure
 from theseus.data.loader import Loader, open_mixture
 from theseus.errors import UserError
+from theseus.evaluation import check_evaluations
 from theseus.evaluation.base import EvalConfig
 from theseus.model.sharding import (
     abstract_on_mesh,
@@ -148,6 +149,7 @@ class Session:
         # what can still be refused is checked before the run's folders are made
         if self.spec.restore:
             locate(Path(self.spec.restore))
+        check_evaluations(self.evals.evaluations, cfg, self.stores[0].manifest.tokenizer)
         self.train_loader = self._loader("train", self.plan.global_batch)
         self.checkpointer = Checkpointer(
             self.spec.checkpoint_dir,
