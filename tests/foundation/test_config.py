@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from theseus import config as C
-from theseus.errors import ConfigError
+from theseus.errors import ConfigError, UserError
 
 
 @dataclass
@@ -347,9 +347,9 @@ def test_lenient_merge_reports_dropped_keys():
 
 
 def test_read_yaml_errors(tmp_path):
-    with pytest.raises(C.UserError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         C.read_yaml(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("config:\n  a: [1,\n")
-    with pytest.raises(C.UserError, match=r"bad YAML in .*line"):
+    with pytest.raises(UserError, match=r"bad YAML in .*line"):
         C.read_yaml(bad)

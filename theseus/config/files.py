@@ -1,0 +1,100 @@
+"""The YAML a job's configuration is written to and read from, and atomic file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from theseus.config.schema import Schema
+from theseus.errors import UserError
+
+
+def _dump_value(key: str, value: Any, indent: str) -> str:
+    text = yaml.safe_dump(
+        {key: value}, default_flow_style=False, sort_keys=False, width=1 << 30, allow_unicode=True
+    )
+    return "".join(indent + line + "\n" for line in text.splitlines())
+
+
+def _dump_tree(schema: Schema | None, node: dict[str, Any], prefix: str, indent: str) -> str:
+    out = []
+    for key, value in node.items():
+        dotted = prefix + key
+        entry = schema.entries.get(dotted) if schema else None
+        if entry is not None and entry.help:
+            out += [f"{indent}# {line}\n" for line in entry.help.strip().splitlines()]
+        if isinstance(value, dict) and value and entry is None:
+            out.append(f"{indent}{key}:\n")
+            out.append(_dump_tree(schema, value, dotted + ".", indent + "  "))
+        else:
+            out.append(_dump_value(key, value, indent))
+    return "".join(out)
+
+
+def to_yaml(
+    cfg: DictConfig, schema: Schema | None = None, header: dict[str, Any] | None = None
+) -> str:
+    """YAML text of `cfg` under `config:`, each field preceded by its help as a comment."""
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    text = _dump_tree(None, header or {}, "", "")
+    return text + "config:\n" + _dump_tree(schema, container, "", "  ")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing files and syntax errors become one-line errors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, expected a YAML file") from None
+    except (PermissionError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"bad YAML in {path}: {yaml_problem(exc)}") from None
+    if data is None:
+        raise UserError(f"{path} is empty; write one with `theseus configure JOB {path}`")
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping (job:, config:), not {type(data).__name__}")
+    return data
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = unwritable(path.parent) or exc.strerror or str(exc)
+        raise UserError(f"cannot write {path}: {why}; choose another path") from None
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written under `folder` (made if need be), or None; creates nothing."""
+    existing = next(p for p in [folder.absolute(), *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return None
+    except OSError as exc:
+        return f"{existing} is not writable ({exc.strerror or exc})"
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem

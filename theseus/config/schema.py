@@ -1,0 +1,258 @@
+"""Fields, schemas and the value checks a whole tree must pass before a job runs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import itertools
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    InterpolationResolutionError,
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+)
+
+from theseus.errors import ConfigError, first_line
+
+MISSING = "???"
+FIELD_PATH = "theseus_path"  # the metadata key of a field's place in the tree
+_NO_DEFAULT: Any = object()
+
+
+def field(
+    path: str,
+    *,
+    default: Any = _NO_DEFAULT,
+    default_factory: Callable[[], Any] | None = None,
+    help: str = "",
+    choices: Sequence[Any] | None = None,
+    minimum: float | None = None,
+) -> Any:
+    """A dataclass field that lives at `path` ("section/key") in the job's config tree.
+
+    Without a default the value is required (`???`) and must be set before the job runs.
+    `choices` restricts the value to a fixed set and `minimum` bounds a number from below (null
+    stays allowed where the type is optional), checked whenever the tree is validated.
+    """
+    metadata = {
+        FIELD_PATH: path,
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "minimum": minimum,
+    }
+    if default_factory is not None:
+        if default is not _NO_DEFAULT:
+            raise TypeError(f"field {path!r}: give default or default_factory, not both")
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(
+        default=MISSING if default is _NO_DEFAULT else default, metadata=metadata
+    )
+
+
+@dataclasses.dataclass
+class Entry:
+    """One leaf of a schema: where it lives, its type, default, help and who declared it."""
+
+    key: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None
+    owners: list[str]
+    minimum: float | None = None
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is None:
+        return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    return f"{getattr(origin, '__name__', origin)}[{', '.join(type_name(a) for a in args)}]"
+
+
+class Schema:
+    """The merged settings of a job's components, and the rules for changing them."""
+
+    def __init__(self, *components: type) -> None:
+        self.components = list(dict.fromkeys(components))
+        self.entries: dict[str, Entry] = {}
+        for component in self.components:
+            self._add(component)
+        self._check_prefixes()
+        self._root = self._make_dataclass("config", sorted(self.entries))
+
+    def _add(self, component: type) -> None:
+        if not dataclasses.is_dataclass(component):
+            raise TypeError(f"{component!r} is not a dataclass")
+        hints = typing.get_type_hints(component)
+        owner = f"{component.__module__}.{component.__qualname__}"
+        for f in dataclasses.fields(component):
+            if FIELD_PATH not in f.metadata:
+                raise TypeError(f"{owner}.{f.name} must be declared with theseus.config.field()")
+            key = f.metadata[FIELD_PATH].strip("/").replace("/", ".")
+            entry = Entry(
+                key,
+                hints[f.name],
+                _default_of(f),
+                f.metadata["help"],
+                f.metadata["choices"],
+                [owner],
+                f.metadata.get("minimum"),
+            )
+            known = self.entries.get(key)
+            if known is None:
+                self.entries[key] = entry
+                continue
+            if known.default != entry.default or known.type != entry.type:
+                raise ConfigError(
+                    f"config key {key!r} is declared twice with different defaults: "
+                    f"{known.owners[0]} has {known.default!r} ({type_name(known.type)}), "
+                    f"{owner} has {entry.default!r} ({type_name(entry.type)})"
+                )
+            known.owners.append(owner)
+            known.help = known.help or entry.help
+
+    def _check_prefixes(self) -> None:
+        keys = sorted(self.entries)
+        for a, b in itertools.pairwise(keys):
+            if b.startswith(a + "."):
+                raise ConfigError(
+                    f"config key {a!r} ({self.entries[a].owners[0]}) is both a value and the "
+                    f"section of {b!r} ({self.entries[b].owners[0]})"
+                )
+
+    def _make_dataclass(self, name: str, keys: list[str], prefix: str = "") -> type:
+        leaves: list[tuple[str, Any, Any]] = []
+        sections: dict[str, list[str]] = {}
+        for key in keys:
+            head, _, rest = key[len(prefix) :].partition(".")
+            if rest:
+                sections.setdefault(head, []).append(key)
+            else:
+                entry = self.entries[key]
+                if isinstance(entry.default, list | dict) or dataclasses.is_dataclass(
+                    entry.default
+                ):
+                    value = dataclasses.field(
+                        default_factory=lambda d=entry.default: copy.deepcopy(d)
+                    )
+                else:
+                    value = dataclasses.field(default=entry.default)
+                leaves.append((head, entry.type, value))
+        for head, sub in sections.items():
+            section = self._make_dataclass(head, sub, prefix + head + ".")
+            leaves.append((head, section, dataclasses.field(default_factory=section)))
+        return dataclasses.make_dataclass(name, leaves)
+
+    def tree(self) -> DictConfig:
+        """A fresh config tree holding every default; typed and closed to unknown keys."""
+        cfg = OmegaConf.structured(self._root)
+        OmegaConf.set_struct(cfg, True)
+        return cfg
+
+    def keys(self) -> list[str]:
+        return sorted(self.entries)
+
+    def entry_for(self, key: str) -> Entry | None:
+        """The schema entry that owns `key` (a leaf, or an index/field below a list leaf)."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            entry = self.entries.get(".".join(parts[:n]))
+            if entry is not None:
+                return entry
+        return None
+
+    def suggest(self, key: str, n: int = 3) -> list[str]:
+        """The `n` valid keys nearest to `key`."""
+        keys = self.keys()
+        close = difflib.get_close_matches(key, keys, n=n, cutoff=0.0)
+        return close or keys[:n]
+
+    def validate(self, cfg: DictConfig) -> None:
+        """Check the value constraints OmegaConf cannot express (choices, minimums)."""
+        for key, entry in self.entries.items():
+            if not entry.choices and entry.minimum is None:
+                continue
+            value = OmegaConf.select(
+                cfg, key, throw_on_missing=False, throw_on_resolution_failure=False
+            )
+            if value is None or value == MISSING:
+                continue
+            if entry.choices and value not in entry.choices:
+                options = ", ".join(repr(c) for c in entry.choices)
+                raise ConfigError(f"{key}: {value!r} is not one of {options}")
+            if entry.minimum is not None and value < entry.minimum:
+                raise ConfigError(f"{key}={value}: must be >= {entry.minimum:g}")
+
+
+def build(*components: type) -> DictConfig:
+    """Merge the components' dataclasses into one config tree holding their defaults."""
+    return Schema(*components).tree()
+
+
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys whose value is still required (`???`)."""
+    return sorted(OmegaConf.missing_keys(cfg))
+
+
+def _of_missing(exc: BaseException) -> bool:
+    """Whether a resolution failed only because it reached a value still required (`???`)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, InterpolationToMissingValueError | MissingMandatoryValue):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _check_interpolations(node: DictConfig | ListConfig) -> None:
+    for key in range(len(node)) if isinstance(node, ListConfig) else list(node.keys()):
+        child = node._get_node(key)
+        if child._is_interpolation():
+            try:
+                node[key]
+            except InterpolationResolutionError as exc:
+                if not _of_missing(exc):
+                    # OmegaConf writes list indices as a[0]; overrides write a.0
+                    where = node._get_full_key(key).replace("[", ".").replace("]", "")
+                    raise ConfigError(
+                        f"{where}: interpolation {child._value()} does not resolve "
+                        f"({first_line(exc)}); fix the reference or set {where}=VALUE"
+                    ) from None
+        elif isinstance(child, DictConfig | ListConfig) and not (
+            child._is_missing() or child._is_none()
+        ):
+            _check_interpolations(child)
+
+
+def check_values(schema: Schema, cfg: DictConfig) -> None:
+    """Fail if an interpolation does not resolve or a choice is invalid (required values may
+    still be unset)."""
+    _check_interpolations(cfg)
+    schema.validate(cfg)
+
+
+def check_complete(schema: Schema, cfg: DictConfig, job: str = "") -> None:
+    """Fail before any work if an interpolation does not resolve, a choice is invalid, or a
+    required value is unset."""
+    check_values(schema, cfg)
+    missing = missing_keys(cfg)
+    if missing:
+        where = f" for {job}" if job else ""
+        sets = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(
+            f"required config values missing{where}: {', '.join(missing)} (set them: {sets})"
+        )
