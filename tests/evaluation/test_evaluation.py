@@ -184,7 +184,7 @@ def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, traini
                 "eval.perplexity.text=TEXT",
                 "eval.batch_size=0",
             ],
-            "eval.batch_size must be >= 1, got 0",
+            "eval.batch_size=0: must be >= 1",
         ),
         (
             ["eval.evaluations=[perplexity]", "eval.perplexity.store=/nonexistent"],
@@ -425,7 +425,8 @@ def test_check_evaluations_refuses_bad_settings_of_a_training_run(
     stores = {"STORE": str(trained[0] / "data" / "pystdlib"), "BPE": str(bpe_store)}
     stage = Stage.new("gpt/train/pretrain")
     override([stage], [re.sub(r"STORE|BPE", lambda m: stores[m.group()], o) for o in overrides])
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message):  # as a run checks: its config, then its data
+        stage.check()
         check_evaluations(list(stage.cfg.eval.evaluations), stage.cfg, BytesTokenizer().identity)
 
 

@@ -35,11 +35,12 @@ class EvalConfig:
     )
     interval: int = field(
         "eval/interval",
+        minimum=0,
         default=0,
         help="steps between evaluations in training (0: only at the end)",
     )
     batch_size: int = field(
-        "eval/batch_size", default=8, help="sequences per forward pass when scoring"
+        "eval/batch_size", minimum=1, default=8, help="sequences per forward pass when scoring"
     )
 
 
@@ -79,13 +80,6 @@ def check_evaluations(
     `tokenizer`, the identity of the model's tokenizer when known, also refuses a token store
     written with another one.
     """
-    settings = configure(EvalConfig, cfg)
-    if settings.batch_size < 1:
-        raise UserError(f"eval.batch_size must be >= 1, got {settings.batch_size}")
-    if settings.interval < 0:
-        raise UserError(
-            f"eval.interval must be >= 0 (0: only at the end of training), got {settings.interval}"
-        )
     for name in names:
         cls = EVALUATIONS[name]
         cls(configure(cls.CONFIG, cfg)).check(tokenizer)

@@ -33,7 +33,10 @@ class PerplexityConfig:
         help="or: a text file, tokenized with the model's tokenizer",
     )
     max_tokens: int = field(
-        "eval/perplexity/max_tokens", default=65536, help="score at most this many tokens"
+        "eval/perplexity/max_tokens",
+        minimum=1,
+        default=65536,
+        help="score at most this many tokens",
     )
 
 
@@ -54,10 +57,6 @@ class Perplexity(Evaluation):
         if (cfg.store is None) == (cfg.text is None):
             raise UserError(
                 "perplexity: set exactly one of eval.perplexity.store and eval.perplexity.text"
-            )
-        if cfg.max_tokens < 1:
-            raise UserError(
-                f"perplexity: eval.perplexity.max_tokens must be >= 1, got {cfg.max_tokens}"
             )
         if cfg.text is not None:
             path = Path(cfg.text).expanduser()
