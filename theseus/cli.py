@@ -346,6 +346,8 @@ def status(name: str | None) -> None:
     from theseus.dispatch.submit import status as run_status
 
     chosen = [records.load(name)] if name else records.all_records()
+    if not chosen:
+        _echo("no submitted runs yet; start one with `theseus submit NAME YAML`")
     for record in chosen:
         try:
             state, metrics = run_status(record)

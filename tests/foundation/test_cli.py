@@ -404,3 +404,9 @@ def test_configure_never_overwrites_a_users_file(tmp_path):
     r = theseus("configure", "toy/echo", str(out), "--load", TOYJOBS, "-p", str(out), "toy.tag=z")
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(out.read_text())["config"]["toy"]["tag"] == "z"
+
+
+def test_status_without_submitted_runs_says_so(tmp_path):
+    result = theseus("status", env={"THESEUS_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0 and result.stdout == ""
+    assert "no submitted runs yet" in result.stderr
