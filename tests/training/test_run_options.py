@@ -141,6 +141,11 @@ def test_validation_wandb_tensorboard_and_plot(
     assert out.stat().st_size > 1000
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+    assert main(["plot", str(folder), "-o", str(tmp_path / "curve.txt")]) == 2
+    assert "name it .png, .pdf or .svg" in capsys.readouterr().err
+    assert not (tmp_path / "curve.txt").exists()
+    assert main(["plot", str(folder), "-o", str(tmp_path / "curve.svg")]) == 0
+    assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_a_step_that_cannot_fit_memory_shrinks_or_refuses(root, train_yaml, capsys, monkeypatch):

@@ -59,8 +59,12 @@ def plot_runs(
     ax.grid(alpha=0.3)
     ax.legend()
     out = Path(out)
+    kind = out.suffix.lower().lstrip(".")
+    if kind not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise UserError(f"plot: cannot write {out}: name it .png, .pdf or .svg")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
+    tmp = out.with_name(f".{out.stem}.tmp.{kind}")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(out)
