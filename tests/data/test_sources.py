@@ -69,6 +69,16 @@ def test_a_chat_column_wins_over_text_and_empty_files_hold_nothing(corpus: Path)
     assert got == [chat]
 
 
+def test_tables_of_different_columns_are_read_in_the_order_given(corpus: Path):
+    chats, lines = str(corpus / "chats.jsonl"), str(corpus / "lines.jsonl")
+    for paths in ([lines, chats], [chats, lines]):
+        got = documents(name="files", paths=paths)
+        expected = documents(name="files", paths=paths[:1]) + documents(
+            name="files", paths=paths[1:]
+        )
+        assert got == expected and len(got) == 52
+
+
 def test_bad_paths_and_columns_are_one_line_errors(corpus: Path):
     with pytest.raises(UserError, match=r"needs data\.paths"):
         open_source(SourceConfig(name="files"))

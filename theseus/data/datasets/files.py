@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import json
 from collections.abc import Iterator
 from itertools import groupby
 from pathlib import Path
@@ -60,6 +62,30 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _layout(path: Path) -> tuple[str, ...]:
+    """A file's builder and, for tables, its columns as far as cheaply known: consecutive files
+    are read in one load only when these agree, because one load takes one schema."""
+    builder = BUILDERS[path.suffix.lower()]
+    if builder == "text":
+        return (builder,)
+    try:
+        if builder == "parquet":
+            import pyarrow.parquet
+
+            return (builder, *pyarrow.parquet.read_schema(path).names)
+        with path.open(encoding="utf-8") as f:
+            if builder == "csv":
+                return (builder, *next(csv.reader(f), []))
+            if path.suffix.lower() == ".jsonl":
+                first = next((line for line in f if line.strip()), "")
+                row = json.loads(first)
+                if isinstance(row, dict):
+                    return (builder, *sorted(row))
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        pass  # read alone, so that its own load names what is wrong with it
+    return (builder, str(path))
+
+
 @dataset("files")
 class LocalFiles(Source):
     """Local text, JSON lines, JSON, Parquet or CSV files named by data.paths."""
@@ -86,7 +112,7 @@ class LocalFiles(Source):
 
     def documents(self) -> Iterator[Document]:
         files = [p for p in self.files if p.stat().st_size > 0]  # an empty file holds no document
-        for builder, group in groupby(files, key=lambda p: BUILDERS[p.suffix.lower()]):
+        for (builder, *_), group in groupby(files, key=_layout):
             paths = list(group)
             if builder == "text":
                 for path in paths:
