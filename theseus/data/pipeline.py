@@ -288,11 +288,10 @@ _WORKER_ENCODER: Encoder | None = None
 
 def _start_worker(encoder: Encoder) -> None:
     global _WORKER_ENCODER
-    # Ctrl-C and SIGUSR1 reach the whole process group: only the parent stops, at a commit. A
-    # worker dies with the parent even when that is killed outright.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Out of the job's process group, so that Ctrl-C or a `kill -TERM -PGID` reaches only the
+    # parent, which stops at a commit: a worker killed while sending a batch back would leave
+    # the pool waiting for the rest of it. A worker still dies with the parent, however it dies.
+    os.setpgid(0, 0)
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     encoder.tokenizer.use_one_thread()  # the processes are the parallelism now
     _WORKER_ENCODER = encoder

@@ -280,11 +280,6 @@ class Session:
             total_steps=self.plan.steps,
             decay_fraction=self.optim.decay_fraction,
         )
-        if name != "constant" and self.optim.warmup_steps >= self.plan.steps:
-            self.log.info(
-                f"warning: optimization.warmup_steps={self.optim.warmup_steps} covers the whole run "
-                f"({self.plan.steps} steps), so the learning rate never decays; lower warmup_steps"
-            )
         self.learning_rates = np.asarray(
             jax.jit(jax.vmap(schedule))(jnp.arange(self.plan.steps)), np.float32
         )
@@ -397,6 +392,11 @@ class Session:
             f"[data {self.layout.data}, fsdp {self.layout.fsdp}, tensor {self.layout.tensor}]; "
             f"schedule {self.schedule_name}; compiled in {compile_s:.1f}s; peak {peak / 1e12:.2f} TFLOP/s ({peak_source})"
         )
+        if self.schedule_name != "constant" and self.optim.warmup_steps >= plan.steps:
+            log.info(
+                f"warning: optimization.warmup_steps={self.optim.warmup_steps} covers the whole run "
+                f"({plan.steps} steps), so the learning rate never decays; lower warmup_steps"
+            )
         val_batches = self._validation_batches()
         last: dict[str, Any] = {"step": self.step}
         self.summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
