@@ -194,11 +194,11 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from theseus.data.datasets import SourceConfig
+        from theseus.data.datasets import SourceConfig, open_source
         from theseus.data.tokenizer_training import train_bpe
 
         tokenizer_json = root / "bpe" / "tokenizer.json"
-        train_bpe(SourceConfig(name="pystdlib", max_samples=300), args.vocab, 2, tokenizer_json)
+        train_bpe(open_source(SourceConfig(name="pystdlib")), 300, args.vocab, 2, tokenizer_json)
         tokenizer_ratio(
             root,
             "pystdlib",
