@@ -186,3 +186,69 @@ def test_a_path_relative_to_here_is_refused_with_its_absolute_form(
     err = capsys.readouterr().err
     assert "data.paths.0=corpus/*.txt is relative to this folder" in err
     assert f"give data.paths.0={tmp_path}/corpus/*.txt" in err and len(err.splitlines()) == 1
+
+
+def test_a_resubmitted_name_goes_where_its_checkpoints_are(
+    tmp_path: Path, count_yaml: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from theseus.dispatch import records
+
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    dispatch = tmp_path / "d.yaml"
+    host = {**SLURM_HOST, "chips": {"cpu": 2}, "partitions": {"cpu": "main"}, "gres": {}}
+    dispatch.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": {
+                    "hpc": CLUSTER,
+                    "local": {"root": str(tmp_path / "out"), "work": "/w"},
+                },
+                "hosts": {"hpc-slurm": host},
+                "priority": ["local", "hpc-slurm"],
+            }
+        )
+    )
+    args = ["submit", "again", str(count_yaml), "-d", str(dispatch), "--load", COUNTJOB]
+    assert main([*args, "--dry-run"]) == 0
+    assert "job.sbatch" not in sections(capsys.readouterr().out)  # local comes first
+    ran = {"host_name": "hpc-slurm", "backend": "slurm", "backend_id": "7", "job_dir": "/j"}
+    records.save(
+        records.Record(
+            name="again",
+            **ran,
+            root=CLUSTER["root"],
+            project="default",
+            group="default",
+            snapshot="s",
+        )
+    )
+    assert main([*args, "--dry-run"]) == 0
+    assert "job.sbatch" in sections(capsys.readouterr().out)  # its checkpoints are on hpc
+    records.save(
+        records.Record(
+            name="again", **ran, root="/elsewhere", project="default", group="default", snapshot="s"
+        )
+    )
+    assert main([*args, "--dry-run"]) == 2
+    assert "keeps its checkpoints under /elsewhere" in capsys.readouterr().err
+
+
+def test_a_run_name_is_held_by_one_submission_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from theseus.dispatch import records
+
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    order: list[str] = []
+
+    def submit_again() -> None:
+        with records.claimed("same"):
+            order.append("second")
+
+    with records.claimed("same"):
+        second = threading.Thread(target=submit_again)
+        second.start()
+        second.join(timeout=0.5)
+        order.append("first done")
+    second.join(timeout=5)
+    assert order == ["first done", "second"]

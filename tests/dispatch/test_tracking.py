@@ -4,6 +4,8 @@ job's environment that must reach the job and appear in no script, log or comman
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -82,8 +84,10 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
             cancelled = cli("cancel", name)
             assert cancelled.returncode == 0, cancelled.stderr
         for name in runs:
+            # following a cancelled run ends (a cancelled SLURM job is not waiting to requeue)
+            follow = [sys.executable, "-m", "theseus.cli", "logs", "-f", name]
+            log = subprocess.run(follow, capture_output=True, text=True, timeout=90).stdout
             assert wait_state(name, ("cancelled",), timeout=60) == "cancelled"
-            log = cli("logs", name).stdout
             assert "secret set" in log and "checkpoint saved" in log, log
         for name, args in runs.items():
             result = cli(
@@ -109,6 +113,10 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
         assert all(
             '"step": 3000' in line for line in status.splitlines() if line.split()[0] in runs
         ), status
+        for name in runs:  # an ended run keeps its state
+            late = cli("cancel", name)
+            assert late.returncode == 2 and "is completed already" in late.stderr, late.stderr
+            assert state_of(name) == "completed"
     finally:
         watch.stop()
     assert watch.scans > 10 and not watch.hits, (

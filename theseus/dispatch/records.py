@@ -6,9 +6,12 @@ settings are kept without their `env` (which may hold secrets).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,17 @@ class Record:
 
 def _path(name: str) -> Path:
     return home() / "runs" / f"{check_name('run name', name)}.json"
+
+
+@contextlib.contextmanager
+def claimed(name: str) -> Iterator[None]:
+    """Hold run name `name` while a submission checks its previous run and records the new one:
+    two submissions of one name at once would otherwise both start."""
+    path = _path(name).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def save(record: Record) -> None:

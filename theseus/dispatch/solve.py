@@ -3,6 +3,7 @@ otherwise the first SLURM host that has them (the job waits in its queue)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,10 +93,13 @@ def choose(
         if (clusters and cluster_name not in clusters) or cluster_name in (exclude_clusters or []):
             continue
         if name == LOCAL:
+            cores = os.cpu_count() or 1
             if chip != "cpu":
                 reasons.append(f"{LOCAL} runs CPU jobs only")
-                continue
-            candidates.append(Placement(LOCAL, None, local_cluster, chip, n))
+            elif n > cores:
+                reasons.append(f"{LOCAL} has only {cores} CPU cores")
+            else:
+                candidates.append(Placement(LOCAL, None, local_cluster, chip, n))
             continue
         fit = layout(name, config.hosts[name], config.clusters[cluster_name], chip, n)
         if isinstance(fit, str):

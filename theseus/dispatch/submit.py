@@ -12,7 +12,7 @@ from pathlib import Path
 from theseus.dispatch import bootstrap, records
 from theseus.dispatch import config as dispatch_config
 from theseus.dispatch.backends import Backend, backend_for, check
-from theseus.dispatch.config import LOCAL, Host
+from theseus.dispatch.config import LOCAL, Cluster, DispatchConfig, Host
 from theseus.dispatch.snapshot import repository_root, take
 from theseus.dispatch.solve import Placement, choose
 from theseus.errors import UserError
@@ -148,10 +148,19 @@ def submit(
     job_env = _parse_env(list(env))
 
     settings = dispatch_config.load(dispatch_file)
+    local = settings.local_cluster(records.home())
+    previous = _previous(name)
+    if previous is not None and clusters is None:
+        clusters = _clusters_with_root(settings, local, previous.root)
+        if not clusters:
+            raise UserError(
+                f"{name} keeps its checkpoints under {previous.root}, which no cluster of the "
+                "dispatch file has; submit it where they are, or choose another run name"
+            )
     placement = choose(
         settings,
         request,
-        settings.local_cluster(records.home()),
+        local,
         clusters=clusters,
         exclude_clusters=exclude_clusters,
         probe=None if dry_run else probe,
@@ -189,34 +198,45 @@ def submit(
         return Submission(placement, job, None)
 
     backend = _backend(placement)
-    try:
-        previous = records.load(name)
-    except UserError:
-        previous = None
-    if previous is not None:
-        state = backend_for(previous, previous.host).state(previous)
-        if state in ACTIVE:
-            raise UserError(
-                f"{name} is still {state} on {previous.host_name}; wait, or `theseus cancel {name}` first"
-            )
-    sent = backend.ship_snapshot(snapshot, job.snapshot_dir)
-    backend.write_files(job)
-    full_env = {**cluster.env, **(host.env if host else {}), **job_env}
-    backend_id = backend.launch(job, full_env)
-    record = records.Record(
-        name=name,
-        host_name=placement.host_name,
-        backend=placement.backend,
-        backend_id=backend_id,
-        job_dir=job.dir,
-        root=cluster.root,
-        project=project,
-        group=group,
-        snapshot=snapshot.id,
-        host=_host_settings(host),
-    )
-    records.save(record)
+    with records.claimed(name):
+        previous = _previous(name)
+        if previous is not None:
+            state = backend_for(previous, previous.host).state(previous)
+            if state in ACTIVE:
+                raise UserError(
+                    f"{name} is still {state} on {previous.host_name}; wait, or `theseus cancel {name}` first"
+                )
+        sent = backend.ship_snapshot(snapshot, job.snapshot_dir)
+        backend.write_files(job)
+        full_env = {**cluster.env, **(host.env if host else {}), **job_env}
+        backend_id = backend.launch(job, full_env)
+        record = records.Record(
+            name=name,
+            host_name=placement.host_name,
+            backend=placement.backend,
+            backend_id=backend_id,
+            job_dir=job.dir,
+            root=cluster.root,
+            project=project,
+            group=group,
+            snapshot=snapshot.id,
+            host=_host_settings(host),
+        )
+        records.save(record)
     return Submission(placement, job, record, sent)
+
+
+def _previous(name: str) -> records.Record | None:
+    try:
+        return records.load(name)
+    except UserError:
+        return None
+
+
+def _clusters_with_root(settings: DispatchConfig, local: Cluster, root: str) -> list[str]:
+    """The clusters whose outputs live under `root`: a resubmitted run resumes only there."""
+    names = [name for name, cluster in settings.clusters.items() if cluster.root == root]
+    return list(dict.fromkeys([*names, *([LOCAL] if local.root == root else [])]))
 
 
 def status(record: records.Record) -> tuple[str, str]:
@@ -237,8 +257,10 @@ def logs(record: records.Record, follow: bool, write, poll_seconds: float = 1.0)
         if not follow:
             return
         state = backend.state(record)
+        # a preempted SLURM job requeues itself, unless it was cancelled (since `record` was read)
         if state in ("completed", "failed", "cancelled", "unknown") or (
-            state == "preempted" and record.backend != "slurm"
+            state == "preempted"
+            and (record.backend != "slurm" or records.load(record.name).cancelled)
         ):
             rest = backend.read_log(record, offset)
             if rest:
@@ -248,8 +270,13 @@ def logs(record: records.Record, follow: bool, write, poll_seconds: float = 1.0)
 
 
 def cancel(record: records.Record) -> None:
-    """Stop a run (it checkpoints on SIGTERM) and remember that it was cancelled."""
-    backend_for(record, record.host).cancel(record)
+    """Stop a run (it checkpoints on SIGTERM) and remember that it was cancelled; a run that has
+    ended keeps its state."""
+    backend = backend_for(record, record.host)
+    state = backend.state(record)
+    if state not in ACTIVE:
+        raise UserError(f"{record.name} is {state} already; there is nothing to cancel")
+    backend.cancel(record)
     record.cancelled = True
     records.save(record)
 
