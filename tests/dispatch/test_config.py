@@ -50,7 +50,7 @@ MALFORMED = {
     "slurm key on ssh host": (
         GOOD_CLUSTER
         + "hosts:\n  h: {type: ssh, cluster: c, ssh: h, chips: {h100: 8}, qos: high}\n",
-        "qos only apply to slurm",
+        "hosts.h: qos only applies to slurm hosts",
     ),
     "bad time": (
         GOOD_CLUSTER + "hosts:\n  h: {type: slurm, cluster: c, chips: {h100: 8}, time: two days}\n",
@@ -65,6 +65,19 @@ MALFORMED = {
     "password in mount url": (
         "clusters:\n  c: {root: /a, work: /b, mount: 'redis://:hunter2@db:6379/1'}\n",
         "META_PASSWORD",
+    ),
+    "password in mount url query": (
+        "clusters:\n  c: {root: /a, work: /b, mount:"
+        " 'postgres://user@127.0.0.1:5432/juicefs?password=S3CRET&sslmode=disable'}\n",
+        "(query parameter password): leave it out of the URL and set META_PASSWORD",
+    ),
+    "sqlite auth password in mount url": (
+        "clusters:\n  c: {root: /a, work: /b, mount: 'sqlite3:///x.db?_auth&_auth_pass=S3CRET'}\n",
+        "query parameter _auth_pass",
+    ),
+    "redis password as bare userinfo": (
+        "clusters:\n  c: {root: /a, work: /b, mount: 'redis://S3CRET@db:6379/1'}\n",
+        "redis://SECRET@ is read as a password",
     ),
     "priority names unknown host": (
         GOOD_CLUSTER + "priority: [ghost]\n",
@@ -81,7 +94,11 @@ MALFORMED = {
     ),
     "missing env variable": (
         "clusters:\n  c: {root: /a, work: /b, env: {K: '${oc.env:THESEUS_TEST_SURELY_UNSET}'}}\n",
-        "cannot resolve",
+        "clusters.c.env.K: environment variable THESEUS_TEST_SURELY_UNSET is not set",
+    ),
+    "misspelt required key": (
+        GOOD_CLUSTER + "hosts:\n  box: {type: ssh, cluster: c, ssh: h, chipz: {h100: 8}}\n",
+        "hosts.box.chipz: unknown key",
     ),
     "not a mapping": ("- just\n- a list\n", "must hold a mapping"),
     "bad yaml": ("clusters: {c: [\n", "bad YAML"),
@@ -154,3 +171,39 @@ def test_no_file_means_only_the_local_host(tmp_path: Path, monkeypatch: pytest.M
             },
             "f",
         )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://user@127.0.0.1:5432/juicefs?password=S3CRET&sslmode=disable",
+        "postgres://user@db/juicefs?sslmode=disable&PassWord=S3CRET",
+        "mysql://user:S3CRET@(db:3306)/juicefs",
+        "redis://S3CRET@db/1",
+        "rediss://S3CRET@db:6380/1",
+        "unix://S3CRET@/run/redis.sock?db=1",
+        "sqlite3:///x.db?_auth&_auth_user=admin&_auth_pass=S3CRET",
+        "etcd://db:2379/jfs?pwd=S3CRET",
+    ],
+)
+def test_a_password_anywhere_in_the_mount_url_is_refused_without_echoing_it(url: str) -> None:
+    data = {"clusters": {"c": {"root": "/a", "work": "/b", "mount": url}}}
+    with pytest.raises(UserError, match="META_PASSWORD") as error:
+        parse(data, "f")
+    assert "S3CRET" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://db:6379/1",
+        "redis://user:@db:6379/1",
+        "postgres://user@db:5432/juicefs?sslmode=disable",
+        "mysql://user@(db:3306)/juicefs",
+        "sqlite3:///var/lib/juicefs/x.db?_auth&_auth_user=admin",
+        "tikv://pd1:2379,pd2:2379/jfs",
+    ],
+)
+def test_a_mount_url_without_a_password_is_accepted(url: str) -> None:
+    data = {"clusters": {"c": {"root": "/a", "work": "/b", "mount": url}}}
+    assert parse(data, "f").clusters["c"].mount == url

@@ -4,6 +4,7 @@ with redis as metadata engine and local file storage, mounted through FUSE."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dispatch.conftest import COUNTJOB, ArgvWatch, cli, theseus, wait_state
+from tests.dispatch.conftest import COUNTJOB, ArgvWatch, cli, theseus, wait_state, wait_until
+from theseus.dispatch import records
 
 
 def is_mounted(path: Path) -> bool:
@@ -114,4 +116,55 @@ def test_missing_juicefs_is_a_one_line_error(volume, count_yaml: Path) -> None:
     assert result.stderr.count("\n") == 1 and "juicefs is not installed" in result.stderr, (
         result.stderr
     )
+    assert not is_mounted(mount_point)
+
+
+def test_overlapping_jobs_share_the_mount_and_the_last_one_unmounts(
+    volume, count_yaml: Path, lab
+) -> None:
+    mount_point, dispatch, juicefs, env = volume
+    project = "p" + uuid.uuid4().hex[:8]
+    args = ["-d", str(dispatch), "-p", project, "--load", COUNTJOB, "count.sleep=1"]
+    # The short job mounts the volume; the long one starts while it runs and shares the mount.
+    assert cli("submit", "jfs-short", str(count_yaml), *args, "count.steps=4").returncode == 0
+    wait_until(lambda: "mounting JuiceFS" in cli("logs", "jfs-short").stdout, timeout=240)
+    assert cli("submit", "jfs-long", str(count_yaml), *args, "count.steps=15").returncode == 0
+    assert wait_state("jfs-short", ("completed", "failed")) == "completed"
+    assert is_mounted(mount_point), "the short job unmounted the volume under the long one"
+    short_log = cli("logs", "jfs-short").stdout
+    assert "still used by 1 other job(s); left mounted" in short_log, short_log
+    assert wait_state("jfs-long", ("completed", "failed")) == "completed", cli(
+        "logs", "jfs-long"
+    ).stdout
+    long_log = cli("logs", "jfs-long").stdout
+    assert "already mounted by theseus" in long_log and f"unmounted {mount_point}" in long_log, (
+        long_log
+    )
+    # Both ended: the volume is unmounted and nothing was written under the bare mount point.
+    assert not is_mounted(mount_point) and list(mount_point.iterdir()) == []
+    subprocess.run(
+        [juicefs, "mount", "-d", lab["THESEUS_TESTCLUSTER_META_URL"], str(mount_point)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    runs = mount_point / "runs" / project / "default"
+    assert (runs / "jfs-short" / "metrics.jsonl").read_text().count("\n") == 4
+    assert (runs / "jfs-long" / "metrics.jsonl").read_text().count("\n") == 15
+
+
+def test_a_job_killed_outright_does_not_keep_the_volume_mounted(volume, count_yaml: Path) -> None:
+    mount_point, dispatch, _, _ = volume
+    project = "p" + uuid.uuid4().hex[:8]
+    args = ["-d", str(dispatch), "-p", project, "--load", COUNTJOB, "count.sleep=1"]
+    assert cli("submit", "jfs-killed", str(count_yaml), *args, "count.steps=60").returncode == 0
+    wait_until(lambda: "mounting JuiceFS" in cli("logs", "jfs-killed").stdout, timeout=240)
+    assert cli("submit", "jfs-last", str(count_yaml), *args, "count.steps=4").returncode == 0
+    wait_until(lambda: "already mounted by theseus" in cli("logs", "jfs-last").stdout, timeout=240)
+    # The job that mounted the volume dies without a chance to leave it (kill -9 of its processes).
+    pid = int(Path(records.load("jfs-killed").job_dir, "pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    assert wait_state("jfs-last", ("completed", "failed")) == "completed"
+    log = cli("logs", "jfs-last").stdout
+    assert f"unmounted {mount_point}" in log, log
     assert not is_mounted(mount_point)

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote_plus
 
 import yaml
 from omegaconf import OmegaConf
@@ -33,6 +34,9 @@ DEFAULT_PATH = Path("~/.theseus.yaml")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SIZE = re.compile(r"^[0-9]+[KMGT]?$")
+# Metadata engines that read a bare userinfo (redis://SECRET@host) as the password.
+_PASSWORD_USERINFO = {"redis", "rediss", "unix", "tikv"}
+_PASSWORD_PARAM = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
 _SLURM_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 
 Name = Annotated[str, Field(pattern=_NAME.pattern, max_length=64)]
@@ -41,6 +45,24 @@ Env = Annotated[dict[str, str], AfterValidator(lambda env: _check_env(env))]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _password_in(url: str) -> str | None:
+    """Where a JuiceFS metadata URL carries a password, if it does (never the password itself)."""
+    scheme, _, rest = url.partition("://")
+    authority = re.split(r"[/?#]", rest.split(")", 1)[0] if "(" in rest else rest, maxsplit=1)[0]
+    if "@" in authority:
+        userinfo = authority.rpartition("@")[0]
+        if re.search(r":.", userinfo):
+            return "user:password@"
+        if scheme.lower() in _PASSWORD_USERINFO and userinfo and ":" not in userinfo:
+            return f"{scheme}://SECRET@ is read as a password; a user name is written USER:@"
+    query = rest.partition("?")[2].partition("#")[0]
+    for pair in re.split(r"[&;]", query):
+        name = unquote_plus(pair.partition("=")[0])
+        if _PASSWORD_PARAM.search(name):
+            return f"query parameter {name}"
+    return None
 
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
@@ -79,8 +101,12 @@ class Cluster(_Strict):
             raise ValueError(
                 f"must be a JuiceFS metadata URL such as redis://host:6379/1, got {value!r}"
             )
-        if value is not None and re.search(r"://[^/@]*:[^/@]+@", value):
-            raise ValueError("holds a password: set META_PASSWORD in the cluster's env instead")
+        if value is not None and (where := _password_in(value)):
+            raise ValueError(
+                f"holds a password ({where}): leave it out of the URL and set META_PASSWORD in"
+                " the cluster's env, e.g. META_PASSWORD: ${oc.env:JUICEFS_META_PASSWORD}"
+                " as in examples/dispatch.yaml"
+            )
         return value
 
 
@@ -166,7 +192,8 @@ class Host(_Strict):
             given = [k for k in slurm_only if getattr(self, k) is not None]
             given += [k for k in ("gres", "exclude", "directives") if getattr(self, k)]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to slurm hosts")
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{', '.join(given)} only {verb} to slurm hosts")
         return self
 
     @property
@@ -211,8 +238,16 @@ def _resolve(data: Any, where: str) -> Any:
     try:
         return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        at = f"{key}: " if key else ""
+        missing = re.search(r"Environment variable '([^']+)' not found", str(exc))
+        if missing:
+            raise UserError(
+                f"{where}: {at}environment variable {missing[1]} is not set; export it or"
+                " change the value"
+            ) from None
         problem = str(exc).splitlines()[0]
-        raise UserError(f"{where}: cannot resolve a ${{...}} value: {problem}") from None
+        raise UserError(f"{where}: {at}cannot resolve a ${{...}} value: {problem}") from None
 
 
 def _location(error: dict[str, Any]) -> str:
@@ -229,7 +264,9 @@ def parse(data: Any, where: str) -> DispatchConfig:
     try:
         return DispatchConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # An unknown key first: it is often a misspelt one, whose "Field required" follows from it.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         key = _location(first)
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":

@@ -8,46 +8,112 @@ UV_GROUP_ARGS=({{UV_GROUP_ARGS}})
 # One environment per (uv.lock, pyproject.toml, groups), shared by every snapshot that has them.
 VENV={{VENV}}
 RUN_ARGS=({{RUN_ARGS}})
-MOUNTED_HERE=0
+USING_MOUNT=0
 UNMOUNT_WAIT=15
 
 set_status() {
   printf '%s\n' "$1" >"$JOB_DIR/status.tmp.$$" && mv -f "$JOB_DIR/status.tmp.$$" "$JOB_DIR/status"
 }
 
-# Mount the cluster's JuiceFS volume at ROOT unless it is mounted already; the metadata password
-# comes from META_PASSWORD in the environment, never from the command line.
-mount_root() {
-  [ -n "$META_URL" ] || return 0
-  mkdir -p "$ROOT"
-  exec 9>"$JOB_DIR/.mount.lock"
-  flock 9
-  if mountpoint -q "$ROOT"; then
-    echo "theseus: $ROOT is already mounted; using it as is"
-  else
-    echo "theseus: mounting JuiceFS at $ROOT"
-    juicefs mount -d "${JUICEFS_MOUNT_OPTIONS[@]}" "$META_URL" "$ROOT" || { flock -u 9; return 1; }
-    MOUNTED_HERE=1
-  fi
-  flock -u 9
+# The jobs of this host that use a volume theseus mounted at ROOT register in one folder per
+# (host, mount point) under the work folder, guarded by its lock; the last to leave unmounts it.
+# users/PID holds the process group of the job (the shell that PID is, and what it started): a
+# job killed outright leaves a file whose group is gone, and it is counted as left.
+mount_state() {
+  local key
+  key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-16)
+  printf '%s/mounts/%s/%s\n' "$(dirname "$(dirname "$VENV")")" "$(hostname)" "$key"
 }
 
-# Unmount only what this job mounted, and never by force: another job may still use it. A
-# process the job started can hold a file open for a moment after the job exits, so a busy
-# volume is retried for UNMOUNT_WAIT seconds before it is left mounted.
-unmount_root() {
-  [ "$MOUNTED_HERE" = 1 ] || return 0
-  local waited=0 err
-  until err=$(juicefs umount "$ROOT" 2>&1); do
-    if [ "$waited" -ge "$UNMOUNT_WAIT" ]; then
-      printf '%s\n' "$err"
-      echo "theseus: $ROOT is busy; left mounted"
-      return 0
+lock_mount() {
+  exec 9>"$MOUNT_STATE/lock" && flock 9
+}
+
+unlock_mount() {
+  flock -u 9
+  exec 9>&-
+}
+
+# The volume at ROOT is the one theseus mounted (not one mounted since by someone else).
+mounted_by_theseus() {
+  [ -s "$MOUNT_STATE/mounted" ] && [ "$(cat "$MOUNT_STATE/mounted")" = "$(stat -c %d "$ROOT")" ]
+}
+
+register_user() {
+  local stat
+  stat=$(<"/proc/$$/stat")
+  set -- ${stat##*) }
+  printf '%s\n' "$3" >"$MOUNT_STATE/users/$$"
+  USING_MOUNT=1
+}
+
+# How many other jobs still use the volume; forgets those whose processes are all gone.
+other_users() {
+  local file group count=0
+  for file in "$MOUNT_STATE"/users/*; do
+    [ -f "$file" ] || continue
+    group=$(cat "$file" 2>/dev/null)
+    if [ -n "$group" ] && kill -0 -- "-$group" 2>/dev/null; then
+      count=$((count + 1))
+    else
+      rm -f "$file"
     fi
-    sleep 1
-    waited=$((waited + 1))
   done
-  echo "theseus: unmounted $ROOT"
+  echo "$count"
+}
+
+# Mount the cluster's JuiceFS volume at ROOT unless it is mounted already; the metadata password
+# comes from META_PASSWORD in the environment, never from the command line. A volume someone else
+# mounted is used as it is and never unmounted.
+mount_root() {
+  [ -n "$META_URL" ] || return 0
+  MOUNT_STATE=$(mount_state)
+  mkdir -p "$ROOT" "$MOUNT_STATE/users" && lock_mount || return 1
+  if ! mountpoint -q "$ROOT"; then
+    echo "theseus: mounting JuiceFS at $ROOT"
+    rm -f "$MOUNT_STATE/mounted"
+    juicefs mount -d "${JUICEFS_MOUNT_OPTIONS[@]}" "$META_URL" "$ROOT" || { unlock_mount; return 1; }
+    stat -c %d "$ROOT" >"$MOUNT_STATE/mounted"
+    register_user
+  elif mounted_by_theseus; then
+    echo "theseus: $ROOT is already mounted by theseus; sharing it with the jobs using it"
+    register_user
+  else
+    echo "theseus: $ROOT is already mounted; using it as is"
+  fi
+  unlock_mount
+}
+
+# Leave the volume; the last job using a volume theseus mounted unmounts it, never by force. A
+# process the job started can hold a file open for a moment after the job exits, so a busy
+# volume is retried for UNMOUNT_WAIT seconds (under the lock, so that no job starts using it
+# meanwhile) before it is left mounted for the next job to unmount.
+unmount_root() {
+  [ "$USING_MOUNT" = 1 ] || return 0
+  USING_MOUNT=0
+  lock_mount || return 0
+  rm -f "$MOUNT_STATE/users/$$"
+  local others waited=0 err
+  others=$(other_users)
+  if [ "$others" -gt 0 ]; then
+    echo "theseus: $ROOT is still used by $others other job(s); left mounted"
+  elif ! mountpoint -q "$ROOT" || ! mounted_by_theseus; then
+    echo "theseus: $ROOT is no longer the volume theseus mounted; left alone"
+  else
+    until err=$(juicefs umount "$ROOT" 2>&1); do
+      if [ "$waited" -ge "$UNMOUNT_WAIT" ]; then
+        printf '%s\n' "$err"
+        echo "theseus: $ROOT is busy; left mounted"
+        unlock_mount
+        return 0
+      fi
+      sleep 1
+      waited=$((waited + 1))
+    done
+    rm -f "$MOUNT_STATE/mounted"
+    echo "theseus: unmounted $ROOT"
+  fi
+  unlock_mount
 }
 
 # theseus itself runs from the snapshot folder (python -m), so only its dependencies are installed.
