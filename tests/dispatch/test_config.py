@@ -75,10 +75,6 @@ MALFORMED = {
         "clusters:\n  c: {root: /a, work: /b, mount: 'sqlite3:///x.db?_auth&_auth_pass=S3CRET'}\n",
         "query parameter _auth_pass",
     ),
-    "redis password as bare userinfo": (
-        "clusters:\n  c: {root: /a, work: /b, mount: 'redis://S3CRET@db:6379/1'}\n",
-        "redis://SECRET@ is read as a password",
-    ),
     "priority names unknown host": (
         GOOD_CLUSTER + "priority: [ghost]\n",
         "priority: no host 'ghost'",
@@ -179,9 +175,8 @@ def test_no_file_means_only_the_local_host(tmp_path: Path, monkeypatch: pytest.M
         "postgres://user@127.0.0.1:5432/juicefs?password=S3CRET&sslmode=disable",
         "postgres://user@db/juicefs?sslmode=disable&PassWord=S3CRET",
         "mysql://user:S3CRET@(db:3306)/juicefs",
-        "redis://S3CRET@db/1",
-        "rediss://S3CRET@db:6380/1",
-        "unix://S3CRET@/run/redis.sock?db=1",
+        "rediss://:S3CRET@db:6380/1",
+        "unix://user:S3CRET@/run/redis.sock?db=1",
         "sqlite3:///x.db?_auth&_auth_user=admin&_auth_pass=S3CRET",
         "etcd://db:2379/jfs?pwd=S3CRET",
     ],
@@ -198,6 +193,7 @@ def test_a_password_anywhere_in_the_mount_url_is_refused_without_echoing_it(url:
     [
         "redis://db:6379/1",
         "redis://user:@db:6379/1",
+        "redis://user@db:6379/1",  # a user name (go-redis); the password comes from META_PASSWORD
         "postgres://user@db:5432/juicefs?sslmode=disable",
         "mysql://user@(db:3306)/juicefs",
         "sqlite3:///var/lib/juicefs/x.db?_auth&_auth_user=admin",

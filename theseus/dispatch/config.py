@@ -34,8 +34,6 @@ DEFAULT_PATH = Path("~/.theseus.yaml")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SIZE = re.compile(r"^[0-9]+[KMGT]?$")
-# Metadata engines that read a bare userinfo (redis://SECRET@host) as the password.
-_PASSWORD_USERINFO = {"redis", "rediss", "unix", "tikv"}
 _PASSWORD_PARAM = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
 _SLURM_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 
@@ -49,14 +47,12 @@ class _Strict(BaseModel):
 
 def _password_in(url: str) -> str | None:
     """Where a JuiceFS metadata URL carries a password, if it does (never the password itself)."""
-    scheme, _, rest = url.partition("://")
+    rest = url.partition("://")[2]
     authority = re.split(r"[/?#]", rest.split(")", 1)[0] if "(" in rest else rest, maxsplit=1)[0]
     if "@" in authority:
         userinfo = authority.rpartition("@")[0]
         if re.search(r":.", userinfo):
             return "user:password@"
-        if scheme.lower() in _PASSWORD_USERINFO and userinfo and ":" not in userinfo:
-            return f"{scheme}://SECRET@ is read as a password; a user name is written USER:@"
     query = rest.partition("?")[2].partition("#")[0]
     for pair in re.split(r"[&;]", query):
         name = unquote_plus(pair.partition("=")[0])
