@@ -103,6 +103,10 @@ class ExecutionSpec:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def place(self, kind: str) -> Path:
+        """Where this run's `kind` folder ("runs", "checkpoints") is, without creating it."""
+        return self.root / kind / self.project / self.group / self.name
+
     @property
     def run_dir(self) -> Path:
         return self._dir("runs", self.project, self.group, self.name)

@@ -156,6 +156,7 @@ def job_files(
             "JUICEFS_MOUNT_OPTIONS": words(mount_options),
             "UV_GROUP_ARGS": words([w for g in groups for w in ("--group", g)]),
             "VENV": shlex.quote(venv),
+            "MOUNTS": shlex.quote(f"{work}/mounts"),
             "RUN_ARGS": words(args),
         },
     )

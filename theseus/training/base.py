@@ -254,8 +254,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
         from theseus.base.topology import barrier
 
-        spec = self.spec  # its folder properties create the folders: look without them
-        directory = spec.root / "checkpoints" / spec.project / spec.group / spec.name
+        directory = self.spec.place("checkpoints")
         existing = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
         # every process has looked before the first one moves anything, and waits until it has
         barrier("theseus-fresh-looked")
@@ -269,7 +268,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             )
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            for folder in (directory, spec.root / "runs" / spec.project / spec.group / spec.name):
+            for folder in (directory, self.spec.place("runs")):
                 if not folder.exists():
                     continue
                 target = folder.with_name(f"{folder.name}.replaced-{stamp}")

@@ -8,6 +8,8 @@ UV_GROUP_ARGS=({{UV_GROUP_ARGS}})
 # One environment per (uv.lock, pyproject.toml, groups), shared by every snapshot that has them.
 VENV={{VENV}}
 RUN_ARGS=({{RUN_ARGS}})
+# The state of the JuiceFS mounts that the jobs of each host share (see mount_state).
+MOUNTS={{MOUNTS}}
 USING_MOUNT=0
 UNMOUNT_WAIT=15
 
@@ -22,7 +24,7 @@ set_status() {
 mount_state() {
   local key
   key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-16)
-  printf '%s/mounts/%s/%s\n' "$(dirname "$(dirname "$VENV")")" "$(hostname)" "$key"
+  printf '%s/%s/%s\n' "$MOUNTS" "$(hostname)" "$key"
 }
 
 lock_mount() {
