@@ -343,18 +343,15 @@ def submit(
 def status(name: str | None) -> None:
     """Show the state of submitted runs (all, or NAME) with their last metrics line."""
     from theseus.dispatch import records
-    from theseus.dispatch.submit import status as run_status
+    from theseus.dispatch.submit import observe
 
     chosen = [records.load(name)] if name else records.all_records()
     if not chosen:
         _echo("no submitted runs yet; start one with `theseus submit NAME YAML`")
-    for record in chosen:
-        try:
-            state, metrics = run_status(record)
-        except UserError as exc:
-            state, metrics = "unknown", str(exc)
+    for record, seen in zip(chosen, observe(chosen), strict=True):
+        state = f"{seen.state} ({seen.detail})" if seen.detail else seen.state
         click.echo(
-            f"{record.name}  {state}  {record.host_name} ({record.backend} {record.backend_id})  {metrics}".rstrip()
+            f"{record.name}  {state}  {record.host_name} ({record.backend} {record.backend_id})  {seen.metrics}".rstrip()
         )
 
 

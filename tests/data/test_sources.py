@@ -99,6 +99,9 @@ def test_bad_paths_and_columns_are_one_line_errors(corpus: Path):
         documents(name="files", paths=[str(corpus / "gap.jsonl")])
     with pytest.raises(UserError, match="unknown dataset 'finewbe'; did you mean fineweb"):
         open_source(SourceConfig(name="finewbe"))
+    (corpus / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.txt: not UTF-8 text \(byte 3 is 0xe9\)"):
+        documents(name="files", paths=[str(corpus / "latin1.txt")])
 
 
 def test_pystdlib_is_the_stdlib_in_a_fixed_order():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from theseus.config import field
+from theseus.errors import UserError
 from theseus.job import CheckpointedJob
 from theseus.registry import job
 
@@ -26,6 +27,7 @@ STOPPED_EARLY = 75
 class CountConfig:
     steps: int = field("count/steps", default=5, help="steps to count")
     sleep: float = field("count/sleep", default=0.0, help="seconds per step")
+    fail_at: int = field("count/fail_at", default=0, help="fail with a user error at this step")
     linger: float = field(
         "count/linger",
         default=0.0,
@@ -74,6 +76,8 @@ class CountJob(CheckpointedJob[CountConfig]):
                 sys.exit(STOPPED_EARLY)
             time.sleep(self.config.sleep)
             self.step += 1
+            if self.step == self.config.fail_at:
+                raise UserError(f"count failed at step {self.step} as asked")
             with metrics.open("a") as out:
                 out.write(json.dumps({"step": self.step, "loss": 1.0 / self.step}) + "\n")
         print(f"done at step {self.step}", flush=True)

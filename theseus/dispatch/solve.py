@@ -1,5 +1,5 @@
 """Host selection: the first host, in priority order, that has the chips and can start now;
-otherwise the first SLURM host that has them (the job waits in its queue)."""
+otherwise the first reachable SLURM host that has them (the job waits in its queue)."""
 
 from __future__ import annotations
 
@@ -106,17 +106,21 @@ def choose(
             reasons.append(fit)
         else:
             candidates.append(fit)
+    reachable = []
     for placement in candidates:
-        if (
-            placement.host is None
-            or probe is None
-            or probe(placement.host_name, placement.host, placement)
-        ):
+        if placement.host is None or probe is None:
             return placement
-    for placement in candidates:
+        try:
+            if probe(placement.host_name, placement.host, placement):
+                return placement
+        except UserError as exc:  # a host that is down must not stop the others being tried
+            reasons.append(f"{placement.host_name} is unreachable ({exc})")
+            continue
+        reachable.append(placement)
+    for placement in reachable:
         if placement.backend == "slurm":
             return Placement(**{**placement.__dict__, "queued": True})
-    busy = [p.host_name for p in candidates]
+    busy = [p.host_name for p in reachable]
     detail = (
         "; ".join(reasons + [f"{b} is busy" for b in busy]) or "no host matches the cluster filters"
     )

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import glob
+import json
 import secrets
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from theseus.dispatch import bootstrap, records
 from theseus.dispatch import config as dispatch_config
-from theseus.dispatch.backends import Backend, backend_for, check
+from theseus.dispatch.backends import (
+    Backend,
+    LaunchRefused,
+    Observation,
+    backend_for,
+    check,
+)
 from theseus.dispatch.config import LOCAL, Cluster, DispatchConfig, Host
 from theseus.dispatch.snapshot import repository_root, take
 from theseus.dispatch.solve import Placement, choose
@@ -56,6 +64,7 @@ def probe(name: str, host: Host, placement: Placement) -> bool:
     backend = _backend(placement)
     if host.type == "ssh":
         if not placement.gpus_per_node:
+            backend.shell.run("true", timeout=60)  # raises if the host cannot be reached
             return True
         script = (bootstrap.TEMPLATES / "free_gpus.sh").read_text()
         # PATH is the one host setting the probe uses (it may name where nvidia-smi lives).
@@ -209,7 +218,12 @@ def submit(
         sent = backend.ship_snapshot(snapshot, job.snapshot_dir)
         backend.write_files(job)
         full_env = {**cluster.env, **(host.env if host else {}), **job_env}
-        backend_id = backend.launch(job, full_env)
+        try:
+            backend_id = backend.launch(job, full_env)
+        except LaunchRefused:
+            # nothing started: the job folder would only be litter (its configs stay here)
+            backend.shell.run(f"rm -rf {shlex.quote(job.dir)}", timeout=60)
+            raise
         record = records.Record(
             name=name,
             host_name=placement.host_name,
@@ -239,10 +253,29 @@ def _clusters_with_root(settings: DispatchConfig, local: Cluster, root: str) -> 
     return list(dict.fromkeys([*names, *([LOCAL] if local.root == root else [])]))
 
 
-def status(record: records.Record) -> tuple[str, str]:
-    """(state, last metrics line) of a recorded run."""
-    backend = backend_for(record, record.host)
-    return backend.state(record), backend.last_metrics(record)
+def observe(chosen: list[records.Record]) -> list[Observation]:
+    """What each recorded run is doing: one round trip per host, all hosts at once; a host that
+    cannot be reached reports its runs as unknown, saying why."""
+    by_host: dict[str, list[int]] = {}
+    for i, record in enumerate(chosen):
+        key = json.dumps([record.backend, record.host], sort_keys=True)
+        by_host.setdefault(key, []).append(i)
+
+    def ask(indices: list[int]) -> list[Observation]:
+        group = [chosen[i] for i in indices]
+        try:
+            return backend_for(group[0], group[0].host).observe(group)
+        except UserError as exc:
+            return [Observation("unknown", str(exc))] * len(group)
+
+    seen: list[Observation] = [Observation("unknown")] * len(chosen)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for indices, observed in zip(
+            by_host.values(), pool.map(ask, by_host.values()), strict=True
+        ):
+            for i, observation in zip(indices, observed, strict=True):
+                seen[i] = observation
+    return seen
 
 
 def logs(record: records.Record, follow: bool, write, poll_seconds: float = 1.0) -> None:
@@ -281,4 +314,4 @@ def cancel(record: records.Record) -> None:
     records.save(record)
 
 
-__all__ = ["LOCAL", "Path", "Submission", "cancel", "check", "logs", "status", "submit"]
+__all__ = ["LOCAL", "Path", "Submission", "cancel", "check", "logs", "observe", "submit"]

@@ -45,7 +45,14 @@ def expand(patterns: list[str], what: str) -> list[Path]:
 
 def text_documents(path: Path, separator: str | None) -> Iterator[str]:
     """A .txt file: one document, or one per piece between separators (empty pieces skipped)."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); convert it, "
+            f"e.g. `iconv -f latin1 -t utf-8`, or leave it out of data.paths"
+        ) from None
     if not separator:
         yield text
         return

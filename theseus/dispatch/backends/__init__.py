@@ -11,6 +11,7 @@ import io
 import shlex
 import subprocess
 import tarfile
+from dataclasses import dataclass
 from typing import Protocol
 
 from theseus.dispatch.bootstrap import JobFiles
@@ -32,6 +33,33 @@ STATES = (
 TERMINAL = ("completed", "failed", "cancelled")
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What `observe` saw of a run: its state, why (an exit code, a queue reason, the log's last
+    line; may be empty) and the last line of its metrics."""
+
+    state: str
+    detail: str = ""
+    metrics: str = ""
+
+
+# The job scripts' own lines around the run (see templates/) and srun's echo of the exit code:
+# never the reason a run failed.
+_SCRIPT_LINES = (
+    "^theseus: (starting|finished with exit code|mounting JuiceFS at|unmounted )"
+    "|; (left mounted|left alone|sharing it with the jobs using it|using it as is)$"
+    "|^srun: error: .*: Exited with exit code [0-9]+$"
+)
+
+
+def _one_line(command: str) -> str:
+    """A shell line printing the last non-blank line of `command`'s output, or an empty line."""
+    return (
+        f"printf '%s\\n' \"$({{ {command}; }} 2>/dev/null | tr '\\r' '\\n' "
+        f"| grep -av '^[[:space:]]*$' | tail -n 1)\""
+    )
+
+
 class Shell(Protocol):
     """Runs a bash command line on a host."""
 
@@ -42,11 +70,20 @@ class Shell(Protocol):
     ) -> subprocess.CompletedProcess[bytes]: ...
 
 
-def check(result: subprocess.CompletedProcess[bytes], what: str, where: str) -> bytes:
+class LaunchRefused(UserError):
+    """The host answered that it did not start the job."""
+
+
+def check(
+    result: subprocess.CompletedProcess[bytes],
+    what: str,
+    where: str,
+    error: type[UserError] = UserError,
+) -> bytes:
     """The stdout of a command that must succeed; otherwise a one-line error with its last words."""
     if result.returncode != 0:
         lines = result.stderr.decode(errors="replace").strip().splitlines()
-        raise UserError(
+        raise error(
             f"{what} failed on {where} (exit {result.returncode}): {lines[-1] if lines else 'no message'}"
         )
     return result.stdout
@@ -117,9 +154,42 @@ class Backend(abc.ABC):
     def launch(self, job: JobFiles, env: dict[str, str]) -> str:
         """Start the job; returns its id on the host (a process id or a SLURM job id)."""
 
-    @abc.abstractmethod
+    def observe(self, records: list[Record]) -> list[Observation]:
+        """The state of each of `records` on this host, with why and its last metrics line, in
+        one round trip (so that `theseus status` costs one call per host, not three per run)."""
+        fields = [self.state_commands(r) for r in records]
+        lines = []
+        for record, commands in zip(records, fields, strict=True):
+            tails = [
+                f"tail -n 20 {shlex.quote(record.log)} | grep -aEv {shlex.quote(_SCRIPT_LINES)}",
+                f"tail -n 1 {shlex.quote(record.metrics)}",
+            ]
+            lines += [_one_line(c) for c in [*commands, *tails]]
+        out = check(
+            self.shell.run("\n".join(lines), timeout=60), "reading job states", self.shell.where
+        )
+        values = out.decode(errors="replace").split("\n")
+        seen, at = [], 0
+        for record, commands in zip(records, fields, strict=True):
+            *own, last_log, metrics = values[at : at + len(commands) + 2]
+            at += len(commands) + 2
+            state, detail = self.interpret(record, own)
+            if state == "failed" and last_log:
+                detail = f"{detail}: {last_log[:200]}" if detail else last_log[:200]
+            seen.append(Observation(state, detail, metrics))
+        return seen
+
     def state(self, record: Record) -> str:
         """One of STATES."""
+        return self.observe([record])[0].state
+
+    @abc.abstractmethod
+    def state_commands(self, record: Record) -> list[str]:
+        """Shell commands whose last output lines `interpret` reads."""
+
+    @abc.abstractmethod
+    def interpret(self, record: Record, values: list[str]) -> tuple[str, str]:
+        """(one of STATES, why) from the last lines of `state_commands`' outputs."""
 
     @abc.abstractmethod
     def cancel(self, record: Record) -> None:

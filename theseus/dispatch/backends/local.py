@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from theseus.dispatch.backends import Backend, Shell, check, env_stream
+from theseus.dispatch.backends import Backend, LaunchRefused, Shell, check, env_stream
 from theseus.dispatch.bootstrap import JobFiles
 from theseus.dispatch.records import Record
 
@@ -32,23 +32,28 @@ class ProcessBackend(Backend):
 
     def launch(self, job: JobFiles, env: dict[str, str]) -> str:
         result = self.shell.run(f"bash {shlex.quote(job.launcher)}", stdin=env_stream(env))
-        return check(result, "starting the job", self.shell.where).decode().strip().splitlines()[-1]
-
-    def state(self, record: Record) -> str:
-        q = shlex.quote(record.job_dir)
-        command = (
-            f"cat {q}/status 2>/dev/null || echo starting; "
-            f'p=$(cat {q}/pid 2>/dev/null); [ -n "$p" ] && kill -0 "$p" 2>/dev/null && echo alive || echo gone'
+        return (
+            check(result, "starting the job", self.shell.where, LaunchRefused)
+            .decode()
+            .strip()
+            .splitlines()[-1]
         )
-        out = check(self.shell.run(command, timeout=60), "reading the job state", self.shell.where)
-        status, alive = out.decode().split()[0], out.decode().split()[-1] == "alive"
+
+    def state_commands(self, record: Record) -> list[str]:
+        q = shlex.quote(record.job_dir)
+        return [f"cat {q}/status", f'p=$(cat {q}/pid) && kill -0 "$p" && echo alive']
+
+    def interpret(self, record: Record, values: list[str]) -> tuple[str, str]:
+        status, *code = values[0].split() or ["starting"]
         if status in ("starting", "running"):
-            if alive:
-                return status
-            return "cancelled" if record.cancelled else "failed"
+            if values[1] == "alive":
+                return status, ""
+            if record.cancelled:
+                return "cancelled", ""
+            return "failed", "ended without writing its status, as a killed job does"
         if record.cancelled and status != "completed":
-            return "cancelled"
-        return status
+            return "cancelled", ""
+        return status, f"exit {code[0]}" if code else ""
 
     def cancel(self, record: Record) -> None:
         q = shlex.quote(record.job_dir)

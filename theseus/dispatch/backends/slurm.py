@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shlex
 
-from theseus.dispatch.backends import Backend, check, env_stream
+from theseus.dispatch.backends import Backend, LaunchRefused, check, env_stream
 from theseus.dispatch.bootstrap import JobFiles
 from theseus.dispatch.records import Record
 from theseus.errors import UserError
@@ -28,36 +28,47 @@ class SlurmBackend(Backend):
     kind = "slurm"
 
     def launch(self, job: JobFiles, env: dict[str, str]) -> str:
+        unsure = (
+            "; the job may have been submitted all the same: look with `squeue --me` "
+            f"on {self.shell.where} before you submit again"
+        )
         try:
             result = self.shell.run(f"bash {shlex.quote(job.launcher)}", stdin=env_stream(env))
         except UserError as exc:
-            raise UserError(
-                f"{exc}; the job may have been submitted all the same: look with `squeue --me` "
-                f"on {self.shell.where} before you submit again"
-            ) from None
-        job_id = check(result, "sbatch", self.shell.where).decode().strip().splitlines()[-1]
-        return job_id.split(";")[0]
+            raise UserError(f"{exc}{unsure}") from None
+        try:
+            job_id = check(result, "sbatch", self.shell.where, LaunchRefused)
+        except LaunchRefused as exc:
+            if b"timed out" in result.stderr:
+                # the controller may have queued the job before its answer was lost
+                raise UserError(f"{exc}{unsure}") from None
+            raise
+        return job_id.decode().strip().splitlines()[-1].split(";")[0]
 
-    def state(self, record: Record) -> str:
+    def state_commands(self, record: Record) -> list[str]:
         job_id = shlex.quote(record.backend_id)
-        q = shlex.quote(record.job_dir)
-        command = f"squeue -h -j {job_id} -o %T 2>/dev/null | head -n 1; echo '|'; cat {q}/status 2>/dev/null || true"
-        out = check(self.shell.run(command, timeout=60), "squeue", self.shell.where).decode()
-        queue_state, _, status = (part.strip() for part in out.partition("|"))
-        status = status.split()[0] if status else ""
+        return [f"squeue -h -j {job_id} -o '%T %r'", f"cat {shlex.quote(record.job_dir)}/status"]
+
+    def interpret(self, record: Record, values: list[str]) -> tuple[str, str]:
+        queue_state, _, reason = values[0].partition(" ")
+        status, *code = values[1].split() or [""]
         if queue_state in _QUEUED:
-            return "queued"
+            return "queued", "" if reason in ("", "None") else reason
         if queue_state in _RUNNING:
-            return "running"
+            return "running", ""
         if queue_state == "CANCELLED" or (record.cancelled and status != "completed"):
-            return "cancelled"
+            return "cancelled", ""
         if queue_state == "PREEMPTED":
-            return "preempted"
-        if status in ("completed", "preempted", "failed"):
-            return status
+            return "preempted", ""
+        if status == "failed":
+            return "failed", f"exit {code[0]}" if code else ""
+        if status in ("completed", "preempted"):
+            return status, ""
         if queue_state == "COMPLETED":
-            return "completed"
-        return "failed" if queue_state else "unknown"
+            return "completed", ""
+        if queue_state:
+            return "failed", f"SLURM state {queue_state}"
+        return "unknown", "no longer in squeue, and it wrote no status"
 
     def cancel(self, record: Record) -> None:
         # The marker keeps the batch script from requeueing the job when it exits after SIGTERM.

@@ -55,22 +55,17 @@ class SshShell:
         if subprocess.run([*base, "-O", "check", self.target], capture_output=True).returncode == 0:
             return
         with tempfile.TemporaryFile() as err:
-            started = subprocess.run(
-                [
-                    *base,
-                    "-o",
-                    "ControlMaster=yes",
-                    "-o",
-                    "ControlPersist=120",
-                    "-f",
-                    "-N",
-                    self.target,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                timeout=60,
-            )
+            master = ["-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-f", "-N"]
+            try:
+                started = subprocess.run(
+                    [*base, *master, self.target],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    timeout=60,
+                )
+            except subprocess.TimeoutExpired:
+                raise UserError(f"cannot reach {self.target} over ssh: no answer in 60 s") from None
             if started.returncode != 0:
                 err.seek(0)
                 lines = err.read().decode(errors="replace").strip().splitlines()
@@ -91,7 +86,12 @@ class SshShell:
             "--",
             "bash -c " + shlex.quote(command),
         ]
-        result = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+        try:
+            result = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"{self.target} did not answer over ssh within {timeout:.0f} s"
+            ) from None
         if result.returncode == 255:
             lines = result.stderr.decode(errors="replace").strip().splitlines()
             raise UserError(f"ssh to {self.target} failed: {lines[-1] if lines else 'no message'}")
