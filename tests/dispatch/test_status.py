@@ -3,13 +3,14 @@ failed run's exit code and last words, a host that is down, an sbatch that refus
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.dispatch.conftest import COUNTJOB, cli, wait_state, write_dispatch
+from tests.dispatch.conftest import COUNTJOB, cli, wait_state, wait_until, write_dispatch
 from theseus.dispatch import records
 from theseus.dispatch.backends import Backend
 from theseus.dispatch.submit import observe
@@ -131,3 +132,19 @@ def test_a_job_sbatch_refuses_leaves_no_job_folder(
     assert not list((work / "jobs" / name).glob("*")), "the refused job's folder is left behind"
     with pytest.raises(Exception, match="no submitted run"):
         records.load(name)
+
+
+def test_a_waiting_slurm_run_says_why(shared: Path, home: Path, count_yaml: Path) -> None:
+    root, work = shared / "output", shared / "work"
+    project = "p" + uuid.uuid4().hex[:8]
+    dispatch = write_dispatch(home.parent / "s.yaml", root, work, hosts=["lab-slurm"])
+    args = ["-d", str(dispatch), "--exclude-cluster", "local", "-n", "2", "count.sleep=0.1"]
+    first = submit("holds-node", count_yaml, project, *args, "count.steps=3000")
+    assert first.returncode == 0, first.stderr
+    wait_state("holds-node", ("running",))
+    second = submit("waits", count_yaml, project, *args, "count.steps=2")
+    assert second.returncode == 0 and "queued" in second.stderr, second.stderr
+    # the reason is "None" until the scheduler has looked at the job
+    wait_until(lambda: "queued (" in cli("status", "waits").stdout, timeout=120)
+    line = cli("status", "waits").stdout
+    assert re.match(r"waits  queued \((Resources|Priority)\)  lab-slurm", line), line
