@@ -142,6 +142,8 @@ def test_list_index_append_remove():
         C.apply_overrides([(s, cfg)], ["training.dataset+={name: c, weight: 1}"])
     with pytest.raises(ConfigError, match="appends to a list"):
         C.apply_overrides([(s, cfg)], ["architecture.n_layers+=1"])
+    with pytest.raises(ConfigError, match="write `name: a` with a space after the colon"):
+        C.apply_overrides([(s, cfg)], ["training.dataset=[{name:a}]"])
 
 
 @pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1", "~"])

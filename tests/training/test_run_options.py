@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir, spawn
 from theseus.cli import main
 
@@ -129,8 +131,15 @@ def test_validation_wandb_tensorboard_and_plot(
     assert [r["step"] for r in val] == [2, 4] and val[1]["val_loss"] < val[0]["val_loss"]
     train = [r for r in records if "loss" in r]
     assert {"lr", "grad_norm", "tokens_per_s", "mfu"} <= set(train[0])
+    # cosine, 3 warmup steps to 0.003 (TINY), down to min_lr at the last step
+    assert [r["lr"] for r in train] == pytest.approx([0.001, 0.002, 0.003, 6e-5])
     assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    capsys.readouterr()
     assert main(cli_args("logged", train_yaml, root, "training.steps=6", *extra)) == 0
+    resumed = capsys.readouterr()
+    assert "settings changed since that checkpoint: training.steps 4 -> 6;" in (
+        resumed.out + resumed.err
+    )
     runs = list((folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run
     assert (folder / "loss.png").stat().st_size > 1000

@@ -15,7 +15,13 @@ dataclass out of it.
 
 from theseus.config.current import configuration, configure, current
 from theseus.config.files import atomic_write, read_yaml, to_yaml, unwritable
-from theseus.config.overrides import Override, apply_override, apply_overrides, merge_values
+from theseus.config.overrides import (
+    Override,
+    apply_override,
+    apply_overrides,
+    changed_settings,
+    merge_values,
+)
 from theseus.config.schema import (
     MISSING,
     Entry,
@@ -36,6 +42,7 @@ __all__ = [
     "apply_overrides",
     "atomic_write",
     "build",
+    "changed_settings",
     "check_complete",
     "check_values",
     "configuration",

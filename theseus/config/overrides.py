@@ -6,6 +6,7 @@ import collections.abc
 import contextlib
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -273,7 +274,14 @@ def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
     except (ValidationError, ConfigTypeError) as exc:
         raise _type_error(schema, key, value, exc) from None
     except (ConfigAttributeError, ConfigKeyError, IndexError, InterpolationResolutionError) as exc:
-        raise ConfigError(f"{key}: {first_line(exc)}") from None
+        glued = re.search(r"Key '([^':]+):([^']*)' not in", first_line(exc))
+        hint = (
+            f"; write `{glued[1]}: {glued[2]}` with a space after the colon (YAML reads "
+            f"`{glued[1]}:{glued[2]}` as one key)"
+            if glued
+            else ""
+        )
+        raise ConfigError(f"{key}: {first_line(exc)}{hint}") from None
 
 
 def apply_overrides(stages: Sequence[tuple[Schema, DictConfig]], overrides: Sequence[str]) -> None:
@@ -327,3 +335,13 @@ def merge_values(
                 raise
             dropped.append(key)
     return dropped
+
+
+def changed_settings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """`KEY OLD -> NEW` for every leaf that differs between two configs (as plain data)."""
+    old, new = dict(_flatten(before)), dict(_flatten(after))
+    return [
+        f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]

@@ -30,7 +30,10 @@ class OptimizerConfig:
         "optimization/min_lr", minimum=0, default=6e-5, help="learning rate at the end of the decay"
     )
     warmup_steps: int = field(
-        "optimization/warmup_steps", minimum=0, default=200, help="steps of linear warmup from 0"
+        "optimization/warmup_steps",
+        minimum=0,
+        default=200,
+        help="steps of linear warmup (step s of it runs at lr * s / warmup_steps)",
     )
     schedule: str | None = field(
         "optimization/schedule",

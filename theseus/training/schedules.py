@@ -23,7 +23,8 @@ def make_schedule(
     total_steps: int,
     decay_fraction: float = 0.2,
 ) -> Callable[[Any], Any]:
-    """The schedule `name` as a function step -> learning rate.
+    """The schedule `name` as a function step -> learning rate, for steps 1 to `total_steps`
+    (0 is the start of the warmup, at rate 0).
 
     - `constant`: linear warmup to `lr`, then `lr`.
     - `cosine`: linear warmup, then cosine decay to `min_lr` at `total_steps`.

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from theseus.base.stopping import StoppedEarly
 from theseus.base.topology import Layout, barrier
 from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
-from theseus.config import configure
+from theseus.config import changed_settings, configure
 from theseus.data.loader import Loader, open_mixture
 from theseus.errors import UserError
 from theseus.evaluation import check_evaluations
@@ -192,8 +192,9 @@ class Session:
             self.log.info(f"warning: {message}")
         return ok
 
-    def load(self, path: Path, *, weights_only: bool, own: bool) -> None:
-        """Replace the state by a checkpoint (a step folder, checkpoint folder or run folder)."""
+    def load(self, path: Path, *, weights_only: bool, own: bool) -> dict[str, Any]:
+        """Replace the state by a checkpoint (a step folder, checkpoint folder or run folder);
+        returns the checkpoint's metadata."""
         directory, step = locate(path)
         other = (
             self.checkpointer
@@ -214,6 +215,7 @@ class Session:
         if not weights_only:
             self.opt = opt
             self.step = int(meta["step"])
+        return meta
 
     def start_state(self) -> None:
         """Resume from this run's latest checkpoint; else apply --restore and initialize whatever
@@ -221,7 +223,7 @@ class Session:
         barrier("theseus-start-state")
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            self.load(self.spec.checkpoint_dir / str(latest), weights_only=False, own=True)
+            meta = self.load(self.spec.checkpoint_dir / str(latest), weights_only=False, own=True)
             note = (
                 f" (--restore {self.spec.restore} ignored: the run has its own checkpoints)"
                 if self.spec.restore
@@ -230,6 +232,13 @@ class Session:
             self.log.info(
                 f"resuming {self.spec.name} from its checkpoint at step {self.step}{note}"
             )
+            changed = changed_settings(meta.get("config", {}), _resolved(self.trainer.cfg))
+            if changed:
+                more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+                self.log.info(
+                    f"warning: settings changed since that checkpoint: {', '.join(changed[:5])}"
+                    f"{more}; the run goes on with the new ones (the learning-rate schedule too)"
+                )
             self.log.keep_until(self.step)
             return
         if self.spec.fresh:
@@ -280,8 +289,10 @@ class Session:
             total_steps=self.plan.steps,
             decay_fraction=self.optim.decay_fraction,
         )
+        # the update of step s (1-based) runs at schedule(s): the first moves the weights and the
+        # last is at min_lr
         self.learning_rates = np.asarray(
-            jax.jit(jax.vmap(schedule))(jnp.arange(self.plan.steps)), np.float32
+            jax.jit(jax.vmap(schedule))(jnp.arange(1, self.plan.steps + 1)), np.float32
         )
         while True:
             start = time.perf_counter()  # the compile that runs; a discarded one logs its size
