@@ -240,12 +240,19 @@ def _listdir(path: Path) -> list[str]:
     return [p.name for p in path.iterdir()] if path.is_dir() else []
 
 
+def complete_steps(directory: Path) -> list[int]:
+    """The steps of the complete checkpoints in a checkpoint folder, oldest first."""
+    return sorted(
+        int(d) for d in _listdir(directory) if d.isdigit() and (directory / d / "meta").exists()
+    )
+
+
 def locate(path: str | Path) -> tuple[Path, int]:
     """(checkpoint folder, step) for a run folder, checkpoint folder or step folder."""
     path = checkpoint_dir_of(path)
     if path.name.isdigit() and (path / "meta").exists():
         return path.parent, int(path.name)
-    steps = sorted(int(d) for d in _listdir(path) if d.isdigit() and (path / d / "meta").exists())
+    steps = complete_steps(path)
     if not steps:
         raise UserError(
             f"no complete checkpoint under {path}; give a run folder or a checkpoint folder"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import pty
 import re
+import sys
 
 from rich.console import Console
 
-from theseus.training.metrics import summary_line, training_bar
+from theseus.training.metrics import LoggingConfig, RunLog, summary_line, training_bar
 
 FIGURES = {"loss": 2.34567, "lr": 6e-4, "grad_norm": 0.8123, "tokens_per_s": 504321.0, "mfu": 0.436}
 
@@ -34,3 +37,27 @@ def test_a_wide_terminal_shows_every_figure() -> None:
     line = rendered(160).rstrip()
     assert line.endswith("loss 2.3457  504,321 tok/s  MFU 43.6%  lr 6.00e-04  gnorm 0.812"), line
     assert line.startswith("step 12000/50000 "), line
+
+
+def test_a_terminal_run_keeps_every_interval_in_its_log(tmp_path, monkeypatch) -> None:
+    """On a terminal the bar shows only the latest figures; log.txt still gets each interval."""
+    master, replica = pty.openpty()
+    try:
+        with os.fdopen(replica, "w") as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            log = RunLog(
+                tmp_path,
+                enabled=True,
+                config=LoggingConfig(),
+                run_name="tty",
+                project="p",
+                group="g",
+                hyperparameters={},
+            )
+            with log.progress(0, 10):
+                assert log._progress is not None  # the terminal path, with its live bar
+                log.update(5, summary_line(FIGURES))
+            log.close()
+    finally:
+        os.close(master)
+    assert "step 5  loss 2.3457  504,321 tok/s" in (tmp_path / "log.txt").read_text()

@@ -64,7 +64,8 @@ def test_nonfinite_loss_stops_naming_the_step_or_skips(root, train_yaml, capsys)
     explode = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
     assert main(cli_args("nan", train_yaml, root, *SHORT, *explode)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: loss became non-finite at step 1 ")
+    # step 1's update (lr 1e30) is finite; it sends the weights, and step 2's loss, to inf/nan
+    assert err.startswith("error: loss became non-finite at step 2 "), err
     assert not any(p.name.isdigit() for p in ckpt_dir(root, "nan").iterdir())
 
     assert (
@@ -72,8 +73,8 @@ def test_nonfinite_loss_stops_naming_the_step_or_skips(root, train_yaml, capsys)
         == 0
     )
     err = capsys.readouterr().err
-    assert "non-finite loss or gradient at step 1; update skipped" in err
-    assert "at step 2; update skipped" in err
+    assert "non-finite loss or gradient at step 2; update skipped" in err
+    assert "at step 3; update skipped" in err
 
 
 def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):

@@ -286,3 +286,17 @@ def load_tokenizer(identity: dict[str, Any], fallback: Path | None = None) -> To
             "re-tokenize, or point tokenizer.name at the original file"
         )
     return tokenizer
+
+
+def same_tokenizer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two tokenizer identities name the same vocabulary (by hash where both have one)."""
+    if a.get("hash") and b.get("hash"):
+        return a["hash"] == b["hash"]
+    return (a.get("backend"), a.get("name")) == (b.get("backend"), b.get("name"))
+
+
+def describe_tokenizer(identity: dict[str, Any]) -> str:
+    """`backend:name (hash 0123456789ab)`, for messages."""
+    return (
+        f"{identity.get('backend')}:{identity.get('name')} (hash {str(identity.get('hash'))[:12]})"
+    )

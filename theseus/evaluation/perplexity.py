@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from theseus.config import field
+from theseus.data.tokenizers import describe_tokenizer, same_tokenizer
 from theseus.errors import UserError
 from theseus.evaluation.base import Evaluation
 from theseus.registry import evaluation
@@ -74,10 +75,10 @@ class Perplexity(Evaluation):
             )
         if store.n_rows(cfg.split) == 0:
             raise UserError(f"perplexity: the {cfg.split} split of {store.path} is empty")
-        if tokenizer is not None and not _same_tokenizer(store.manifest.tokenizer, tokenizer):
+        if tokenizer is not None and not same_tokenizer(store.manifest.tokenizer, tokenizer):
             raise UserError(
-                f"perplexity: {store.path} was tokenized with {_name(store.manifest.tokenizer)} but "
-                f"the model uses {_name(tokenizer)}; score a store written with the model's "
+                f"perplexity: {store.path} was tokenized with {describe_tokenizer(store.manifest.tokenizer)} but "
+                f"the model uses {describe_tokenizer(tokenizer)}; score a store written with the model's "
                 "tokenizer, or a text file (eval.perplexity.text)"
             )
         return store
@@ -105,15 +106,3 @@ class Perplexity(Evaluation):
             raise UserError("perplexity: fewer than two tokens to score")
         nll, count = scorer.nll(windows)
         return {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens": float(count)}
-
-
-def _same_tokenizer(a: dict[str, str], b: dict[str, str]) -> bool:
-    if a.get("hash") and b.get("hash"):
-        return a["hash"] == b["hash"]
-    return (a.get("backend"), a.get("name")) == (b.get("backend"), b.get("name"))
-
-
-def _name(identity: dict[str, str]) -> str:
-    return (
-        f"{identity.get('backend')}:{identity.get('name')} (hash {str(identity.get('hash'))[:12]})"
-    )

@@ -137,12 +137,15 @@ class RunLog:
         """A line for the user (stderr) and for log.txt."""
         if not self.enabled:
             return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        self._log.write(f"{stamp} {message}\n")
+        self._write_log(message)
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
         else:
             self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def _write_log(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        self._log.write(f"{stamp} {message}\n")
 
     def keep_until(self, step: int) -> None:
         """Drop metric lines after `step` (a resumed run rewrites them identically)."""
@@ -180,6 +183,8 @@ class RunLog:
         """Advance the bar to `step` with the latest interval's figures."""
         if self._progress is not None:
             self._progress.update(self._task, completed=step, summary=summary)
+            if summary:  # the bar shows only the latest figures; log.txt keeps them all
+                self._write_log(f"step {step}  {summary}")
         elif self.enabled and summary:
             self.info(f"step {step}  {summary}")
 

@@ -6,6 +6,7 @@ module holds the moving parts, in the order they happen.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +20,10 @@ from jax.sharding import PartitionSpec as P
 
 from theseus.base.stopping import StoppedEarly
 from theseus.base.topology import Layout, barrier
-from theseus.checkpoint import FORMAT, Checkpointer, key_data, locate
+from theseus.checkpoint import FORMAT, Checkpointer, complete_steps, key_data, locate
 from theseus.config import changed_settings, configure
 from theseus.data.loader import Loader, open_mixture
+from theseus.data.tokenizers import describe_tokenizer, same_tokenizer
 from theseus.errors import UserError
 from theseus.evaluation import check_evaluations
 from theseus.evaluation.base import EvalConfig
@@ -147,8 +149,13 @@ class Session:
         self.step = 0
 
         # what can still be refused is checked before the run's folders are made
+        self._new_folders = [
+            folder
+            for folder in map(self.spec.place, ("runs", "checkpoints"))
+            if not folder.exists()
+        ]
         if self.spec.restore:
-            locate(Path(self.spec.restore))
+            self._check_restore(Path(self.spec.restore))
         check_evaluations(self.evals.evaluations, cfg, self.stores[0].manifest.tokenizer)
         self.train_loader = self._loader("train", self.plan.global_batch)
         self.checkpointer = Checkpointer(
@@ -192,6 +199,40 @@ class Session:
             self.log.info(f"warning: {message}")
         return ok
 
+    def _check_restore(self, path: Path) -> None:
+        """Refuse a --restore that cannot apply: another vocabulary or tokenizer, or (full state)
+        a checkpoint already at the last step. Ignored when the run resumes from its own."""
+        directory, step = locate(path)
+        if complete_steps(self.spec.place("checkpoints")):
+            return
+        reader = Checkpointer(directory, read_only=True, asynchronous=False)
+        try:
+            meta = reader.meta(step)
+        finally:
+            reader.close()
+        self._check_compatible(meta, f"--restore {path}")
+        if not self.config.restore_weights_only and step >= self.plan.steps:
+            raise UserError(
+                f"--restore {path}: its checkpoint is at step {step} and this run ends at step "
+                f"{self.plan.steps}, so nothing is left to train; raise training.steps (or "
+                "training.tokens), or set training.restore_weights_only=true to start from its weights"
+            )
+
+    def _check_compatible(self, meta: dict[str, Any], where: str) -> None:
+        """A checkpoint's weights only mean something with its vocabulary and tokenizer."""
+        if int(meta.get("vocab_size", self.vocab_size)) != self.vocab_size:
+            raise UserError(
+                f"{where}: the checkpoint has vocabulary {meta['vocab_size']}, this run {self.vocab_size}; "
+                "set architecture.vocab_size to match"
+            )
+        theirs, ours = meta.get("tokenizer"), self.stores[0].manifest.tokenizer
+        if theirs and not same_tokenizer(theirs, ours):
+            raise UserError(
+                f"{where}: the checkpoint was trained with tokenizer {describe_tokenizer(theirs)}, "
+                f"but the token store {self.stores[0].path.name} holds {describe_tokenizer(ours)}; "
+                "train on a store tokenized with the checkpoint's tokenizer, or start a new run"
+            )
+
     def load(self, path: Path, *, weights_only: bool, own: bool) -> dict[str, Any]:
         """Replace the state by a checkpoint (a step folder, checkpoint folder or run folder);
         returns the checkpoint's metadata."""
@@ -206,11 +247,7 @@ class Session:
         finally:
             if not own:
                 other.close()
-        if int(meta.get("vocab_size", self.vocab_size)) != self.vocab_size:
-            raise UserError(
-                f"checkpoint {directory}/{step} has vocabulary {meta['vocab_size']}, this run {self.vocab_size}; "
-                "set architecture.vocab_size to match"
-            )
+        self._check_compatible(meta, f"checkpoint {directory}/{step}")
         self.params = params
         if not weights_only:
             self.opt = opt
@@ -357,6 +394,15 @@ class Session:
         if any(store.n_tokens("val") == 0 for store in self.stores):
             self.log.info("no validation split in the token store(s); validation is off")
             return []
+        window = self.plan.seq_len + 1
+        short = [s for s in self.stores if s.n_tokens("val") < window]
+        if short:
+            self.log.info(
+                f"warning: the validation split of {short[0].path.name} holds "
+                f"{short[0].n_tokens('val'):,} tokens, less than one sequence of {window}; "
+                "validation is off (tokenize with a larger data.val_pct)"
+            )
+            return []
         loader = self._loader("val", self.plan.micro_batch)
         try:
             return [self._to_device(loader.batch(i), None) for i in range(self.logging.val_batches)]
@@ -384,9 +430,21 @@ class Session:
             count += float(n)
         return total / max(count, 1.0)
 
+    def _remove_new_folders(self) -> None:
+        """Undo the folders this session made (a run that could not start leaves nothing)."""
+        self.log.close()
+        self.checkpointer.close()
+        if self.main:
+            for folder in self._new_folders:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def train(self, stop: StopSignals) -> dict[str, Any]:
         plan, log = self.plan, self.log
-        self.start_state()
+        try:
+            self.start_state()
+        except UserError:
+            self._remove_new_folders()
+            raise
         if self.main:
             from theseus.config import atomic_write, to_yaml
 
@@ -454,6 +512,7 @@ class Session:
                     if (done % self.logging.checkpoint_interval == 0 and done < plan.steps) or (
                         evaluate_now and last_saved != done
                     ):  # before evaluating: a failing evaluation must not cost the weights
+                        self._refuse_nonfinite(pending)  # never checkpoint weights gone NaN
                         self.save(done)
                         last_saved = done
                     if evaluate_now:
@@ -513,20 +572,11 @@ class Session:
         fetched = jax.device_get([m for _, m in pending])
         # steps run asynchronously: the interval ends when its last result is here, not dispatched
         elapsed = time.perf_counter() - started
+        self._refuse_nonfinite(pending, fetched)
         for (step, _), m in zip(pending, fetched, strict=True):
             if not bool(m["finite"]):
-                if self.config.on_nonfinite == "skip":
-                    self.log.info(
-                        f"warning: non-finite loss or gradient at step {step}; update skipped"
-                    )
-                    continue
-                latest = self.checkpointer.latest_step()
-                self.checkpointer.wait()
-                raise UserError(
-                    f"loss became non-finite at step {step} (loss {float(m['loss'])}, grad norm "
-                    f"{float(m['grad_norm'])}); last checkpoint: "
-                    f"{'none yet' if latest is None else f'step {latest}'}. Lower optimization.lr, or set "
-                    "training.on_nonfinite=skip"
+                self.log.info(
+                    f"warning: non-finite loss or gradient at step {step + 1}; update skipped"
                 )
         finite = [m for m in fetched if bool(m["finite"])] or fetched
         tokens_per_s = n_steps * self.plan.tokens_per_step / max(elapsed, 1e-9)
@@ -544,6 +594,24 @@ class Session:
         self.log.record(values)
         self.log.update(self.step, summary_line(values))
         return values
+
+    def _refuse_nonfinite(self, pending: list[tuple[int, Any]], fetched: Any = None) -> None:
+        """Stop the run at the first non-finite step, unless training.on_nonfinite=skip (whose
+        step left the weights as they were)."""
+        if self.config.on_nonfinite == "skip" or not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending]) if fetched is None else fetched
+        for (step, _), m in zip(pending, fetched, strict=True):
+            if bool(m["finite"]):
+                continue
+            self.checkpointer.wait()  # a checkpoint still being written counts
+            latest = self.checkpointer.latest_step()
+            raise UserError(
+                f"loss became non-finite at step {step + 1} (loss {float(m['loss'])}, grad norm "
+                f"{float(m['grad_norm'])}); last checkpoint: "
+                f"{'none yet' if latest is None else f'step {latest}'}. Lower optimization.lr, or set "
+                "training.on_nonfinite=skip"
+            )
 
     def _stop_requested(self, stop: StopSignals) -> bool:
         flag = stop.signal_name is not None

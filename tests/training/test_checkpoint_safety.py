@@ -1,0 +1,119 @@
+"""What a run refuses to checkpoint or restore: weights gone non-finite, a checkpoint of another
+tokenizer, one with nothing left to train; and a run that could not start leaves no folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import ckpt_dir, cli_args, run_dir
+from theseus.cli import main
+from theseus.data.datasets import SourceConfig, open_source
+from theseus.data.tokenizer_training import train_bpe
+
+EXPLODE = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
+
+
+def test_weights_gone_non_finite_are_never_checkpointed(root, train_yaml, capsys):
+    """Metrics are fetched every logging.interval steps; a checkpoint in between still waits
+    for its steps' losses, so the NaN weights of step 2 never land on disk."""
+    args = ("training.steps=3", "logging.interval=100", "logging.checkpoint_interval=1")
+    assert main(cli_args("nan-between", train_yaml, root, *args, *EXPLODE)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: loss became non-finite at step 2 "), err
+    assert "last checkpoint: step 1." in err, err
+    assert sorted(p.name for p in ckpt_dir(root, "nan-between").iterdir() if p.name.isdigit()) == [
+        "1"
+    ]
+
+
+@pytest.fixture(scope="module")
+def source_run(root, train_yaml) -> str:
+    assert main(cli_args("restore-src", train_yaml, root, "training.steps=3")) == 0
+    return str(run_dir(root, "restore-src"))
+
+
+@pytest.fixture(scope="module")
+def bpe_store(root, tmp_path_factory) -> str:
+    """The same text written with a trained BPE of 300 ids: padded, the same vocabulary size
+    (384) as the bytes tokenizer's, so only the tokenizer check can tell them apart."""
+    folder = tmp_path_factory.mktemp("bpe")
+    bpe = train_bpe(open_source(SourceConfig(name="pystdlib")), 20, 300, 2, folder / "bpe.json")
+    overrides = [
+        "tokenizer.backend=huggingface",
+        f"tokenizer.name={bpe}",
+        "data.store=pystdlib-bpe",
+        "data.max_tokens=30000",
+        "data.val_pct=10",
+    ]
+    assert main(["run", "tok-bpe", str(root / "tok.yaml"), str(root), *overrides]) == 0
+    return "pystdlib-bpe"
+
+
+def test_restores_that_cannot_apply_fail_before_making_folders(
+    root, train_yaml, source_run, bpe_store, capsys
+):
+    cases = {
+        ("training.steps=3",): "its checkpoint is at step 3 and this run ends at step 3",
+        (
+            f"training.dataset=[{{name: {bpe_store}}}]",
+            "training.restore_weights_only=true",
+        ): "the checkpoint was trained with tokenizer bytes:",
+    }
+    for overrides, message in cases.items():
+        args = [*cli_args("restored", train_yaml, root, *overrides), "--restore", source_run]
+        assert main(args) == 2, overrides
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --restore ") and message in err, err
+        assert len(err.splitlines()) == 1, err
+        assert not run_dir(root, "restored").exists() and not ckpt_dir(root, "restored").exists()
+
+
+def test_a_restore_that_does_not_fit_leaves_no_folders(root, train_yaml, source_run, capsys):
+    args = ["training.steps=5", "architecture.d_model=64"]
+    assert main([*cli_args("misfit", train_yaml, root, *args), "--restore", source_run]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not fit this model" in err and len(err.splitlines()) == 1, err
+    assert not run_dir(root, "misfit").exists() and not ckpt_dir(root, "misfit").exists()
+
+
+def test_resuming_on_a_store_of_another_tokenizer_is_refused(root, train_yaml, bpe_store, capsys):
+    assert main(cli_args("switched", train_yaml, root, "training.steps=2")) == 0
+    capsys.readouterr()
+    other = (f"training.dataset=[{{name: {bpe_store}}}]", "training.steps=4")
+    assert main(cli_args("switched", train_yaml, root, *other)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the checkpoint was trained with tokenizer bytes:" in err, err
+    assert f"the token store {bpe_store} holds huggingface:" in err, err
+    assert (ckpt_dir(root, "switched") / "2").is_dir()  # the run's own checkpoint is kept
+
+
+def test_a_validation_split_shorter_than_a_sequence_turns_validation_off(
+    root, train_yaml, tmp_path: Path, capsys
+):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # documents go to validation by a hash of their text: 10% of these put 56 tokens there
+    (corpus / "long.txt").write_text("some words here. " * 400)
+    for i in range(60):
+        (corpus / f"{i}.txt").write_text(f"note {i}")
+    tokenize = [
+        "data.name=files",
+        f"data.paths=[{corpus}/*.txt]",
+        "data.store=tiny-val",
+        "tokenizer.backend=bytes",
+        "data.val_pct=10",
+    ]
+    assert main(["run", "tok-tiny", str(root / "tok.yaml"), str(root), *tokenize]) == 0
+    capsys.readouterr()
+    args = (
+        "training.dataset=[{name: tiny-val}]",
+        "architecture.block_size=64",
+        "training.steps=2",
+        "logging.val_interval=1",
+    )
+    assert main(cli_args("tiny-val", train_yaml, root, *args)) == 0
+    err = capsys.readouterr().err
+    assert "the validation split of tiny-val holds 56 tokens, less than one sequence of 65" in err
+    assert "validation is off" in err, err
