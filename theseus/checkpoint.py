@@ -260,6 +260,13 @@ def locate(path: str | Path) -> tuple[Path, int]:
     return path, steps[-1]
 
 
+def trained_context(model: Any, cfg: Any) -> int:
+    """The sequence length a loaded model was trained on (training.seq_len, else its block size)."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.select(cfg, "training.seq_len") or model.config.block_size)
+
+
 def load_model(
     run_or_checkpoint_path: str | Path, root: str | Path | None = None
 ) -> tuple[Any, Any, dict[str, Any] | None]:

@@ -468,3 +468,27 @@ def test_evaluations_run_during_training_and_are_logged(trained, tmp_path):
     ]
     assert [step for step, _ in evals] == [3, 6]
     assert all(1.0 < ppl < 512 for _, ppl in evals)
+
+
+def test_evaluate_scores_in_windows_of_the_training_length(trained, tmp_path, training_text):
+    """A model trained on training.seq_len=16 of its 64 learned positions is scored on windows
+    of 16: positions it never saw would make its loss meaningless."""
+    out = trained[0]
+    short = [*TINY, "training.seq_len=16", "training.steps=4", "logging.checkpoint_interval=4"]
+    assert main(["run", "short-context", str(out / "train.yaml"), str(out), *short]) == 0
+    run = out / "runs" / "default" / "default" / "short-context"
+    cfg = tmp_path / "eval.yaml"
+    assert main(["configure", "gpt/evaluate", str(cfg), f"eval.checkpoint={run}"]) == 0
+    text = tmp_path / "t.txt"
+    text.write_text(training_text[:3000])
+    args = ["eval.evaluations=[perplexity]", f"eval.perplexity.text={text}"]
+    assert main(["run", "score-short", str(cfg), str(tmp_path), *args]) == 0
+    results = json.loads((tmp_path / "runs/default/default/score-short/eval.json").read_text())
+    model, _, identity = load_model(run)
+    config = PerplexityConfig(text=str(text))
+    by_window = {
+        n: Perplexity(config).run(Scorer(model, load_tokenizer(identity), n))["loss"]
+        for n in (16, 64)
+    }
+    assert results["eval/perplexity/loss"] == pytest.approx(by_window[16])
+    assert by_window[16] != pytest.approx(by_window[64])

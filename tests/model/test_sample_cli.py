@@ -77,3 +77,20 @@ def test_bad_input_is_one_line_exit_2(run, capsys, args, message):
     assert main([str(run) if a == "RUN" else a for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_a_rotary_model_samples_200_tokens_past_its_training_context(run, capsys):
+    """Rotary positions have no last one: without --max-new a prompt longer than the training
+    context still gets the default 200 new tokens."""
+    out = run.parents[3]
+    rope = [*TINY, "architecture.positions=rope", "architecture.block_size=16", "training.steps=2"]
+    assert main(["run", "tiny-rope", str(out / "train.yaml"), str(out), *rope]) == 0
+    folder = out / "runs" / "default" / "default" / "tiny-rope"
+    prompt = "import os, sys\nimport json\n"  # 27 tokens
+    capsys.readouterr()
+    assert main(["sample", str(folder), prompt, "--temperature", "0"]) == 0
+    model, _, identity = load_model(folder)
+    tokenizer = load_tokenizer(identity)
+    [expected] = sample(model, tokenizer, [prompt], 200, temperature=0)
+    assert len(tokenizer.encode(expected)) == 200
+    assert prompt + expected in capsys.readouterr().out

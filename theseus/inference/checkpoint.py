@@ -21,7 +21,7 @@ def sample_checkpoint(
 ) -> list[str]:
     """Load the latest checkpoint under `path` with its tokenizer and continue each prompt.
 
-    `max_new` defaults to 200 tokens, or fewer when the model's context is shorter.
+    `max_new` defaults to 200 tokens, or fewer when the model's learned positions end sooner.
     """
     from theseus.checkpoint import load_model
     from theseus.data.tokenizers import load_tokenizer
@@ -32,6 +32,8 @@ def sample_checkpoint(
             f"{path}: the checkpoint does not record its tokenizer, so text cannot be encoded"
         )
     tokenizer = load_tokenizer(identity)
+    if max_new is None and getattr(model.config, "positions", "learned") != "learned":
+        max_new = 200  # rotary positions have no last position: no context to fill
     if max_new is None:
         longest = max(len(tokenizer.encode(p)) or 1 for p in prompts)
         max_new = min(200, model.config.block_size - longest)
