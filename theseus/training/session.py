@@ -18,7 +18,6 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from theseus.base.stopping import StoppedEarly
 from theseus.base.topology import Layout, barrier
 from theseus.checkpoint import FORMAT, Checkpointer, complete_steps, key_data, locate
 from theseus.config import changed_settings, configure
@@ -33,7 +32,8 @@ from theseus.model.sharding import (
     mirror_shardings,
     param_initializer,
 )
-from theseus.training.metrics import LoggingConfig, RunLog, summary_line
+from theseus.training.loop import TrainingLoop
+from theseus.training.metrics import LoggingConfig, RunLog
 from theseus.training.mfu import peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
 from theseus.training.plan import (
@@ -422,14 +422,6 @@ class Session:
             reset_at_eot=self.config.reset_at_eot,
         )
 
-    def validate(self, evaluate: Any, batches: list[dict[str, jax.Array]]) -> float:
-        total, count = 0.0, 0.0
-        for batch in batches:
-            loss, n = evaluate(self.params, batch)
-            total += float(loss)
-            count += float(n)
-        return total / max(count, 1.0)
-
     def _remove_new_folders(self) -> None:
         """Undo the folders this session made (a run that could not start leaves nothing)."""
         self.log.close()
@@ -439,12 +431,21 @@ class Session:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def train(self, stop: StopSignals) -> dict[str, Any]:
-        plan, log = self.plan, self.log
+        """Restore or initialize, compile, and train to the plan's last step."""
         try:
             self.start_state()
         except UserError:
             self._remove_new_folders()
             raise
+        try:
+            return self._train(stop)
+        finally:
+            self.train_loader.close()
+            self.checkpointer.close()
+            self.log.close()
+
+    def _train(self, stop: StopSignals) -> dict[str, Any]:
+        log = self.log
         if self.main:
             from theseus.config import atomic_write, to_yaml
 
@@ -467,68 +468,13 @@ class Session:
                 f"({plan.steps} steps), so the learning rate never decays; lower warmup_steps"
             )
         val_batches = self._validation_batches()
-        last: dict[str, Any] = {"step": self.step}
-        self.summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
+        summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
         if self.step >= plan.steps:
             log.info(f"{self.spec.name} already finished at step {self.step}")
-            return last
+            return {"step": self.step, **summary}
         barrier("theseus-first-step")  # compiling can take each process a different time
-        loader = self.train_loader
-        pending: list[tuple[int, Any]] = []
-        last_saved = self.step
-        interval_start = time.perf_counter()
-        interval_steps = 0
         try:
-            with log.progress(self.step, plan.steps):
-                for step, host_batch in loader.iterate(self.step, prefetch=4):
-                    if step >= plan.steps:
-                        break
-                    batch = self._to_device(host_batch, plan.accumulation)
-                    state, metrics = compiled(
-                        {"params": self.params, "opt": self.opt},
-                        batch,
-                        np.int32(step),
-                        self.learning_rates[step],
-                    )
-                    self.params, self.opt = state["params"], state["opt"]
-                    if self.block_each_step:
-                        metrics["loss"].block_until_ready()
-                    pending.append((step, metrics))
-                    self.step = step + 1
-                    interval_steps += 1
-                    done = self.step
-                    if done % self.logging.interval == 0 or done == plan.steps:
-                        last = self._flush(pending, interval_start, interval_steps, peak)
-                        pending, interval_steps = [], 0
-                        interval_start = time.perf_counter()
-                    if val_batches and (
-                        done % self.logging.val_interval == 0 or done == plan.steps
-                    ):
-                        last["val_loss"] = self.validate(evaluate, val_batches)
-                        log.record({"step": done, "val_loss": last["val_loss"]})
-                        log.info(f"step {done}  val_loss {last['val_loss']:.4f}")
-                        interval_start = time.perf_counter()
-                    evaluate_now = self._evaluations_due(done, plan.steps)
-                    if (done % self.logging.checkpoint_interval == 0 and done < plan.steps) or (
-                        evaluate_now and last_saved != done
-                    ):  # before evaluating: a failing evaluation must not cost the weights
-                        self._refuse_nonfinite(pending)  # never checkpoint weights gone NaN
-                        self.save(done)
-                        last_saved = done
-                    if evaluate_now:
-                        last.update(self.run_evaluations(done))
-                        interval_start = time.perf_counter()
-                    if self._stop_requested(stop):
-                        if pending:
-                            last = self._flush(pending, interval_start, interval_steps, peak)
-                        self._stop(done, stop.signal_name or "a signal", last_saved)
-            before = len(self.checkpointer.failures)
-            if last_saved != self.step:
-                self.save(self.step)
-            if not self.checkpointer.wait() or len(self.checkpointer.failures) > before:
-                raise UserError(
-                    f"the final checkpoint was not written: {self.checkpointer.failures[-1]}"
-                )
+            last = TrainingLoop(self, compiled, evaluate, val_batches, peak).run(stop)
         except jax.errors.JaxRuntimeError as exc:
             if "RESOURCE_EXHAUSTED" not in str(exc):
                 raise
@@ -536,17 +482,9 @@ class Session:
                 f"out of memory at step {self.step} with training.per_device_batch_size="
                 f"{plan.per_device_batch}; lower it (gradient accumulation keeps the global batch)"
             ) from None
-        finally:
-            loader.close()
-            self.checkpointer.close()
-            log.close()
         if self.main:
             plot_runs([self.spec.run_dir], self.spec.run_dir / "loss.png", labels=[self.spec.name])
-        return {**last, **self.summary}
-
-    def _evaluations_due(self, done: int, total: int) -> bool:
-        every = self.evals.interval
-        return bool(self.evals.evaluations) and (done == total or (every > 0 and done % every == 0))
+        return {**last, **summary}
 
     def run_evaluations(self, step: int) -> dict[str, float]:
         """Score the current weights with `eval.evaluations`; logged as `eval/<name>/<metric>`."""
@@ -564,76 +502,6 @@ class Session:
         self.log.record({"step": step, **results})
         self.log.info(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
-
-    def _flush(
-        self, pending: list[tuple[int, Any]], started: float, n_steps: int, peak: float
-    ) -> dict[str, Any]:
-        """Fetch an interval's metrics, stop on a non-finite loss, and log the averages."""
-        fetched = jax.device_get([m for _, m in pending])
-        # steps run asynchronously: the interval ends when its last result is here, not dispatched
-        elapsed = time.perf_counter() - started
-        self._refuse_nonfinite(pending, fetched)
-        for (step, _), m in zip(pending, fetched, strict=True):
-            if not bool(m["finite"]):
-                self.log.info(
-                    f"warning: non-finite loss or gradient at step {step + 1}; update skipped"
-                )
-        finite = [m for m in fetched if bool(m["finite"])] or fetched
-        tokens_per_s = n_steps * self.plan.tokens_per_step / max(elapsed, 1e-9)
-        values = {
-            "step": self.step,
-            "loss": float(np.mean([m["loss"] for m in finite])),
-            "lr": float(fetched[-1]["lr"]),
-            "grad_norm": float(np.mean([m["grad_norm"] for m in finite])),
-            "tokens_per_s": tokens_per_s,
-            "mfu": tokens_per_s * self.flops_per_token / peak if peak else None,
-            "tokens": self.step * self.plan.tokens_per_step,
-        }
-        if self.config.z_loss:
-            values["z_loss"] = float(np.mean([m["z_loss"] for m in finite]))
-        self.log.record(values)
-        self.log.update(self.step, summary_line(values))
-        return values
-
-    def _refuse_nonfinite(self, pending: list[tuple[int, Any]], fetched: Any = None) -> None:
-        """Stop the run at the first non-finite step, unless training.on_nonfinite=skip (whose
-        step left the weights as they were)."""
-        if self.config.on_nonfinite == "skip" or not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending]) if fetched is None else fetched
-        for (step, _), m in zip(pending, fetched, strict=True):
-            if bool(m["finite"]):
-                continue
-            self.checkpointer.wait()  # a checkpoint still being written counts
-            latest = self.checkpointer.latest_step()
-            raise UserError(
-                f"loss became non-finite at step {step + 1} (loss {float(m['loss'])}, grad norm "
-                f"{float(m['grad_norm'])}); last checkpoint: "
-                f"{'none yet' if latest is None else f'step {latest}'}. Lower optimization.lr, or set "
-                "training.on_nonfinite=skip"
-            )
-
-    def _stop_requested(self, stop: StopSignals) -> bool:
-        flag = stop.signal_name is not None
-        if self.process_count == 1:
-            return flag
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
-
-    def _stop(self, step: int, reason: str, last_saved: int) -> None:
-        before = len(self.checkpointer.failures)
-        if last_saved != step:
-            self.save(step)
-        saved = self.checkpointer.wait() and len(self.checkpointer.failures) == before
-        if not saved:
-            raise UserError(
-                f"stopped by {reason} at step {step}, but the checkpoint failed: {self.checkpointer.failures[-1]}"
-            )
-        self.log.info(
-            f"stopped by {reason} at step {step}; checkpoint saved; run again to resume (exit code 75)"
-        )
-        raise StoppedEarly(f"{reason} at step {step}")
 
 
 def _use_compilation_cache(folder: str | None) -> None:

@@ -1,0 +1,181 @@
+"""The step loop of a training `Session`: run the compiled step over the loader's batches, fetch
+metrics once per logging interval, validate, checkpoint, evaluate, and stop on request."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from theseus.base.stopping import StoppedEarly
+from theseus.errors import UserError
+from theseus.training.metrics import summary_line
+
+if TYPE_CHECKING:
+    from theseus.base.stopping import StopSignals
+    from theseus.training.session import Session
+
+
+class TrainingLoop:
+    """One pass from the session's current step to the plan's last; `run()` returns the figures
+    of the last interval (plus validation and evaluation results)."""
+
+    def __init__(
+        self,
+        session: Session,
+        step_fn: Any,
+        eval_fn: Any,
+        val_batches: list[dict[str, jax.Array]],
+        peak_flops: float,
+    ) -> None:
+        self.session, self.step_fn, self.eval_fn = session, step_fn, eval_fn
+        self.val_batches, self.peak_flops = val_batches, peak_flops
+        self.pending: list[tuple[int, Any]] = []  # (step, metrics) not fetched from devices yet
+        self.last_saved = session.step
+        self.last: dict[str, Any] = {"step": session.step}
+        self._restart_interval()
+
+    def _restart_interval(self) -> None:
+        """Time spent validating, evaluating or fetching is not training time."""
+        self.interval_start = time.perf_counter()
+
+    def run(self, stop: StopSignals) -> dict[str, Any]:
+        s = self.session
+        plan, logging = s.plan, s.logging
+        with s.log.progress(s.step, plan.steps):
+            for step, host_batch in s.train_loader.iterate(s.step, prefetch=4):
+                if step >= plan.steps:
+                    break
+                state, metrics = self.step_fn(
+                    {"params": s.params, "opt": s.opt},
+                    s._to_device(host_batch, plan.accumulation),
+                    np.int32(step),
+                    s.learning_rates[step],
+                )
+                s.params, s.opt = state["params"], state["opt"]
+                if s.block_each_step:
+                    metrics["loss"].block_until_ready()
+                self.pending.append((step, metrics))
+                s.step = done = step + 1
+                if done % logging.interval == 0 or done == plan.steps:
+                    self._flush()
+                if self.val_batches and (done % logging.val_interval == 0 or done == plan.steps):
+                    self._validate(done)
+                evaluate_now = self._evaluations_due(done)
+                if (done % logging.checkpoint_interval == 0 and done < plan.steps) or (
+                    evaluate_now and self.last_saved != done
+                ):  # before evaluating: a failing evaluation must not cost the weights
+                    self._save(done)
+                if evaluate_now:
+                    self.last.update(s.run_evaluations(done))
+                    self._restart_interval()
+                if self._stop_requested(stop):
+                    self._flush()
+                    self._stop(done, stop.signal_name or "a signal")
+        before = len(s.checkpointer.failures)
+        if self.last_saved != s.step:
+            self._save(s.step)
+        if not s.checkpointer.wait() or len(s.checkpointer.failures) > before:
+            raise UserError(f"the final checkpoint was not written: {s.checkpointer.failures[-1]}")
+        return self.last
+
+    def _save(self, step: int) -> None:
+        self._refuse_nonfinite()  # never checkpoint weights gone NaN
+        self.session.save(step)
+        self.last_saved = step
+
+    def _validate(self, step: int) -> None:
+        """Mean loss over the fixed validation batches."""
+        total, count = 0.0, 0.0
+        for batch in self.val_batches:
+            loss, n = self.eval_fn(self.session.params, batch)
+            total += float(loss)
+            count += float(n)
+        self.last["val_loss"] = total / max(count, 1.0)
+        self.session.log.record({"step": step, "val_loss": self.last["val_loss"]})
+        self.session.log.info(f"step {step}  val_loss {self.last['val_loss']:.4f}")
+        self._restart_interval()
+
+    def _evaluations_due(self, done: int) -> bool:
+        every, total = self.session.evals.interval, self.session.plan.steps
+        return bool(self.session.evals.evaluations) and (
+            done == total or (every > 0 and done % every == 0)
+        )
+
+    def _flush(self) -> None:
+        """Fetch the interval's metrics, stop on a non-finite loss, and log the averages."""
+        if not self.pending:
+            return
+        s, pending = self.session, self.pending
+        fetched = jax.device_get([m for _, m in pending])
+        # steps run asynchronously: the interval ends when its last result is here, not dispatched
+        elapsed = time.perf_counter() - self.interval_start
+        self._refuse_nonfinite(fetched)
+        for (step, _), m in zip(pending, fetched, strict=True):
+            if not bool(m["finite"]):
+                s.log.info(
+                    f"warning: non-finite loss or gradient at step {step + 1}; update skipped"
+                )
+        finite = [m for m in fetched if bool(m["finite"])] or fetched
+        tokens_per_s = len(pending) * s.plan.tokens_per_step / max(elapsed, 1e-9)
+        values = {
+            "step": s.step,
+            "loss": float(np.mean([m["loss"] for m in finite])),
+            "lr": float(fetched[-1]["lr"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in finite])),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * s.flops_per_token / self.peak_flops if self.peak_flops else None,
+            "tokens": s.step * s.plan.tokens_per_step,
+        }
+        if s.config.z_loss:
+            values["z_loss"] = float(np.mean([m["z_loss"] for m in finite]))
+        s.log.record(values)
+        s.log.update(s.step, summary_line(values))
+        self.last, self.pending = values, []
+        self._restart_interval()
+
+    def _refuse_nonfinite(self, fetched: list[Any] | None = None) -> None:
+        """Stop the run at the first non-finite step, unless training.on_nonfinite=skip (whose
+        step left the weights as they were)."""
+        s = self.session
+        if s.config.on_nonfinite == "skip" or not self.pending:
+            return
+        if fetched is None:
+            fetched = jax.device_get([m for _, m in self.pending])
+        for (step, _), m in zip(self.pending, fetched, strict=True):
+            if bool(m["finite"]):
+                continue
+            s.checkpointer.wait()  # a checkpoint still being written counts
+            latest = s.checkpointer.latest_step()
+            raise UserError(
+                f"loss became non-finite at step {step + 1} (loss {float(m['loss'])}, grad norm "
+                f"{float(m['grad_norm'])}); last checkpoint: "
+                f"{'none yet' if latest is None else f'step {latest}'}. Lower optimization.lr, "
+                "or set training.on_nonfinite=skip"
+            )
+
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """A signal reached this process, or (multi-process) any other: all stop together."""
+        flag = stop.signal_name is not None
+        if self.session.process_count == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+    def _stop(self, step: int, reason: str) -> None:
+        s = self.session
+        before = len(s.checkpointer.failures)
+        if self.last_saved != step:
+            s.save(step)
+        if not s.checkpointer.wait() or len(s.checkpointer.failures) > before:
+            raise UserError(
+                f"stopped by {reason} at step {step}, but the checkpoint failed: "
+                f"{s.checkpointer.failures[-1]}"
+            )
+        s.log.info(
+            f"stopped by {reason} at step {step}; checkpoint saved; run again to resume (exit code 75)"
+        )
+        raise StoppedEarly(f"{reason} at step {step}")
