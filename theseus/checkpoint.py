@@ -274,8 +274,44 @@ def load_model(
 
     `root`, when given, resolves a relative path against the output folder.
     """
+    model, meta = _load(run_or_checkpoint_path, root)
+    return model, _config(meta), meta.get("tokenizer")
+
+
+def load_trained(run_or_checkpoint_path: str | Path) -> tuple[Any, Any, Any]:
+    """`(model, cfg, tokenizer)` of a run or checkpoint folder. A Hugging Face tokenizer file that
+    is gone since training is read from the copy its training store keeps."""
+    from theseus.data.tokenizers import load_tokenizer
+
+    model, meta = _load(run_or_checkpoint_path, None)
+    identity = meta.get("tokenizer")
+    if not identity:
+        raise UserError(
+            f"{run_or_checkpoint_path}: the checkpoint does not record its tokenizer, so text "
+            "cannot be encoded for it"
+        )
+    cfg = _config(meta)
+    return model, cfg, load_tokenizer(identity, fallback=_store_tokenizer_copy(meta))
+
+
+def _store_tokenizer_copy(meta: dict[str, Any]) -> Path | None:
+    """Where the first training store keeps its copy of the tokenizer file, if the run had one."""
+    root = meta.get("spec", {}).get("root")
+    datasets = meta.get("config", {}).get("training", {}).get("dataset") or []
+    if not root or not datasets or not datasets[0].get("name"):
+        return None
+    return Path(root) / "data" / datasets[0]["name"] / "tokenizer.json"
+
+
+def _config(meta: dict[str, Any]) -> Any:
     from omegaconf import OmegaConf
 
+    return OmegaConf.create(meta["config"])
+
+
+def _load(
+    run_or_checkpoint_path: str | Path, root: str | Path | None
+) -> tuple[Any, dict[str, Any]]:
     from theseus.registry import JOBS
 
     path = Path(run_or_checkpoint_path)
@@ -285,10 +321,9 @@ def load_model(
     checkpointer = Checkpointer(directory, read_only=True, asynchronous=False)
     try:
         meta = checkpointer.meta(step)
-        cfg = OmegaConf.create(meta["config"])
         trainer = JOBS[meta["job"]]
         create = trainer.model_factory(
-            cfg, vocab_size=int(meta["vocab_size"]), seed=int(meta["seed"])
+            _config(meta), vocab_size=int(meta["vocab_size"]), seed=int(meta["seed"])
         )
         from flax import nnx
 
@@ -299,4 +334,4 @@ def load_model(
         model = nnx.merge(graphdef, params, rest)
     finally:
         checkpointer.close()
-    return model, cfg, meta.get("tokenizer")
+    return model, meta

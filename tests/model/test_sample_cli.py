@@ -8,6 +8,8 @@ import pytest
 
 from theseus.checkpoint import load_model
 from theseus.cli import main
+from theseus.data.datasets import SourceConfig, open_source
+from theseus.data.tokenizer_training import train_bpe
 from theseus.data.tokenizers import load_tokenizer
 from theseus.inference import sample
 
@@ -94,3 +96,19 @@ def test_a_rotary_model_samples_200_tokens_past_its_training_context(run, capsys
     [expected] = sample(model, tokenizer, [prompt], 200, temperature=0)
     assert len(tokenizer.encode(expected)) == 200
     assert prompt + expected in capsys.readouterr().out
+
+
+def test_a_run_samples_after_its_tokenizer_file_is_gone(run, tmp_path, capsys):
+    """The training store keeps a copy of a Hugging Face tokenizer file; sampling uses it when
+    the original has been deleted since."""
+    out = run.parents[3]
+    bpe = train_bpe(open_source(SourceConfig(name="pystdlib")), 20, 300, 2, tmp_path / "bpe.json")
+    tokenize = ["tokenizer.backend=huggingface", f"tokenizer.name={bpe}", "data.store=bpe"]
+    assert main(["run", "tok-bpe", str(out / "tok.yaml"), str(out), *tokenize]) == 0
+    train = [*TINY, "training.dataset=[{name: bpe}]", "training.steps=2"]
+    assert main(["run", "tiny-bpe", str(out / "train.yaml"), str(out), *train]) == 0
+    bpe.unlink()
+    capsys.readouterr()
+    folder = out / "runs" / "default" / "default" / "tiny-bpe"
+    assert main(["sample", str(folder), "def ", "--max-new", "5", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("def ")

@@ -61,9 +61,8 @@ class Evaluate(BasicJob[EvaluateConfig]):
     def run(self) -> dict[str, float]:
         from rich.console import Console
 
-        from theseus.checkpoint import load_model, locate, trained_context
+        from theseus.checkpoint import load_trained, locate, trained_context
         from theseus.config import atomic_write, to_yaml
-        from theseus.data.tokenizers import load_tokenizer
         from theseus.evaluation.scoring import Scorer
 
         settings = configure(EvalConfig, self.cfg)
@@ -74,18 +73,9 @@ class Evaluate(BasicJob[EvaluateConfig]):
         check_evaluations(settings.evaluations, self.cfg)
         directory, step = locate(self.checkpoint_path())
         scored = directory / str(step)
-        model, trained_cfg, tokenizer_identity = load_model(scored)
-        if not tokenizer_identity:
-            raise UserError(
-                f"{self.config.checkpoint}: the checkpoint does not record its tokenizer"
-            )
+        model, trained_cfg, tokenizer = load_trained(scored)
         # scored in windows of the length it was trained on
-        scorer = Scorer(
-            model,
-            load_tokenizer(tokenizer_identity),
-            trained_context(model, trained_cfg),
-            settings.batch_size,
-        )
+        scorer = Scorer(model, tokenizer, trained_context(model, trained_cfg), settings.batch_size)
         results = run_evaluations(settings.evaluations, scorer, self.cfg)
         # the step folder, not the name given: a run that trains on would score another one later
         cfg = copy.deepcopy(self.cfg)

@@ -23,15 +23,9 @@ def sample_checkpoint(
 
     `max_new` defaults to 200 tokens, or fewer when the model's learned positions end sooner.
     """
-    from theseus.checkpoint import load_model
-    from theseus.data.tokenizers import load_tokenizer
+    from theseus.checkpoint import load_trained
 
-    model, _, identity = load_model(path)
-    if not identity:
-        raise UserError(
-            f"{path}: the checkpoint does not record its tokenizer, so text cannot be encoded"
-        )
-    tokenizer = load_tokenizer(identity)
+    model, _, tokenizer = load_trained(path)
     if max_new is None and getattr(model.config, "positions", "learned") != "learned":
         max_new = 200  # rotary positions have no last position: no context to fill
     if max_new is None:
