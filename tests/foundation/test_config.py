@@ -285,6 +285,77 @@ def test_minimums_are_enforced_and_null_stays_allowed_where_optional():
     C.check_complete(s, cfg)
 
 
+def test_maximums_strict_bounds_and_finiteness_are_enforced():
+    @dataclass
+    class Bounds:
+        beta: float = C.field("x/beta", default=0.9, minimum=0, below=1)
+        eps: float = C.field("x/eps", default=1e-8, above=0)
+        share: float = C.field("x/share", default=0.2, minimum=0, maximum=1)
+        seed: int = C.field("x/seed", default=0, minimum=0, maximum=2**32 - 1)
+
+    s = C.Schema(Bounds)
+    for override, message in {
+        "x.beta=1": "x.beta=1.0: must be < 1",
+        "x.eps=0": "x.eps=0.0: must be > 0",
+        "x.share=1.5": "x.share=1.5: must be <= 1",
+        "x.share=nan": "x.share=nan: must be a finite number",
+        "x.share=-inf": "x.share=-inf: must be a finite number",
+        "x.seed=4294967296": "x.seed=4294967296: must be <= 4294967295",
+    }.items():
+        cfg = s.tree()
+        C.apply_overrides([(s, cfg)], [override])
+        with pytest.raises(ConfigError, match=message):
+            C.check_complete(s, cfg)
+    cfg = s.tree()
+    C.apply_overrides([(s, cfg)], ["x.beta=0.999", "x.eps=1e-30", "x.share=1", "x.seed=4294967295"])
+    C.check_complete(s, cfg)
+
+
+def test_a_components_check_joins_fields_once_all_are_set():
+    @dataclass
+    class Range:
+        low: float = C.field("r/low")
+        high: float = C.field("r/high", default=1.0)
+
+        def check(self) -> None:
+            if self.low > self.high:
+                raise ConfigError(f"r.low={self.low} is above r.high={self.high}")
+
+    s = C.Schema(Range)
+    cfg = s.tree()
+    C.check_values(s, cfg)  # r.low unset: nothing to compare yet
+    with pytest.raises(ConfigError, match="required config values missing"):
+        C.check_complete(s, cfg)
+    C.apply_overrides([(s, cfg)], ["r.low=2"])
+    with pytest.raises(ConfigError, match=r"r\.low=2\.0 is above r\.high=1\.0"):
+        C.check_values(s, cfg)
+    C.apply_overrides([(s, cfg)], ["r.high=3"])
+    C.check_complete(s, cfg)
+
+
+def test_integer_fields_take_floats_that_are_whole_numbers():
+    @dataclass
+    class Counts:
+        n: int = C.field("x/n", default=1)
+        budget: int | None = C.field("x/budget", default=None)
+        sizes: list[int] = C.field("x/sizes", default_factory=lambda: [1])
+
+    s = C.Schema(Counts)
+    cfg = s.tree()
+    C.apply_overrides(
+        [(s, cfg)], ["x.n=2.0", "x.budget=1e9", "x.sizes=[1e3, 2]", "x.sizes+=4.0", "x.sizes.0=5e0"]
+    )
+    assert (cfg.x.n, cfg.x.budget, list(cfg.x.sizes)) == (2, 10**9, [5, 2, 4])
+    assert isinstance(cfg.x.budget, int)
+    C.merge_values(s, cfg, yaml.safe_load("x: {n: 1e3, budget: 2.5e3}"))  # YAML reads 1e3 as text
+    assert (cfg.x.n, cfg.x.budget) == (1000, 2500)
+    for override in ("x.n=1.5", "x.budget=2.5", "x.sizes=[1, 0.5]", "x.n=inf"):
+        with pytest.raises(ConfigError, match=r"expected int, got .*; write a whole number"):
+            C.apply_overrides([(s, cfg)], [override])
+    with pytest.raises(ConfigError, match=r"x\.n: expected int, got 'many'"):
+        C.apply_overrides([(s, cfg)], ["x.n=many"])
+
+
 def test_configure_reads_typed_dataclasses_inside_configuration():
     s = schema()
     cfg = s.tree()

@@ -147,22 +147,44 @@ def _read_raw(text: str, raw: str, kind: Any) -> Any:
         ) from None
 
 
+def _whole(key: str, kind: Any, value: Any) -> Any:
+    """A number written as a float (`1e9`, `2.0`) for an integer setting, as that integer.
+
+    YAML reads `1e9` (no dot) as text, so text that reads as a number counts too; a number with
+    a fraction is refused. Anything else is left to the type check.
+    """
+    inner = _optional(kind)[0]
+    if _is_sequence(inner) and isinstance(value, list):
+        return [_whole(key, _item_type(inner, "0"), item) for item in value]
+    if inner is not int or not isinstance(value, float | str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if not number.is_integer():
+        raise ConfigError(
+            f"{key}: expected int, got {value!r} ({type(value).__name__}); write a whole number"
+        )
+    return int(number)
+
+
 def _value_of(schema: Schema, override: Override) -> Any:
-    if override.raw is None:
-        return override.value
     key, raw = override.key, override.raw
     kind = _type_at(schema, key)
     if override.op == "append":
         kind = _item_type(kind, "0")
-        if kind is not Any and not _is_sequence(kind):
-            with contextlib.suppress(yaml.YAMLError):
-                if isinstance(yaml.safe_load(raw), list):
-                    raise ConfigError(
-                        f"{override.text}: += appends one element, not a list; replace the "
-                        f"list with {key}={raw.strip()}, or append one item at a time "
-                        f"({key}+=ITEM; quote an item that starts with '[')"
-                    )
-    return _read_raw(override.text, raw, kind)
+    if raw is None:
+        return _whole(key, kind, override.value)
+    if override.op == "append" and kind is not Any and not _is_sequence(kind):
+        with contextlib.suppress(yaml.YAMLError):
+            if isinstance(yaml.safe_load(raw), list):
+                raise ConfigError(
+                    f"{override.text}: += appends one element, not a list; replace the "
+                    f"list with {key}={raw.strip()}, or append one item at a time "
+                    f"({key}+=ITEM; quote an item that starts with '[')"
+                )
+    return _whole(key, kind, _read_raw(override.text, raw, kind))
 
 
 def _exists(cfg: DictConfig, key: str) -> bool:

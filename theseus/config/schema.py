@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from omegaconf.errors import (
     InterpolationResolutionError,
     InterpolationToMissingValueError,
     MissingMandatoryValue,
+    OmegaConfBaseException,
 )
 
 from theseus.errors import ConfigError, first_line
@@ -33,18 +35,26 @@ def field(
     help: str = "",
     choices: Sequence[Any] | None = None,
     minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
 ) -> Any:
     """A dataclass field that lives at `path` ("section/key") in the job's config tree.
 
     Without a default the value is required (`???`) and must be set before the job runs.
-    `choices` restricts the value to a fixed set and `minimum` bounds a number from below (null
-    stays allowed where the type is optional), checked whenever the tree is validated.
+    `choices` restricts the value to a fixed set; `minimum`/`maximum` bound a number inclusively
+    and `above`/`below` strictly (a bounded number must also be finite; null stays allowed where
+    the type is optional). All are checked whenever the tree is validated, as is a component's
+    `check()` method, for rules that join several fields.
     """
     metadata = {
         FIELD_PATH: path,
         "help": help,
         "choices": tuple(choices) if choices else None,
         "minimum": minimum,
+        "maximum": maximum,
+        "above": above,
+        "below": below,
     }
     if default_factory is not None:
         if default is not _NO_DEFAULT:
@@ -66,6 +76,22 @@ class Entry:
     choices: tuple[Any, ...] | None
     owners: list[str]
     minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def bounds(self) -> list[tuple[str, float]]:
+        """The declared limits as (comparison, limit), e.g. [(">=", 0), ("<", 1)]."""
+        limits = (">=", self.minimum), ("<=", self.maximum), (">", self.above), ("<", self.below)
+        return [(op, limit) for op, limit in limits if limit is not None]
+
+
+_HOLDS = {
+    ">=": lambda value, limit: value >= limit,
+    "<=": lambda value, limit: value <= limit,
+    ">": lambda value, limit: value > limit,
+    "<": lambda value, limit: value < limit,
+}
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -111,6 +137,9 @@ class Schema:
                 f.metadata["choices"],
                 [owner],
                 f.metadata.get("minimum"),
+                f.metadata.get("maximum"),
+                f.metadata.get("above"),
+                f.metadata.get("below"),
             )
             known = self.entries.get(key)
             if known is None:
@@ -182,9 +211,11 @@ class Schema:
         return close or keys[:n]
 
     def validate(self, cfg: DictConfig) -> None:
-        """Check the value constraints OmegaConf cannot express (choices, minimums)."""
+        """Check the value constraints OmegaConf cannot express: choices, bounds, and each
+        component's `check()` once all of its values are set."""
         for key, entry in self.entries.items():
-            if not entry.choices and entry.minimum is None:
+            bounds = entry.bounds()
+            if not entry.choices and not bounds:
                 continue
             value = OmegaConf.select(
                 cfg, key, throw_on_missing=False, throw_on_resolution_failure=False
@@ -194,8 +225,27 @@ class Schema:
             if entry.choices and value not in entry.choices:
                 options = ", ".join(repr(c) for c in entry.choices)
                 raise ConfigError(f"{key}: {value!r} is not one of {options}")
-            if entry.minimum is not None and value < entry.minimum:
-                raise ConfigError(f"{key}={value}: must be >= {entry.minimum:g}")
+            if bounds and isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}={value}: must be a finite number")
+            for op, limit in bounds:
+                if not _HOLDS[op](value, limit):
+                    shown = f"{limit:g}" if isinstance(limit, float) else limit
+                    raise ConfigError(f"{key}={value}: must be {op} {shown}")
+        for component in self.components:
+            if callable(getattr(component, "check", None)):
+                settings = _read_if_complete(component, cfg)
+                if settings is not None:
+                    settings.check()
+
+
+def _read_if_complete(component: type, cfg: DictConfig) -> Any:
+    """`component` read from `cfg`, or None while one of its values is still unset."""
+    from theseus.config.current import configure
+
+    try:
+        return configure(component, cfg)
+    except (ConfigError, OmegaConfBaseException):
+        return None
 
 
 def build(*components: type) -> DictConfig:

@@ -86,7 +86,11 @@ class BaseTrainerConfig:
         help="training sequence length (null = architecture.block_size)",
     )
     seed: int = field(
-        "training/seed", default=0, help="seed of initialization, data order and dropout"
+        "training/seed",
+        minimum=0,
+        maximum=2**32 - 1,
+        default=0,
+        help="seed of initialization, data order and dropout (0 to 2**32 - 1)",
     )
     z_loss: float = field(
         "training/z_loss",
@@ -253,6 +257,10 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         import jax
 
         from theseus.base.topology import barrier
+        from theseus.checkpoint import locate
+
+        if self.spec.restore:  # a --restore that cannot be read refuses before anything moves
+            locate(Path(self.spec.restore))
 
         directory = self.spec.place("checkpoints")
         existing = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())

@@ -8,11 +8,12 @@ advance).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from theseus.config import field
-from theseus.errors import UserError
+from theseus.errors import ConfigError, UserError
 
 OPTIMIZERS = ("adamw", "muon")
 _NO_DECAY = ("embed", "norm", "bias", "scale")
@@ -26,8 +27,11 @@ class OptimizerConfig:
         "optimization/optimizer", default="adamw", choices=OPTIMIZERS, help="adamw or muon"
     )
     lr: float = field("optimization/lr", minimum=0, default=6e-4, help="peak learning rate")
-    min_lr: float = field(
-        "optimization/min_lr", minimum=0, default=6e-5, help="learning rate at the end of the decay"
+    min_lr: float | None = field(
+        "optimization/min_lr",
+        minimum=0,
+        default=None,
+        help="learning rate at the end of the decay (null = lr / 10)",
     )
     warmup_steps: int = field(
         "optimization/warmup_steps",
@@ -44,17 +48,19 @@ class OptimizerConfig:
     decay_fraction: float = field(
         "optimization/decay_fraction",
         minimum=0,
+        maximum=1,
         default=0.2,
         help="wsd: fraction of the run spent decaying",
     )
     b1: float = field(
         "optimization/b1",
         minimum=0,
+        below=1,
         default=0.9,
         help="Adam beta1 (Muon: momentum of the Adam part)",
     )
-    b2: float = field("optimization/b2", minimum=0, default=0.95, help="Adam beta2")
-    eps: float = field("optimization/eps", minimum=0, default=1e-8, help="Adam epsilon")
+    b2: float = field("optimization/b2", minimum=0, below=1, default=0.95, help="Adam beta2")
+    eps: float = field("optimization/eps", above=0, default=1e-8, help="Adam epsilon")
     weight_decay: float = field(
         "optimization/weight_decay",
         minimum=0,
@@ -63,13 +69,26 @@ class OptimizerConfig:
     )
     clip_norm: float | None = field(
         "optimization/clip_norm",
-        minimum=0,
+        above=0,
         default=1.0,
         help="clip gradients to this global norm; null = no clipping",
     )
     muon_momentum: float = field(
-        "optimization/muon_momentum", minimum=0, default=0.95, help="Muon: momentum"
+        "optimization/muon_momentum", minimum=0, below=1, default=0.95, help="Muon: momentum"
     )
+
+    @property
+    def end_lr(self) -> float:
+        """The learning rate the schedule decays to."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def check(self) -> None:
+        """Rules joining several settings (run with the config's validation, before any work)."""
+        if self.min_lr is not None and self.min_lr > self.lr and self.schedule != "constant":
+            raise ConfigError(
+                f"optimization.min_lr={self.min_lr} is above optimization.lr={self.lr}, but the "
+                "schedule decays from lr down to min_lr; lower min_lr or raise lr"
+            )
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:
@@ -95,6 +114,22 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def _muon_dim(path: tuple[Any, ...], leaf: Any) -> Any:
+    """How Muon orthogonalizes the parameter at `path`, or None where Adam updates it instead."""
+    from optax.contrib import MuonDimensionNumbers
+
+    names = [n for n in _path_names(path) if n != "value"]
+    if any(marker in name for name in names for marker in ("embed", "head", *_NO_DECAY)):
+        return None
+    if leaf.ndim == 2:
+        return MuonDimensionNumbers(0, 1)
+    if leaf.ndim == 3 and names and names[-1] == "o":
+        return MuonDimensionNumbers((0, 1), 2)
+    if leaf.ndim == 3:
+        return MuonDimensionNumbers(0, (1, 2))
+    return None
+
+
 def _muon_dims(params: Any) -> Any:
     """Muon orthogonalizes hidden matrices; embeddings, the head, norms and biases use Adam.
 
@@ -102,32 +137,28 @@ def _muon_dims(params: Any) -> Any:
     axis 0) and o is [heads, head_dim, d_model] (reduce over axes 0 and 1).
     """
     import jax
-    from optax.contrib import MuonDimensionNumbers
 
-    def dims(path: tuple[Any, ...], leaf: Any) -> Any:
-        names = [n for n in _path_names(path) if n != "value"]
-        if any(marker in name for name in names for marker in ("embed", "head", *_NO_DECAY)):
-            return None
-        if leaf.ndim == 2:
-            return MuonDimensionNumbers(0, 1)
-        if leaf.ndim == 3 and names and names[-1] == "o":
-            return MuonDimensionNumbers((0, 1), 2)
-        if leaf.ndim == 3:
-            return MuonDimensionNumbers(0, (1, 2))
-        return None
+    return jax.tree_util.tree_map_with_path(_muon_dim, params)
 
-    return jax.tree_util.tree_map_with_path(dims, params)
+
+def _adam_part_decay_mask(params: Any) -> Any:
+    """True where Muon hands a parameter to Adam and weight decay applies to it (an untied
+    output head; never norms, biases or embeddings)."""
+    import jax
+
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _muon_dim(path, leaf) is None and decays(path, leaf), params
+    )
 
 
 def make_optimizer(config: OptimizerConfig) -> Any:
     """The optax transformation for `config` (learning rate 1: the step scales by the schedule)."""
     import optax
 
-    parts = []
-    if config.clip_norm is not None:
-        if config.clip_norm <= 0:
-            raise UserError(f"optimization.clip_norm must be > 0 or null, got {config.clip_norm}")
-        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    # Always there (an infinite norm clips nothing), so that the optimizer state a checkpoint
+    # holds is the same with clipping on or off, and a resumed run may toggle it.
+    max_norm = math.inf if config.clip_norm is None else config.clip_norm
+    parts = [optax.clip_by_global_norm(max_norm)]
     if config.optimizer == "adamw":
         parts.append(
             optax.adamw(
@@ -146,6 +177,7 @@ def make_optimizer(config: OptimizerConfig) -> Any:
             muon(
                 1.0,
                 beta=config.muon_momentum,
+                eps=config.eps,
                 weight_decay=config.weight_decay,
                 weight_decay_mask=decay_mask,
                 adam_b1=config.b1,
@@ -154,6 +186,10 @@ def make_optimizer(config: OptimizerConfig) -> Any:
                 muon_weight_dimension_numbers=_muon_dims,
             )
         )
+        # optax's muon decays all of its Adam part or none of it: decay the part that takes
+        # weight decay here. Muon's updates already carry the descent sign (its learning rate 1
+        # is applied as -1), hence the negative factor: u - wd * p, as AdamW does.
+        parts.append(optax.add_decayed_weights(-config.weight_decay, mask=_adam_part_decay_mask))
     else:
         raise UserError(
             f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"

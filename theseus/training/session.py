@@ -321,7 +321,7 @@ class Session:
         schedule = make_schedule(
             name,
             lr=self.optim.lr,
-            min_lr=self.optim.min_lr,
+            min_lr=self.optim.end_lr,
             warmup_steps=self.optim.warmup_steps,
             total_steps=self.plan.steps,
             decay_fraction=self.optim.decay_fraction,

@@ -68,6 +68,12 @@ class Attention(nnx.Module):
                 "groups; choose n_kv_heads dividing n_heads"
             )
         head_dim = d_model // n_heads
+        if rope_theta is not None and head_dim % 2:
+            raise UserError(
+                f"RoPE needs an even head width, but architecture.d_model={d_model} / "
+                f"n_heads={n_heads} = {head_dim}; choose d_model and n_heads so that "
+                "d_model / n_heads is even"
+            )
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.rope_theta = rope_theta
         self.dtype = dtype

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from theseus.config import field
+from theseus.errors import ConfigError
 from theseus.model.layers import Block, Dense, Embedding, KVCache, dtype_of, make_norm
 
 
@@ -56,6 +57,7 @@ class TransformerConfig:
     dropout: float = field(
         "architecture/dropout",
         minimum=0,
+        below=1,
         default=0.0,
         help="dropout on embeddings and residual branches",
     )
@@ -78,7 +80,7 @@ class TransformerConfig:
         help="learned position embeddings or rotary (RoPE)",
     )
     rope_theta: float = field(
-        "architecture/rope_theta", minimum=0, default=10000.0, help="RoPE base frequency"
+        "architecture/rope_theta", above=0, default=10000.0, help="RoPE base frequency"
     )
     mlp: str = field(
         "architecture/mlp", default="gelu", choices=["gelu", "swiglu"], help="MLP kind"
@@ -97,6 +99,27 @@ class TransformerConfig:
     bias: bool = field(
         "architecture/bias", default=True, help="biases in attention and MLP projections"
     )
+
+    def check(self) -> None:
+        """Refuse head shapes no attention layer can build (run with the config's validation,
+        before any work)."""
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"architecture.d_model={self.d_model} does not split into n_heads={self.n_heads} "
+                "heads; choose n_heads dividing d_model"
+            )
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"architecture.n_heads={self.n_heads} does not split into "
+                f"n_kv_heads={self.kv_heads} groups; choose n_kv_heads dividing n_heads"
+            )
+        head_dim = self.d_model // self.n_heads
+        if self.positions == "rope" and head_dim % 2:
+            raise ConfigError(
+                f"architecture.positions=rope needs an even head width, but d_model={self.d_model} "
+                f"/ n_heads={self.n_heads} = {head_dim}; choose d_model and n_heads so that "
+                "d_model / n_heads is even"
+            )
 
     @property
     def kv_heads(self) -> int:
