@@ -177,3 +177,17 @@ def test_fresh_with_a_missing_restore_moves_nothing(root, train_yaml, capsys):
     assert err.startswith("error: no such run or checkpoint") and "moved" not in err, err
     assert step.is_dir() and run_dir(root, "kept").is_dir()
     assert not [p for p in ckpt_dir(root, "kept").parent.iterdir() if ".replaced-" in p.name]
+
+
+def test_fresh_restoring_from_the_run_itself_moves_nothing(root, train_yaml, capsys):
+    """--fresh would move aside the very checkpoint --restore names: refused, nothing moved."""
+    step = ckpt_dir(root, "self-restore") / "4"
+    (step / "meta").mkdir(parents=True)
+    run_dir(root, "self-restore").mkdir(parents=True)
+    args = cli_args("self-restore", train_yaml, root, "training.overwrite=true")
+    capsys.readouterr()
+    for source in (run_dir(root, "self-restore"), step):
+        assert main([*args, "--fresh", "--restore", str(source)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "that is this run's own checkpoint" in err and len(err.splitlines()) == 1, err
+        assert step.is_dir()

@@ -259,10 +259,14 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         from theseus.base.topology import barrier
         from theseus.checkpoint import locate
 
-        if self.spec.restore:  # a --restore that cannot be read refuses before anything moves
-            locate(Path(self.spec.restore))
-
         directory = self.spec.place("checkpoints")
+        if self.spec.restore:  # a --restore that cannot be read refuses before anything moves
+            source, _ = locate(Path(self.spec.restore))
+            if source.resolve() == directory.resolve():
+                raise UserError(
+                    f"--fresh --restore {self.spec.restore}: that is this run's own checkpoint, "
+                    "which --fresh moves aside; restore from another run (or drop --fresh to resume)"
+                )
         existing = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
         # every process has looked before the first one moves anything, and waits until it has
         barrier("theseus-fresh-looked")
