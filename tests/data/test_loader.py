@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tests.data.conftest import write_stream_store
+from theseus.data.chat import example
 from theseus.data.loader import Loader, mixture_table
-from theseus.data.store import TokenStore
+from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
 from theseus.errors import UserError
 
 SEQ = 16
@@ -174,3 +175,37 @@ def test_prefetch_stays_bounded_and_matches_direct_batches(stores):
     loader.close()
     stream.close()
     assert not any(t.name == "theseus-loader" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_blockwise_positions_start_at_the_first_real_token(tmp_path: Path, padding: str):
+    seq_len, eot = 8, 99
+    manifest = Manifest(
+        kind="blockwise",
+        vocab_size=100,
+        eot_id=eot,
+        dtype=token_dtype(100),
+        tokenizer={"backend": "bytes", "name": "test", "hash": "vocab-100"},
+        source={"name": "synthetic"},
+        settings={},
+        splits={},
+        seq_len=seq_len,
+        padding=padding,
+    )
+    writer = StoreWriter(tmp_path / padding, manifest, 10)
+    writer.resume()
+    ids = [1, 2, 3, 4, eot]  # 5 real tokens, 4 of padding
+    tokens, mask, length, _ = example(ids, [True] * len(ids), seq_len, eot, padding)
+    writer.add(
+        "train",
+        {
+            "tokens": tokens[None].astype(manifest.dtype),
+            "loss_mask": mask[None],
+            "lengths": np.array([length], dtype=np.int32),
+        },
+    )
+    writer.commit(1, {})
+    batch = Loader([writer.finish()], [1.0], seq_len, 1).batch(0)
+    real = [0, 1, 2, 3] if padding == "right" else [4, 5, 6, 7]  # where inputs 1, 2, 3, 4 sit
+    assert batch["inputs"][0, real].tolist() == [1, 2, 3, 4]
+    assert batch["positions"][0, real].tolist() == [0, 1, 2, 3]

@@ -166,3 +166,28 @@ def test_source_description_names_the_files(corpus: Path):
     source = open_source(SourceConfig(name="files", paths=[str(corpus / "*.txt")]))
     described = json.loads(json.dumps(source.describe()))
     assert [Path(f["path"]).name for f in described["files"]] == ["a.txt", "b.txt"]
+
+
+def test_chat_content_in_text_parts_is_joined_and_other_content_refused(tmp_path: Path):
+    parts = [{"type": "text", "text": "What is "}, "2+2?"]
+    rows = [
+        {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": None}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 4}]},
+    ]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = open_source(SourceConfig(name="files", paths=[str(tmp_path / "chats.jsonl")]))
+    chats = source.documents()
+    assert next(chats) == [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": ""},
+    ]
+    with pytest.raises(
+        UserError, match=r"chats\.jsonl, row 2: messages\[1\]\.content is not text \(4\); give a"
+    ):
+        next(chats)
+    image = [{"type": "image_url", "image_url": {"url": "x.png"}}]
+    (tmp_path / "chats.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": image}]})
+    )
+    with pytest.raises(UserError, match=r"row 1: messages\[0\]\.content\[0\] is not text \("):
+        documents(name="files", paths=[str(tmp_path / "chats.jsonl")])

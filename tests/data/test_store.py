@@ -70,3 +70,29 @@ def test_a_missing_shard_and_another_format_version_are_detected(store: TokenSto
     (store.path / "manifest.json").write_text(json.dumps(manifest))
     assert f"format version {FORMAT_VERSION + 1}" in _one_line_error(store.path)
     assert "no token store" in _one_line_error(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m["splits"]["train"]["shards"][0].pop("files"),
+        lambda m: m.update(splits=[]),
+        lambda m: m.update(kind="blockwise"),  # without a seq_len
+    ],
+    ids=["shard-without-files", "splits-not-a-table", "blockwise-without-seq_len"],
+)
+def test_a_manifest_with_broken_fields_is_a_one_line_error(store: TokenStore, damage):
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    damage(manifest)
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    message = _one_line_error(store.path)
+    assert f"{store.path / 'manifest.json'} is damaged" in message
+    assert f"delete {store.path} and tokenize again" in message
+
+
+@pytest.mark.parametrize("content", [b'{"format": "theseus-token-st', b"\x00\x81\xfe\xff"])
+def test_a_manifest_that_is_not_json_is_a_one_line_error(store: TokenStore, content: bytes):
+    (store.path / "manifest.json").write_bytes(content)
+    message = _one_line_error(store.path)
+    assert f"{store.path / 'manifest.json'} is not valid JSON" in message
+    assert f"delete {store.path} and tokenize again" in message

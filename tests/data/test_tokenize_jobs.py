@@ -292,6 +292,7 @@ def test_train_tokenizer_then_tokenize_with_it(tmp_path: Path):
         ("data.val_pct=100", "data.val_pct=100.0"),
         ("data.max_samples=0", "data.max_samples must be >= 1"),
         ("data.store=../x", "bad data.store"),
+        ("data.store=x.partial", "bad data.store 'x.partial': a name ending in '.partial'"),
     ],
 )
 def test_bad_settings_fail_before_writing(tmp_path: Path, setting: str, message: str):

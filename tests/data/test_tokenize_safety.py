@@ -10,11 +10,19 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.data.conftest import THESEUS, configure_and_run, store_bytes, theseus
+from tests.data.conftest import (
+    THESEUS,
+    configure_and_run,
+    store_bytes,
+    theseus,
+    write_stream_store,
+)
 from tests.data.test_tokenize_jobs import run_job
 from theseus.data.loader import DatasetMix, Loader, open_mixture
+from theseus.data.store import TokenStore
 from theseus.errors import UserError
 
 SLOW_STDLIB = (
@@ -78,6 +86,34 @@ def test_a_signal_to_the_process_group_stops_at_a_commit_and_a_rerun_finishes(
     )
 
 
+def test_an_interrupted_fresh_rebuild_is_finished_by_a_plain_rerun(tmp_path: Path):
+    job, rebuilt = "data/tokenize_variable_dataset", tmp_path / "data" / "pystdlib"
+    run_job(tmp_path, job, "old", *SLOW_STDLIB, "data.max_samples=20")
+    whole = run_job(tmp_path, job, "whole", *SLOW_STDLIB, "data.store=whole")
+    configured = theseus("configure", job, "s.yaml", *SLOW_STDLIB, cwd=tmp_path)
+    assert configured.returncode == 0, configured.stderr
+    command = [*THESEUS, "run", "s", "s.yaml", str(tmp_path)]
+    process = subprocess.Popen(
+        [*command, "--fresh"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    partial = tmp_path / "data" / "pystdlib.partial"
+    _signal_group_after(process, partial / "progress.json", signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 75 and partial.is_dir(), err
+    old = TokenStore.open(rebuilt)
+    assert old.n_docs("train") + old.n_docs("val") == 20  # kept until the rebuild is complete
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "finishing the interrupted --fresh rebuild of pystdlib" in rerun.stderr
+    assert "resuming pystdlib after" in rerun.stderr
+    assert store_bytes(rebuilt) == store_bytes(whole)
+
+
 def test_a_folder_in_the_stores_place_is_refused_and_left_alone(tmp_path: Path):
     mine = tmp_path / "data" / "pystdlib"
     mine.mkdir(parents=True)
@@ -107,6 +143,15 @@ def test_a_missing_store_names_the_job_that_writes_it(tmp_path: Path):
         open_mixture(tmp_path, [DatasetMix("pystdlib")])
     with pytest.raises(UserError, match=r"data.name=files 'data.paths=\[...\]' data.store=mine"):
         open_mixture(tmp_path, [DatasetMix("mine")])
+
+
+def test_training_store_names_cannot_leave_the_data_folder(tmp_path: Path):
+    outside = write_stream_store(tmp_path / "outside", {"train": np.arange(100) % 9}, 10, 9)
+    for name in ("../outside", str(outside.path)):  # both would open it
+        with pytest.raises(UserError, match=r"bad training\.dataset\.0\.name"):
+            open_mixture(tmp_path, [DatasetMix(name)])
+    with pytest.raises(UserError, match=r"'x\.partial': a name ending in '\.partial'"):
+        open_mixture(tmp_path, [DatasetMix("x.partial")])
 
 
 def test_a_source_without_text_is_refused_and_leaves_nothing(tmp_path: Path):
@@ -174,3 +219,46 @@ def test_chats_with_nothing_to_learn_are_counted(tmp_path: Path, capsys):
         "data.seq_len=64",
     )
     assert "warning: 2 examples have no token to learn" in capsys.readouterr().err
+
+
+def _tokenize_chats(tmp_path: Path, rows: list[dict], *overrides: str) -> Path:
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_job(
+        tmp_path,
+        "data/tokenize_blockwise_dataset",
+        "t",
+        "data.name=files",
+        f"data.paths=[{tmp_path / 'chats.jsonl'}]",
+        "tokenizer.backend=bytes",
+        "data.val_pct=0",
+        *overrides,
+    )
+
+
+def _chat(question: str, answer: str | None = "fine") -> dict:
+    messages = [{"role": "user", "content": question}]
+    return {"messages": messages + ([{"role": "assistant", "content": answer}] if answer else [])}
+
+
+def test_examples_learning_nothing_are_warned_about_by_cause(tmp_path: Path, capsys):
+    rows = [_chat("hi"), _chat("long question " * 8), _chat("anyone?", None)]
+    _tokenize_chats(tmp_path, rows, "data.seq_len=64")
+    err = capsys.readouterr().err
+    assert "warning: 2 examples have no token to learn" in err
+    assert "1 were cut at data.seq_len=64 before their first learned token" in err
+    assert "1 have nothing to learn with data.loss_on=assistant" in err
+
+
+def test_a_store_with_nothing_to_learn_is_refused(tmp_path: Path):
+    rows = [_chat("long question " * 8), _chat("another long question " * 5)]
+    with pytest.raises(UserError, match=r"no example has a token to learn: of 2, 2 were cut at "):
+        _tokenize_chats(tmp_path, rows, "data.seq_len=64")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_chats_without_messages_are_skipped_and_counted(tmp_path: Path, capsys):
+    path = _tokenize_chats(tmp_path, [_chat("hi"), {"messages": [], "text": "lost"}])
+    assert TokenStore.open(path).n_rows("train") == 1
+    err = capsys.readouterr().err
+    assert "warning: 1 chat(s) had no message and were skipped" in err
+    assert "1 empty documents skipped" in err

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from theseus.data.shuffle import permute, round_keys
-from theseus.data.store import TokenStore
+from theseus.data.store import TokenStore, check_store_name
 from theseus.errors import UserError
 
 MIX_PERIOD = 4096
@@ -51,6 +51,7 @@ class _Windows:
                 )
             self.masks = store.memmaps(split, "loss_mask")
             self.lengths = store.memmaps(split, "lengths")
+            self.left_padded = store.manifest.padding == "left"
             self.count = int(self.offsets[-1])
         else:
             self.count = max(0, int(self.offsets[-1]) - 1) // seq_len
@@ -70,10 +71,11 @@ class _Windows:
         return shard, start - int(self.offsets[shard])
 
     def read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Rows of `seq_len + 1` tokens, plus loss masks and padding lengths for blockwise stores."""
-        rows, masks, pads = self._read(windows)
+        """Rows of `seq_len + 1` tokens, plus (blockwise stores) loss masks and the index of each
+        row's first real token (the left padding's length; 0 for right-padded stores)."""
+        rows, masks, starts = self._read(windows)
         self._check_ids(rows)
-        return rows, masks, pads
+        return rows, masks, starts
 
     def _check_ids(self, rows: np.ndarray) -> None:
         """Opening a store checks only shard sizes (checksums would read it all): damage inside a
@@ -92,13 +94,14 @@ class _Windows:
         rows = np.empty((len(windows), self.seq_len + 1), dtype=np.int32)
         if self.kind == "blockwise":
             masks = np.empty((len(windows), self.seq_len), dtype=np.float32)
-            pads = np.empty(len(windows), dtype=np.int32)
+            starts = np.zeros(len(windows), dtype=np.int32)
             for i, w in enumerate(windows):
                 shard, at = self._locate(int(w))
                 rows[i] = self.tokens[shard][at]
                 masks[i] = self.masks[shard][at]
-                pads[i] = self.seq_len + 1 - int(self.lengths[shard][at])
-            return rows, masks, pads
+                if self.left_padded:
+                    starts[i] = self.seq_len + 1 - int(self.lengths[shard][at])
+            return rows, masks, starts
         for i, w in enumerate(windows):
             start, filled = int(w) * self.seq_len, 0
             while filled < self.seq_len + 1:
@@ -233,11 +236,11 @@ class Loader:
             mine = np.flatnonzero(store == k)
             if not len(mine):
                 continue
-            tokens, masks, pads = source.read(window[mine])
+            tokens, masks, starts = source.read(window[mine])
             rows[mine] = tokens
-            if masks is not None:
+            if masks is not None and starts is not None:
                 mask[mine] = masks
-                positions[mine] = np.maximum(positions[mine] - pads[:, None], 0)
+                positions[mine] = np.maximum(positions[mine] - starts[:, None], 0)
             elif self.reset_at_eot:
                 mask[mine], positions[mine] = self._document_bounds(tokens[:, :-1], source.eot)
         return {
@@ -311,8 +314,8 @@ def open_mixture(root: Path, mixes: list[DatasetMix]) -> list[TokenStore]:
             "training.dataset is empty; add a token store, e.g. training.dataset=[{name: pystdlib}]"
         )
     stores = []
-    for mix in mixes:
-        path = root / "data" / mix.name
+    for k, mix in enumerate(mixes):
+        path = root / "data" / check_store_name(f"training.dataset.{k}.name", mix.name)
         if (
             not (path / "manifest.json").is_file()
             and not path.with_name(f"{mix.name}.partial").exists()

@@ -37,6 +37,7 @@ from theseus.errors import UserError
 _DONE = object()
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BATCHES_IN_FLIGHT = 2
+READER_JOIN_S = 60.0
 #: Text per batch: big enough that per-batch costs vanish, small enough to keep every worker
 #: busy on small corpora and to start writing early.
 BATCH_CHARS = 1 << 18
@@ -73,7 +74,11 @@ def is_val(document: Document, val_pct: float) -> bool:
 
 
 def prefetch(items: Iterator[Any], depth: int) -> Generator[Any, None, None]:
-    """Iterate `items` in a background thread, at most `depth` ahead; errors surface here."""
+    """Iterate `items` in a background thread, at most `depth` ahead; errors surface here.
+
+    Closing the generator stops the thread and waits for it: a reader left running (e.g. inside
+    pyarrow) when the interpreter exits can abort the process (SIGABRT) after the work is done.
+    """
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -94,6 +99,11 @@ def prefetch(items: Iterator[Any], depth: int) -> Generator[Any, None, None]:
             put((_DONE, None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put((_DONE, exc))
+        finally:
+            # a generator stopped early still holds open readers: release them in this thread
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=fill, name="theseus-read", daemon=True)
     thread.start()
@@ -107,6 +117,9 @@ def prefetch(items: Iterator[Any], depth: int) -> Generator[Any, None, None]:
             yield item
     finally:
         stop.set()
+        # it stops once its current read returns; one stuck longer (a hung network read) is
+        # left behind rather than hanging the job
+        thread.join(timeout=READER_JOIN_S)
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:
@@ -151,7 +164,9 @@ def batches(source: Source, skip: int, plan: Plan) -> Iterator[list[Document]]:
 @dataclass
 class Encoded:
     """One batch, tokenized. Per written (non-empty) document, in order: where it was in the
-    batch, whether it is held out, its token count and row count; and the rows of each split."""
+    batch, whether it is held out, its token count and row count, whether it was truncated, has
+    no token to learn, and has none only because truncation cut off its learned tokens; the rows
+    of each split; and where in the batch the chats with no message were (skipped)."""
 
     n_read: int
     index: np.ndarray
@@ -159,7 +174,10 @@ class Encoded:
     tokens: np.ndarray
     rows: np.ndarray
     truncated: np.ndarray
+    unlearned: np.ndarray
+    cut_off: np.ndarray
     arrays: dict[str, dict[str, np.ndarray]]
+    empty_chats: np.ndarray
 
     def cut(self, n_docs: int) -> Encoded:
         """Only the first `n_docs` written documents (and the batch up to the last of them)."""
@@ -168,8 +186,18 @@ class Encoded:
             keep = int(self.rows[:n_docs][self.held_out[:n_docs] == held_out].sum())
             out[split] = {name: values[:keep] for name, values in self.arrays[split].items()}
         n_read = int(self.index[n_docs - 1]) + 1 if n_docs else 0
-        fields = (self.index, self.held_out, self.tokens, self.rows, self.truncated)
-        return Encoded(n_read, *(f[:n_docs] for f in fields), out)
+        fields = (
+            self.index,
+            self.held_out,
+            self.tokens,
+            self.rows,
+            self.truncated,
+            self.unlearned,
+            self.cut_off,
+        )
+        return Encoded(
+            n_read, *(f[:n_docs] for f in fields), out, self.empty_chats[self.empty_chats < n_read]
+        )
 
 
 class Encoder:
@@ -186,16 +214,28 @@ class Encoder:
         held_out = np.array([is_val(d, self.plan.val_pct) for d in docs], dtype=bool)
         if self.plan.kind == "variable":
             tokens, arrays = self.variable(docs)
-            rows, truncated = tokens, np.zeros(len(docs), dtype=bool)
+            rows = tokens
+            truncated = unlearned = cut_off = np.zeros(len(docs), dtype=bool)
         else:
-            tokens, truncated, arrays = self.blockwise(docs)
+            tokens, truncated, cut_off, arrays = self.blockwise(docs)
             rows = np.ones(len(docs), dtype=np.int64)
+            unlearned = ~arrays["loss_mask"].any(axis=1)
         by_split = {
             "train": {k: v[np.repeat(~held_out, rows)] for k, v in arrays.items()},
             "val": {k: v[np.repeat(held_out, rows)] for k, v in arrays.items()},
         }
+        empty_chats = [i for i, d in enumerate(batch) if isinstance(d, list) and not d]
         return Encoded(
-            len(batch), np.array(index, dtype=np.int64), held_out, tokens, rows, truncated, by_split
+            len(batch),
+            np.array(index, dtype=np.int64),
+            held_out,
+            tokens,
+            rows,
+            truncated,
+            unlearned,
+            cut_off,
+            by_split,
+            np.array(empty_chats, dtype=np.int64),
         )
 
     def variable(self, docs: list[Document]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -225,8 +265,9 @@ class Encoder:
 
     def blockwise(
         self, docs: list[Document]
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """One fixed-length example per document: (real token counts, truncated, arrays)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One fixed-length example per document: (real token counts, truncated, learns nothing
+        only because truncation cut off every learned token, arrays)."""
         plan, seq_len = self.plan, int(self.plan.seq_len or 0)
         pieces = [segments(d, plan.template, plan.loss_on) for d in docs]
         ids_of = self.encode_pieces(pieces)
@@ -234,6 +275,7 @@ class Encoder:
         masks = np.empty((len(docs), seq_len), dtype=np.uint8)
         lengths = np.empty(len(docs), dtype=np.int64)
         truncated = np.zeros(len(docs), dtype=bool)
+        cut_off = np.zeros(len(docs), dtype=bool)
         for row, (doc_pieces, piece_ids) in enumerate(zip(pieces, ids_of, strict=True)):
             ids: list[int] = []
             weights: list[bool] = []
@@ -245,9 +287,12 @@ class Encoder:
             tokens[row], masks[row], lengths[row], truncated[row] = example(
                 ids, weights, seq_len, self.tokenizer.eot_id, plan.padding
             )
+            # the first token is never learned (nothing precedes it)
+            cut_off[row] = truncated[row] and any(weights[1:]) and not masks[row].any()
         return (
             lengths,
             truncated,
+            cut_off,
             {"tokens": tokens, "loss_mask": masks, "lengths": lengths.astype(np.int32)},
         )
 
@@ -377,7 +422,9 @@ def tokenize(
         "tokens": 0,
         "truncated": 0,
         "skipped_empty": 0,
+        "empty_chats": 0,
         "unlearned": 0,
+        "cut_off": 0,
         **writer.stats,
     }
     done = plan.max_tokens is not None and stats["tokens"] >= plan.max_tokens
@@ -436,10 +483,11 @@ def _commit(
     for split, arrays in encoded.arrays.items():
         if len(arrays["tokens"]):
             writer.add(split, arrays)
-            if "loss_mask" in arrays:
-                stats["unlearned"] += int((arrays["loss_mask"].max(axis=1) == 0).sum())
     tokens = int(encoded.tokens.sum())
     stats["skipped_empty"] += encoded.n_read - len(encoded.index)
+    stats["empty_chats"] += len(encoded.empty_chats)
+    stats["unlearned"] += int(encoded.unlearned.sum())
+    stats["cut_off"] += int(encoded.cut_off.sum())
     stats["docs_read"] = writer.docs_read + encoded.n_read
     stats["tokens"] += tokens
     stats["truncated"] += int(encoded.truncated.sum())

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from theseus.errors import UserError
+from theseus.job import check_name
 
 FORMAT = "theseus-token-store"
 FORMAT_VERSION = 1
@@ -36,6 +37,18 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 SPLITS = ("train", "val")
 KINDS = ("variable", "blockwise")
+
+
+def check_store_name(kind: str, name: str) -> str:
+    """A store's folder name under `<root>/data`: safe as a path (see `check_name`), and not
+    `X.partial`, the folder store X is written in (tokenizing X resumes or deletes it)."""
+    check_name(kind, name)
+    if name.endswith(".partial"):
+        raise UserError(
+            f"bad {kind} {name!r}: a name ending in '.partial' is the folder of an unfinished "
+            "store; choose another name"
+        )
+    return name
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -76,13 +89,15 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: Path) -> Manifest:
+    def from_json(cls, text: str | bytes, where: Path) -> Manifest:
+        """The manifest of the store at `where`; a one-line UserError when it is damaged."""
+        file = where / MANIFEST
+        fix = f"delete {where} and tokenize again (or re-run its tokenize job with --fresh)"
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{where}: manifest.json is not valid JSON ({exc.msg}); re-run the tokenize job with --fresh"
-            ) from None
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise UserError(f"{file} is not valid JSON ({reason}); {fix}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(
                 f"{where} is not a theseus token store; write one with data/tokenize_variable_dataset"
@@ -93,11 +108,47 @@ class Manifest:
                 f"version {FORMAT_VERSION}; re-tokenize with this version (theseus run ... --fresh)"
             )
         try:
-            return cls(**data)
+            manifest = cls(**data)
         except TypeError as exc:
             raise UserError(
-                f"{where}: manifest.json does not match format version {FORMAT_VERSION} ({exc})"
+                f"{file} does not match format version {FORMAT_VERSION} ({exc}); {fix}"
             ) from None
+        problem = manifest._damage()
+        if problem:
+            raise UserError(f"{file} is damaged: {problem}; {fix}")
+        return manifest
+
+    def _damage(self) -> str | None:
+        """What in this manifest cannot describe a store (a hand edit, a torn write), or None."""
+        if self.kind not in KINDS:
+            return f"kind {self.kind!r} is not one of {', '.join(KINDS)}"
+        if self.dtype not in ("uint16", "uint32"):
+            return f"dtype {self.dtype!r} is not uint16 or uint32"
+        if self.kind == "blockwise" and not (isinstance(self.seq_len, int) and self.seq_len > 0):
+            return f"a blockwise store with seq_len {self.seq_len!r}"
+        if not isinstance(self.splits, dict):
+            return "'splits' is not a table"
+        arrays = arrays_of(self.kind, self.dtype, self.seq_len)
+        for split, entry in self.splits.items():
+            shards = entry.get("shards") if isinstance(entry, dict) else None
+            if not isinstance(shards, list):
+                return f"split {split!r} has no list of shards"
+            for i, shard in enumerate(shards):
+                files = shard.get("files") if isinstance(shard, dict) else None
+                whole = (
+                    isinstance(files, dict)
+                    and all(isinstance(shard.get(k), int) for k in ("n_rows", "n_tokens", "n_docs"))
+                    and all(
+                        isinstance(f := files.get(a), dict)
+                        and isinstance(f.get("file"), str)
+                        and isinstance(f.get("bytes"), int)
+                        and isinstance(f.get("sha256"), str)
+                        for a in arrays
+                    )
+                )
+                if not whole:
+                    return f"shard {i} of split {split!r} lacks its counts or files"
+        return None
 
 
 def _sha256_file(path: Path) -> str:
@@ -130,7 +181,7 @@ class TokenStore:
             raise UserError(
                 f"no token store at {path}{hint}; write one with data/tokenize_variable_dataset"
             )
-        manifest = Manifest.from_json(manifest_path.read_text(), path)
+        manifest = Manifest.from_json(manifest_path.read_bytes(), path)
         store = cls(path, manifest)
         store.check(verify)
         return store
@@ -227,18 +278,30 @@ class StoreWriter:
         self.open: dict[str, _OpenShard] = {s: _OpenShard(0) for s in SPLITS}
         self.pending: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in SPLITS}
 
+    def _progress(self) -> dict[str, Any] | None:
+        """The partial folder's last commit, if it was made with these settings."""
+        progress_path = self.partial / PROGRESS
+        if not progress_path.is_file():
+            return None
+        progress = json.loads(progress_path.read_text())
+        if progress.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
+            return None
+        return progress
+
+    def can_resume(self) -> bool:
+        """Whether the partial folder holds progress made with these settings."""
+        return self._progress() is not None
+
     def resume(self) -> bool:
         """Pick up the partial folder's last commit; False (and a clean folder) when starting over."""
-        progress_path = self.partial / PROGRESS
-        if progress_path.is_file():
-            progress = json.loads(progress_path.read_text())
-            if progress.get("fingerprint") == json.loads(json.dumps(self.fingerprint)):
-                self.docs_read = progress["docs_read"]
-                self.stats = progress["stats"]
-                self.closed = progress["closed"]
-                self.open = {s: _OpenShard(**o) for s, o in progress["open"].items()}
-                self._trim()
-                return True
+        progress = self._progress()
+        if progress is not None:
+            self.docs_read = progress["docs_read"]
+            self.stats = progress["stats"]
+            self.closed = progress["closed"]
+            self.open = {s: _OpenShard(**o) for s, o in progress["open"].items()}
+            self._trim()
+            return True
         if self.partial.exists():
             shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True)

@@ -22,7 +22,7 @@ from theseus.data.chat import TEMPLATES
 from theseus.data.datasets.base import SourceConfig
 from theseus.data.tokenizers import TokenizerConfig
 from theseus.errors import UserError
-from theseus.job import BasicJob, ExecutionSpec, check_name
+from theseus.job import BasicJob, ExecutionSpec
 from theseus.registry import job
 
 if TYPE_CHECKING:
@@ -97,7 +97,9 @@ class TokenizerTrainingConfig:
 
 def store_path(spec: ExecutionSpec, store: str) -> Path:
     """`<root>/data/<store>`, without creating anything."""
-    return spec.root / "data" / check_name("data.store", store)
+    from theseus.data.store import check_store_name
+
+    return spec.root / "data" / check_store_name("data.store", store)
 
 
 def _say(message: str) -> None:
@@ -201,10 +203,15 @@ class TokenizeJob(BasicJob[StoreConfig]):
                     f"checksums verified); nothing to do{leftover}"
                 )
                 return final
-            raise UserError(
-                f"{final} already holds a store made with other settings; pass --fresh to replace it, or set data.store=NEW_NAME"
+            if not writer.can_resume():
+                raise UserError(
+                    f"{final} already holds a store made with other settings; pass --fresh to replace it, or set data.store=NEW_NAME"
+                )
+            # only a --fresh run with these settings leaves such a partial store: finish its work
+            _say(
+                f"finishing the interrupted --fresh rebuild of {final.name}; it replaces the store"
             )
-        if self.spec.fresh and writer.partial.exists():
+        elif self.spec.fresh and writer.partial.exists():
             shutil.rmtree(writer.partial)
         started = time.perf_counter()
         unfinished = writer.partial.exists()
@@ -229,11 +236,9 @@ class TokenizeJob(BasicJob[StoreConfig]):
                 f"the source gave no text ({stats['docs_read']:,} documents, all empty); "
                 "check data.paths, data.text_column and data.chat_column"
             )
-        if stats.get("unlearned"):
-            _say(
-                f"warning: {stats['unlearned']:,} examples have no token to learn (with "
-                f"data.loss_on={plan.loss_on}: chats without an 'assistant' reply); they add nothing"
-            )
+        self._check_learnable(stats, plan, writer.partial)
+        if stats.get("empty_chats"):
+            _say(f"warning: {stats['empty_chats']:,} chat(s) had no message and were skipped")
         extra = {"tokenizer.json": Path(tokenizer.path)} if hasattr(tokenizer, "path") else {}
         if final.exists():
             shutil.rmtree(final)  # --fresh: the old store goes only once the new one is complete
@@ -244,9 +249,44 @@ class TokenizeJob(BasicJob[StoreConfig]):
             f"wrote {final}: {store.n_tokens('train'):,} train / {store.n_tokens('val'):,} val tokens, "
             f"{stats['docs_read']:,} documents, {sum(len(store.shards(s)) for s in ('train', 'val'))} shards"
             + (f", {stats['truncated']:,} examples truncated" if stats.get("truncated") else "")
+            + (
+                f", {stats['skipped_empty']:,} empty documents skipped"
+                if stats.get("skipped_empty")
+                else ""
+            )
             + f" ({total / max(elapsed, 1e-9):,.0f} tok/s)"
         )
         return final
+
+    def _check_learnable(self, stats: dict[str, int], plan: Plan, partial: Path) -> None:
+        """Warn about examples with no token to learn, naming the cause; refuse a store that has
+        none to learn at all (training on it would report a loss of 0 and learn nothing)."""
+        cut_off = stats.get("cut_off", 0)
+        no_target = stats.get("unlearned", 0) - cut_off
+        causes = []
+        if cut_off:
+            causes.append(
+                f"{cut_off:,} were cut at data.seq_len={plan.seq_len} before their first learned "
+                "token (raise data.seq_len)"
+            )
+        if no_target:
+            causes.append(
+                f"{no_target:,} have nothing to learn with data.loss_on={plan.loss_on} (chats "
+                "without an 'assistant' reply)"
+            )
+        if not causes:
+            return
+        examples = stats["docs_read"] - stats["skipped_empty"]
+        if cut_off + no_target == examples:
+            shutil.rmtree(partial)
+            raise UserError(
+                f"no example has a token to learn: of {examples:,}, {' and '.join(causes)}; "
+                "a model trained on this store would learn nothing"
+            )
+        _say(
+            f"warning: {cut_off + no_target:,} examples have no token to learn and add nothing: "
+            + "; ".join(causes)
+        )
 
 
 @job("data/tokenize_variable_dataset")

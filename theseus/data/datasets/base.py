@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,13 @@ def record_document(record: dict[str, Any], config: SourceConfig) -> Document:
     if isinstance(chat, list) and all(
         isinstance(m, dict) and "role" in m and "content" in m for m in chat
     ):
-        return [{"role": str(m["role"]), "content": str(m["content"] or "")} for m in chat]
+        return [
+            {
+                "role": str(m["role"]),
+                "content": message_text(m["content"], f"{config.chat_column}[{i}].content"),
+            }
+            for i, m in enumerate(chat)
+        ]
     text = record.get(config.text_column)
     if isinstance(text, str):
         return text
@@ -106,6 +113,32 @@ def record_document(record: dict[str, Any], config: SourceConfig) -> Document:
         f"{found} and no chat in {config.chat_column!r} (columns: {columns}); "
         "set data.text_column or data.chat_column, or drop the row"
     )
+
+
+def message_text(content: Any, where: str) -> str:
+    """A chat message's content as text: a string; null (no text); or a list of text parts,
+    joined (strings, or {"type": "text", "text": ...} as in OpenAI-style chats)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise UserError(
+            f"{where} is not text ({reprlib.repr(content)}); give a string or a list of text "
+            "parts, or drop the row"
+        )
+    texts = []
+    for j, part in enumerate(content):
+        text = (
+            part.get("text")
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+            else part
+        )
+        if not isinstance(text, str):
+            raise UserError(
+                f"{where}[{j}] is not text ({reprlib.repr(part)}); only text is tokenized: drop "
+                "the row, or turn the part into text"
+            )
+        texts.append(text)
+    return "".join(texts)
 
 
 def open_source(config: SourceConfig) -> Source:

@@ -1,0 +1,38 @@
+"""The tokenize loop's background reader: stopping it early leaves no thread and no open reader."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from theseus.data.datasets import SourceConfig, open_source
+from theseus.data.pipeline import Plan, batches, prefetch
+
+
+def _readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "theseus-read" and t.is_alive()]
+
+
+def test_closing_the_prefetch_stops_its_reader_and_closes_the_source(tmp_path: Path):
+    """A reader still inside pyarrow when the interpreter exits can abort a finished job."""
+    rows = "".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(5000))
+    (tmp_path / "lines.jsonl").write_text(rows)
+    source = open_source(SourceConfig(name="files", paths=[str(tmp_path / "lines.jsonl")]))
+    read = prefetch(batches(source, 0, Plan("variable", None, None, 0.0, 10)), depth=1)
+    assert len(next(read)) == 10
+    read.close()  # as when data.max_tokens is reached
+    assert _readers() == []
+
+    closed = threading.Event()
+
+    def documents():
+        try:
+            yield from range(100)
+        finally:
+            closed.set()
+
+    read = prefetch(documents(), depth=1)
+    next(read)
+    read.close()
+    assert closed.is_set() and _readers() == []
