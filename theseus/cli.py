@@ -143,20 +143,32 @@ def configure(
     from theseus.job import Request
     from theseus.stages import Stage, override
 
-    out = Path(out_yaml)
-    if (
-        out.exists()
-        and not force
-        and (previous is None or Path(previous).resolve() != out.resolve())
-    ):
-        raise UserError(
-            f"{out} exists; pass -p {out} to carry its values over, or --force to replace it"
-        )
+    if not out_yaml.strip():
+        raise UserError("OUT_YAML is empty; give the file to write, e.g. train.yaml")
+    out = Path(out_yaml).expanduser()
+    in_place = previous is not None and Path(previous).expanduser().resolve() == out.resolve()
+    if out.exists() and not force:
+        if not in_place:
+            raise UserError(
+                f"{out} exists; pass -p {out} to carry its values over, or --force to replace it"
+            )
+        written = C.read_yaml(out).get("job")
+        if written != job:
+            raise UserError(
+                f"{out} holds the config of job {written!r}, not {job!r}; write {job} to a new "
+                f"file (theseus configure {job} NEW.yaml -p {out}), or pass --force to replace it"
+            )
     _do_loads(loads)
     stage = Stage.new(job, Request(chip, n_chips, n_shards))
     if previous is not None:
         data = C.read_yaml(previous)
         dropped = stage.carry_over(data.get("config") or {})
+        if dropped and in_place and out.exists() and not force:
+            raise UserError(
+                f"updating {out} in place would drop {', '.join(dropped)} (not in the schema of "
+                f"{job} or ill-typed); fix them in {out}, write a new file (theseus configure "
+                f"{job} NEW.yaml -p {out}), or pass --force to drop them"
+            )
         if previous_request := data.get("request"):
             old = Request.from_dict(previous_request, f"{previous}: request")
             stage.request = Request(
@@ -167,9 +179,8 @@ def configure(
                 f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}"
             )
     override([stage], list(overrides))
-    C.check_values(stage.schema, stage.cfg)
+    stage.save(out)  # checks the values first
     missing = C.missing_keys(stage.cfg)
-    stage.save(out)
     _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
 
 

@@ -19,11 +19,19 @@ from theseus.errors import UserError
 
 C = TypeVar("C")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_MAX_NAME = 200  # folder names; most filesystems allow 255 bytes
 
 
 def check_name(kind: str, value: str) -> str:
     """Names become folder names: refuse anything that could escape or confuse a path."""
-    if not _SAFE_NAME.match(value or "") or len(value) > 200:
+    if not value:
+        raise UserError(f"bad {kind} {value!r}: it is empty; give a name")
+    if len(value) > _MAX_NAME:
+        raise UserError(
+            f"bad {kind} {value[:20] + '...'!r}: {len(value)} characters, at most {_MAX_NAME} "
+            "are allowed; shorten it"
+        )
+    if not _SAFE_NAME.match(value):
         raise UserError(
             f"bad {kind} {value!r}: use letters, digits, '.', '_', '+' or '-' (not starting with '.' or '-')"
         )

@@ -64,14 +64,19 @@ class QuickJob:
         n_chips: int | None = None,
         n_shards: int | None = None,
     ) -> Path:
-        """Write a YAML that `theseus run` and `theseus submit` accept (`n_chips=0` means CPU)."""
+        """Write a YAML that `theseus run` and `theseus submit` accept (`n_chips=0` means CPU).
+
+        Values `run` would refuse (a choice or bound broken, an interpolation that does not
+        resolve) are refused here with the same error, and nothing is written; required values
+        may still be unset, as with `theseus configure`.
+        """
         from theseus.base.chips import get_chip
 
         request = Request(get_chip(chip).name if chip else None, n_chips, n_shards)
         request.check("save()")
         self._stage.request = request
         self._stage.save(path)
-        return Path(path)
+        return Path(path).expanduser()
 
 
 @contextlib.contextmanager

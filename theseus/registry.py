@@ -12,12 +12,13 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from theseus.errors import UserError
+from theseus.errors import UserError, first_line
 
 T = TypeVar("T")
 _PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -140,8 +141,11 @@ class Registry(Generic[T]):
 
         names = self.names()
         near = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
-        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(names)}"
-        return f"unknown {self.kind} {name!r}; {hint}"
+        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(names)}."
+        return (
+            f"unknown {self.kind} {name!r}; {hint} "
+            "If your own code defines it, add --load FILE.py (or --load MODULE)"
+        )
 
 
 def _qualname(obj: Any) -> str:
@@ -167,10 +171,38 @@ dataset = DATASETS.register
 evaluation = EVALUATIONS.register
 
 
+def _import_failure(target: str, exc: SyntaxError | ImportError) -> UserError:
+    """One line for user code that does not import: the error, where, and the -v hint.
+
+    The line is the failing line of the user's own code: the SyntaxError's, else the last
+    frame of the traceback outside Python's import machinery.
+    """
+    file = Path(target).expanduser().resolve()
+
+    def at(filename: str | None, line: int | None) -> str:
+        where = f" in {filename}" if filename and Path(filename) != file else ""
+        return f"{where} at line {line}" if line else where
+
+    if isinstance(exc, SyntaxError):
+        return UserError(
+            f"--load {target}: SyntaxError{at(exc.filename, exc.lineno)}: {exc.msg} "
+            "(-v shows the traceback)"
+        )
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen") and frame.filename != __file__
+    ]
+    where = at(frames[-1].filename, frames[-1].lineno) if frames else ""
+    return UserError(
+        f"--load {target}: {type(exc).__name__}{where}: {first_line(exc)} (-v shows the traceback)"
+    )
+
+
 def load(target: str) -> None:
     """Import user code (a module name or a .py file) so that its registrations take effect."""
     if target.endswith(".py") or "/" in target:
-        path = Path(target).resolve()
+        path = Path(target).expanduser().resolve()
         if not path.is_file():
             raise UserError(f"--load {target}: no such file")
         name = f"theseus_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
@@ -179,7 +211,11 @@ def load(target: str) -> None:
             raise UserError(f"--load {target}: not a Python file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except (SyntaxError, ImportError) as exc:
+            sys.modules.pop(name, None)
+            raise _import_failure(target, exc) from exc
         return
     try:
         importlib.import_module(target)
@@ -188,4 +224,6 @@ def load(target: str) -> None:
             raise UserError(
                 f"--load {target}: no module named {exc.name!r} (give a module on sys.path or a .py file)"
             ) from None
-        raise
+        raise _import_failure(target, exc) from exc
+    except (SyntaxError, ImportError) as exc:
+        raise _import_failure(target, exc) from exc

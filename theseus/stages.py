@@ -73,7 +73,11 @@ class Stage:
         return C.to_yaml(self.cfg, self.schema, header)
 
     def save(self, path: str | Path) -> None:
-        C.atomic_write(path, self.to_yaml())
+        """Write the YAML `theseus run` reads back; refuse values it would refuse (interpolations,
+        choices, bounds, a component's `check()`), so a bad file is never written. Required
+        values may still be unset."""
+        C.check_values(self.schema, self.cfg)
+        C.atomic_write(Path(path).expanduser(), self.to_yaml())
 
     def check(self) -> None:
         C.check_complete(self.schema, self.cfg, self.job)

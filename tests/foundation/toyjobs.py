@@ -18,7 +18,7 @@ class Mix:
 @dataclass
 class ToyConfig:
     per_device_batch_size: int = field(
-        "training/per_device_batch_size", default=8, help="sequences per device"
+        "training/per_device_batch_size", default=8, help="sequences per device", minimum=1
     )
     dataset: list[Mix] = field(
         "training/dataset", default_factory=lambda: [Mix()], help="data mixture"

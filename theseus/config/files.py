@@ -45,9 +45,52 @@ def to_yaml(
     return text + "config:\n" + _dump_tree(schema, container, "", "  ")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that gives the same key twice (plain YAML loaders keep the last one silently)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        self.key, self.line, self.first = key, again.line + 1, first.line + 1
+        super().__init__(
+            None,
+            None,
+            f"duplicate key {key!r} (first at line {self.first}); merge the two into one",
+            again,
+        )
+
+
+def _refuse_duplicates(constructor: yaml.constructor.BaseConstructor, node: yaml.Node) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` merges may be overridden by the keys written beside them
+        key = constructor.construct_object(key_node)
+        if key in seen:
+            raise DuplicateKeyError(key, seen[key], key_node.start_mark)
+        seen[key] = key_node.start_mark
+
+
+class StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping giving the same key twice."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        _refuse_duplicates(self, node)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
+class StrictTextLoader(yaml.BaseLoader):
+    """`yaml.BaseLoader` (every scalar a string) that refuses a key given twice."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        _refuse_duplicates(self, node)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; missing files and syntax errors become one-line errors."""
-    path = Path(path)
+    """Read a YAML mapping; missing files, syntax errors and keys given twice become one-line
+    errors."""
+    path = Path(path).expanduser()
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -57,7 +100,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (PermissionError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=StrictLoader)
+    except DuplicateKeyError as exc:
+        raise UserError(
+            f"{path}: duplicate key {exc.key!r} at line {exc.line} (first at line {exc.first}); "
+            "merge the two into one"
+        ) from None
     except yaml.YAMLError as exc:
         raise UserError(f"bad YAML in {path}: {yaml_problem(exc)}") from None
     if data is None:
@@ -70,6 +118,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def atomic_write(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise UserError(f"cannot write {str(path)!r}: not a file name; give one, e.g. train.yaml")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

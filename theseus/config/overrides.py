@@ -23,7 +23,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from theseus.config.files import yaml_problem
+from theseus.config.files import DuplicateKeyError, StrictLoader, StrictTextLoader, yaml_problem
 from theseus.config.schema import Schema, type_name
 from theseus.errors import ConfigError, first_line
 
@@ -43,14 +43,16 @@ class Override:
     raw: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> Override:
+    def parse(cls, text: str, example: str | None = None) -> Override:
+        """Read `text`; `example` is the `KEY=VALUE` shown when the `=` is missing."""
         if text.startswith("~"):
             key = text[1:]
             if not key or "=" in key:
                 raise ConfigError(f"bad override {text!r}: removal is written ~KEY.INDEX")
             return cls(key, "remove", text=text)
         if "=" not in text:
-            raise ConfigError(f"bad override {text!r}: expected KEY=VALUE (e.g. model.n_layers=12)")
+            example = example or "architecture.n_layers=12"
+            raise ConfigError(f"bad override {text!r}: expected KEY=VALUE (e.g. {example})")
         key, _, raw = text.partition("=")
         op = "set"
         if key.endswith("+"):
@@ -139,7 +141,11 @@ def _read_raw(text: str, raw: str, kind: Any) -> Any:
         return None
     text_only = _is_text(inner)
     try:
-        return yaml.load(raw, Loader=yaml.BaseLoader if text_only else yaml.SafeLoader)
+        return yaml.load(raw, Loader=StrictTextLoader if text_only else StrictLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"bad override {text!r}: key {exc.key!r} is given twice; keep one"
+        ) from None
     except yaml.YAMLError as exc:
         hint = "; quote items that YAML reads as syntax, e.g. ['@@']" if text_only else ""
         raise ConfigError(
@@ -221,6 +227,39 @@ def _near(schema: Schema, cfg: DictConfig, key: str) -> list[str]:
             if isinstance(node, DictConfig):
                 near += [f"{parent}.{k}" for k in node]
     return difflib.get_close_matches(key, near, n=3, cutoff=0.0) or near[:3]
+
+
+def _section_keys(schema: Schema, key: str) -> list[str]:
+    """The keys inside `key` when it names a section of the schema rather than a value."""
+    return sorted(k for k in schema.entries if k.startswith(key + "."))
+
+
+def _unknown(stages: Sequence[tuple[Schema, DictConfig]], key: str) -> ConfigError:
+    """The error for a key no stage owns: a section set as a whole, or the nearest keys."""
+    inside = sorted({k for schema, _ in stages for k in _section_keys(schema, key)})
+    if inside:
+        example = ", ".join(f"{k}=..." for k in inside[:3])
+        return ConfigError(
+            f"{key!r} is a section, not a value: set its keys one by one (e.g. {example})"
+        )
+    near: list[str] = []
+    for schema, cfg in stages:
+        near += _near(schema, cfg, key)
+    near = difflib.get_close_matches(key, near, n=3, cutoff=0.0) or near[:3]
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _example(stages: Sequence[tuple[Schema, DictConfig]], text: str) -> str | None:
+    """For override text without `=`, a `KEY=VALUE` these stages accept: `text=VALUE` if `text`
+    is one of their keys, else their key nearest to `text`."""
+    if "=" in text or text.startswith("~"):
+        return None
+    key = text.strip()
+    if any(_owned(schema, cfg, key) for schema, cfg in stages):
+        return f"{key}=VALUE"
+    near = [k for schema, _ in stages for k in schema.suggest(key, n=1)]
+    return f"{near[0]}=VALUE" if near else None
 
 
 def _check_indices(cfg: DictConfig, key: str) -> None:
@@ -312,15 +351,10 @@ def apply_overrides(stages: Sequence[tuple[Schema, DictConfig]], overrides: Sequ
     An override no stage owns is an error listing the three nearest valid keys.
     """
     for text in overrides:
-        override = Override.parse(text)
+        override = Override.parse(text, _example(stages, text))
         owners = [(s, c) for s, c in stages if _owned(s, c, override.key)]
         if not owners:
-            near: list[str] = []
-            for schema, cfg in stages:
-                near += _near(schema, cfg, override.key)
-            near = difflib.get_close_matches(override.key, near, n=3, cutoff=0.0) or near[:3]
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise ConfigError(f"unknown config key {override.key!r}{hint}")
+            raise _unknown(stages, override.key)
         for schema, cfg in owners:
             apply_override(schema, cfg, override)
 
@@ -346,8 +380,7 @@ def merge_values(
     for key, value in _flatten(values):
         if not _owned(schema, cfg, key):
             if strict:
-                near = ", ".join(_near(schema, cfg, key))
-                raise ConfigError(f"unknown config key {key!r}; did you mean {near}?")
+                raise _unknown([(schema, cfg)], key)
             dropped.append(key)
             continue
         try:

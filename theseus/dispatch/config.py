@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from theseus.base.chips import CHIPS
+from theseus.config.files import StrictLoader
 from theseus.errors import UserError
 
 LOCAL = "local"
@@ -280,7 +281,7 @@ def load(path: str | Path | None = None) -> DispatchConfig:
             raise UserError(f"no dispatch file {target}; see examples/dispatch.yaml for one")
         return DispatchConfig()
     try:
-        data = yaml.safe_load(target.read_text())
+        data = yaml.load(target.read_text(), Loader=StrictLoader)  # refuses a key given twice
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

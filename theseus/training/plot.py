@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from theseus.config import unwritable
 from theseus.errors import UserError
 from theseus.training.metrics import read_metrics
 
@@ -32,6 +34,10 @@ def plot_runs(
 
     if not runs:
         raise UserError("give at least one run folder to plot")
+    out = Path(out).expanduser()
+    why = unwritable(out.parent)
+    if why:
+        raise UserError(f"plot: cannot write {out}: {why}; choose another path")
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, run in enumerate(runs):
         path = metrics_file(run)
@@ -58,14 +64,20 @@ def plot_runs(
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out)
     kind = out.suffix.lower().lstrip(".")
     if kind not in fig.canvas.get_supported_filetypes():
         plt.close(fig)
         raise UserError(f"plot: cannot write {out}: name it .png, .pdf or .svg")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.{kind}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = unwritable(out.parent) or exc.strerror or str(exc)
+        raise UserError(f"plot: cannot write {out}: {why}; choose another path") from None
+    finally:
+        plt.close(fig)
     return out
