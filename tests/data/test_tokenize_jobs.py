@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from tests.data.conftest import THESEUS, configure_and_run, store_bytes, theseus
+from theseus.base.locks import exclusive
+from theseus.cli import main
 from theseus.data.store import TokenStore
 from theseus.data.tokenizers import make_tokenizer
 from theseus.errors import UserError
@@ -289,8 +291,9 @@ def test_train_tokenizer_then_tokenize_with_it(tmp_path: Path):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("data.val_pct=100", "data.val_pct=100.0"),
-        ("data.max_samples=0", "data.max_samples must be >= 1"),
+        ("data.val_pct=100", "data.val_pct=100.0: must be < 100"),
+        ("data.max_samples=0", "data.max_samples=0: must be >= 1"),
+        ("data.batch_docs=0", "data.batch_docs=0: must be >= 1"),
         ("data.store=../x", "bad data.store"),
         ("data.store=x.partial", "bad data.store 'x.partial': a name ending in '.partial'"),
     ],
@@ -322,3 +325,23 @@ def test_worker_processes_and_threads_write_the_same_store(
         tmp_path, "data/tokenize_variable_dataset", "threaded", *common, "data.store=threaded"
     )
     assert store_bytes(forked) == store_bytes(threaded)
+
+
+def test_configure_refuses_what_run_would(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "tok.yaml"
+    for setting in ("data.val_pct=200", "data.max_tokens=-1", "tokenizer_training.vocab_size=0"):
+        job = "data/train_tokenizer" if setting.startswith("tokenizer_") else None
+        job = job or "data/tokenize_variable_dataset"
+        assert main(["configure", job, str(out), setting]) == 2, setting
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {setting.split('=')[0]}=") and "must be" in err, err
+        assert not out.exists()
+
+
+def test_a_store_being_written_is_not_written_by_a_second_run(tmp_path: Path):
+    """The lock a running tokenize holds (here: this process) refuses a second writer."""
+    held = exclusive(tmp_path / "data" / ".pystdlib.lock", "token store pystdlib")
+    refused = pytest.raises(UserError, match=f"being written by process {os.getpid()} on ")
+    with held, refused:
+        run_job(tmp_path, "data/tokenize_variable_dataset", "second", "data.name=pystdlib")
+    assert list((tmp_path / "data").iterdir()) == []

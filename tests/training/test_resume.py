@@ -10,10 +10,19 @@ import os
 import random
 import resource
 import signal
+import socket
 
 import pytest
 
-from tests.training.conftest import ckpt_dir, cli_args, last_step, losses, spawn, wait_for
+from tests.training.conftest import (
+    ckpt_dir,
+    cli_args,
+    last_step,
+    losses,
+    run_dir,
+    spawn,
+    wait_for,
+)
 from theseus.cli import main
 
 STEPS = ["training.steps=24"]
@@ -176,3 +185,23 @@ def test_dropout_trains_and_resumes_with_the_same_masks(root, train_yaml, capsys
     assert last_step(root, "dropout-cut") < 24
     assert "resuming dropout-cut" in _resume(root, train_yaml, "dropout-cut", *drop, capsys=capsys)
     assert losses(root, "dropout-cut") == reference
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_trains(root, train_yaml, capsys):
+    """Two writers would interleave one run's metrics and checkpoints."""
+    args = cli_args("busy", train_yaml, root, "training.steps=100000")
+    first = spawn(args)
+    try:
+        wait_for(lambda: last_step(root, "busy") >= 1, timeout=300)
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: run 'busy' is being written by process {first.pid} on " + (
+            f"{socket.gethostname()}; wait for it to finish, or stop it first"
+        ), err
+    finally:
+        first.kill()
+        first.wait()
+    # a killed holder releases its lock: the run resumes
+    assert main(cli_args("busy", train_yaml, root, "training.steps=2")) == 0
+    assert not list(run_dir(root, "busy").parent.glob(".busy.lock"))

@@ -37,16 +37,21 @@ class StoreConfig:
         "data/store", default="${data.name}", help="store name: written to OUT/data/<store>/"
     )
     max_tokens: int | None = field(
-        "data/max_tokens", default=None, help="stop once this many tokens are written"
+        "data/max_tokens", minimum=1, default=None, help="stop once this many tokens are written"
     )
     val_pct: float = field(
         "data/val_pct",
+        minimum=0,
+        below=100,
         default=1.0,
         help="percent of documents held out for validation (chosen by a hash of each document)",
     )
-    shard_tokens: int = field("data/shard_tokens", default=1 << 28, help="tokens per shard file")
+    shard_tokens: int = field(
+        "data/shard_tokens", minimum=1, default=1 << 28, help="tokens per shard file"
+    )
     batch_docs: int = field(
         "data/batch_docs",
+        minimum=1,
         default=1024,
         help="documents tokenized per batch; progress is saved after each batch",
     )
@@ -87,11 +92,15 @@ class TokenizerTrainingConfig:
 
     vocab_size: int = field(
         "tokenizer_training/vocab_size",
+        minimum=257,  # the 256 bytes and an end-of-text token
         default=8192,
         help="vocabulary size, special tokens included",
     )
     min_frequency: int = field(
-        "tokenizer_training/min_frequency", default=2, help="merge only pairs seen this often"
+        "tokenizer_training/min_frequency",
+        minimum=1,
+        default=2,
+        help="merge only pairs seen this often",
     )
 
 
@@ -142,28 +151,23 @@ class TokenizeJob(BasicJob[StoreConfig]):
     def shard_rows(self) -> int:
         return self.config.shard_tokens
 
-    def _check(self) -> None:
-        c = self.config
-        if not 0 <= c.val_pct < 100:
-            raise UserError(f"data.val_pct={c.val_pct}: give a percentage in [0, 100)")
-        if c.batch_docs < 1 or c.shard_tokens < 1:
-            raise UserError("data.batch_docs and data.shard_tokens must be >= 1")
-        if self.source_config.max_samples is not None and self.source_config.max_samples < 1:
-            raise UserError("data.max_samples must be >= 1 (or null for all)")
-        if c.max_tokens is not None and c.max_tokens < 1:
-            raise UserError("data.max_tokens must be >= 1 (or null for all)")
-
     def run(self) -> Path:
+        from theseus.base.locks import exclusive
         from theseus.config import configure
+
+        self.source_config = configure(SourceConfig, self.cfg)
+        tokenizer_config = configure(TokenizerConfig, self.cfg)
+        final = store_path(self.spec, self.config.store)
+        # two writers would interleave their shards under one manifest
+        with exclusive(final.with_name(f".{final.name}.lock"), f"token store {final.name}"):
+            return self._write(final, tokenizer_config)
+
+    def _write(self, final: Path, tokenizer_config: TokenizerConfig) -> Path:
         from theseus.data.datasets import open_source
         from theseus.data.pipeline import tokenize
         from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
         from theseus.data.tokenizers import make_tokenizer
 
-        self.source_config = configure(SourceConfig, self.cfg)
-        tokenizer_config = configure(TokenizerConfig, self.cfg)
-        self._check()
-        final = store_path(self.spec, self.config.store)
         if final.exists() and not (final / "manifest.json").is_file():
             raise UserError(
                 f"{final} exists and is not a token store; move it away, or set data.store=NEW_NAME"

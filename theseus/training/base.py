@@ -21,6 +21,7 @@ then the run exits with code 75 ("stopped early, checkpoint saved; run again to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -220,10 +221,23 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         from theseus.training.session import Session
 
         self.prepare_devices()
-        self._start_over_if_asked()
-        self.session = Session(self)
-        with StopSignals() as stop:
-            return self.session.train(stop)
+        with self._one_writer():
+            self._start_over_if_asked()
+            self.session = Session(self)
+            with StopSignals() as stop:
+                return self.session.train(stop)
+
+    def _one_writer(self) -> contextlib.AbstractContextManager[None]:
+        """Two runs of one name would interleave their metrics and checkpoints: the second is
+        refused. Process 0 holds the lock for all the run's processes."""
+        import jax
+
+        if jax.process_index() != 0:
+            return contextlib.nullcontext()
+        from theseus.base.locks import exclusive
+
+        run_dir = self.spec.place("runs")
+        return exclusive(run_dir.with_name(f".{run_dir.name}.lock"), f"run {self.spec.name!r}")
 
     def prepare_devices(self) -> None:
         """Before JAX starts: XLA's defaults, one CPU device per core (single process), or join

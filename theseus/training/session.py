@@ -422,38 +422,47 @@ class Session:
             reset_at_eot=self.config.reset_at_eot,
         )
 
-    def _remove_new_folders(self) -> None:
-        """Undo the folders this session made (a run that could not start leaves nothing)."""
-        self.log.close()
-        self.checkpointer.close()
-        if self.main:
-            for folder in self._new_folders:
-                shutil.rmtree(folder, ignore_errors=True)
-
     def train(self, stop: StopSignals) -> dict[str, Any]:
-        """Restore or initialize, compile, and train to the plan's last step."""
+        """Restore or initialize, compile, and train to the plan's last step. A run that cannot
+        start (a refused restore, a step too big for memory) leaves no folders behind."""
         try:
-            self.start_state()
+            compiled = self._prepare()
         except UserError:
-            self._remove_new_folders()
+            self._close()
+            if self.main:
+                for folder in self._new_folders:
+                    shutil.rmtree(folder, ignore_errors=True)
             raise
         try:
-            return self._train(stop)
+            if compiled is None:
+                self.log.info(f"{self.spec.name} already finished at step {self.step}")
+                return {"step": self.step}
+            return self._train(stop, *compiled)
         finally:
-            self.train_loader.close()
-            self.checkpointer.close()
-            self.log.close()
+            self._close()
 
-    def _train(self, stop: StopSignals) -> dict[str, Any]:
-        log = self.log
+    def _close(self) -> None:
+        self.train_loader.close()
+        self.checkpointer.close()
+        self.log.close()
+
+    def _prepare(self) -> tuple[Any, Any, float] | None:
+        """The state, the run's config.yaml, and the compiled steps (None: nothing left to train)."""
+        self.start_state()
+        if self.step >= self.plan.steps:
+            return None
         if self.main:
             from theseus.config import atomic_write, to_yaml
 
             atomic_write(
                 self.spec.run_dir / "config.yaml", to_yaml(self.trainer.cfg, self.trainer.schema())
             )
-        compiled, evaluate, compile_s = self._compile()
-        plan = self.plan  # compiling may have lowered the per-device batch to fit memory
+        return self._compile()
+
+    def _train(
+        self, stop: StopSignals, compiled: Any, evaluate: Any, compile_s: float
+    ) -> dict[str, Any]:
+        log, plan = self.log, self.plan  # compiling may have lowered the per-device batch
         peak, peak_source = peak_flops(jax.devices(), self.process_count)
         log.info(
             f"{self.spec.name}: {plan.steps} steps x {plan.global_batch} seqs x {plan.seq_len} tokens "
@@ -469,9 +478,6 @@ class Session:
             )
         val_batches = self._validation_batches()
         summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
-        if self.step >= plan.steps:
-            log.info(f"{self.spec.name} already finished at step {self.step}")
-            return {"step": self.step, **summary}
         barrier("theseus-first-step")  # compiling can take each process a different time
         try:
             last = TrainingLoop(self, compiled, evaluate, val_batches, peak).run(stop)

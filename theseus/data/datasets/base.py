@@ -51,7 +51,7 @@ class SourceConfig:
         help="split each .txt file into documents at this string (default: one document per file)",
     )
     max_samples: int | None = field(
-        "data/max_samples", default=None, help="read at most this many documents"
+        "data/max_samples", minimum=1, default=None, help="read at most this many documents"
     )
 
 
