@@ -176,7 +176,7 @@ def test_fresh_with_a_missing_restore_moves_nothing(root, train_yaml, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no such run or checkpoint") and "moved" not in err, err
     assert step.is_dir() and run_dir(root, "kept").is_dir()
-    assert not [p for p in ckpt_dir(root, "kept").parent.iterdir() if ".replaced-" in p.name]
+    assert not list(ckpt_dir(root, "kept").parent.glob("kept.replaced-*"))
 
 
 def test_fresh_restoring_from_the_run_itself_moves_nothing(root, train_yaml, capsys):

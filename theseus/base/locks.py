@@ -16,13 +16,18 @@ from theseus.errors import UserError
 def exclusive(path: Path, what: str) -> Iterator[None]:
     """Hold `path` as a lock while the block runs; refuse at once if another process holds it.
 
-    The file names its holder (process id and host) for the error message and is removed on
-    release. A process that dies releases its lock with it (flock), so nothing stale blocks a
-    later run, also across hosts on a shared file system that supports flock (NFS, JuiceFS).
+    The file names its holder (process id and host) for the error message; it is removed on
+    release, with any folder made for it that is still empty. A process that dies releases its
+    lock with it (flock), so nothing stale blocks a later run, also across hosts on a shared file
+    system that supports flock (NFS, JuiceFS).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = [folder for folder in path.parents if not folder.exists()]  # deepest first
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its folder is not there (yet, or any more: see below)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -44,3 +49,9 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+        # folders made only for the lock go with it: a job that failed leaves nothing behind
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # holds something now
+                break
