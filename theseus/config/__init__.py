@@ -14,7 +14,7 @@ dataclass out of it.
 """
 
 from theseus.config.current import configuration, configure, current
-from theseus.config.files import atomic_write, read_yaml, to_yaml, unwritable
+from theseus.config.files import atomic_output, atomic_write, read_yaml, to_yaml, unwritable
 from theseus.config.overrides import (
     Override,
     apply_override,
@@ -40,6 +40,7 @@ __all__ = [
     "Schema",
     "apply_override",
     "apply_overrides",
+    "atomic_output",
     "atomic_write",
     "build",
     "changed_settings",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,19 +118,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def atomic_write(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
-    path = Path(path)
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, what: str = "") -> Iterator[Path]:
+    """A temporary file to write in the block; it becomes `path` only once the block is done.
+
+    A failed write removes it and says why in one line (`what` names the writer, e.g. "plot")."""
     if path.name in ("", ".", ".."):
         raise UserError(f"cannot write {str(path)!r}: not a file name; give one, e.g. train.yaml")
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        yield tmp
         tmp.replace(path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         why = unwritable(path.parent) or exc.strerror or str(exc)
-        raise UserError(f"cannot write {path}: {why}; choose another path") from None
+        prefix = f"{what}: " if what else ""
+        raise UserError(f"{prefix}cannot write {path}: {why}; choose another path") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def unwritable(folder: Path) -> str | None:

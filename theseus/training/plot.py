@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from theseus.config import unwritable
+from theseus.config import atomic_output, unwritable
 from theseus.errors import UserError
 from theseus.training.metrics import read_metrics
 
@@ -68,16 +67,9 @@ def plot_runs(
     if kind not in fig.canvas.get_supported_filetypes():
         plt.close(fig)
         raise UserError(f"plot: cannot write {out}: name it .png, .pdf or .svg")
-    tmp = out.with_name(f".{out.stem}.tmp.{kind}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        tmp.replace(out)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        why = unwritable(out.parent) or exc.strerror or str(exc)
-        raise UserError(f"plot: cannot write {out}: {why}; choose another path") from None
+        with atomic_output(out, "plot") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return out
