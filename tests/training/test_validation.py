@@ -41,6 +41,10 @@ REFUSED = {
     "architecture.dropout=-0.1": "architecture.dropout=-0.1: must be >= 0",
     "architecture.rope_theta=0": "architecture.rope_theta=0.0: must be > 0",
     "training.steps=1.5": "training.steps: expected int, got 1.5 (float); write a whole number",
+    "training.dataset.0.rate=-1": "training.dataset.0.rate=-1.0: a rate must be a finite number",
+    "training.dataset.0.rate=nan": "training.dataset.0.rate=nan: a rate must be a finite number",
+    "training.dataset.0.rate=0": "training.dataset: every rate is 0 ([0.0]); give one a rate > 0",
+    "training.dataset=[]": "training.dataset is empty; name a token store",
 }
 
 
@@ -191,3 +195,10 @@ def test_fresh_restoring_from_the_run_itself_moves_nothing(root, train_yaml, cap
         err = capsys.readouterr().err.strip()
         assert "that is this run's own checkpoint" in err and len(err.splitlines()) == 1, err
         assert step.is_dir()
+
+
+def test_configure_refuses_a_dataset_mixture_run_would_refuse(tmp_path, capsys):
+    out = tmp_path / "train.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(out), "training.dataset.0.rate=-1"]) == 2
+    assert "training.dataset.0.rate=-1.0: a rate must be" in capsys.readouterr().err
+    assert not out.exists()

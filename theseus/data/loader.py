@@ -10,6 +10,7 @@ which is what makes resuming exact.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,17 @@ class DatasetMix:
 
     name: str
     rate: float = 1.0
+
+
+def check_rates(rates: list[float]) -> None:
+    """Mixture rates are finite, not negative, and not all 0."""
+    for k, rate in enumerate(rates):
+        if not (math.isfinite(rate) and rate >= 0):
+            raise UserError(
+                f"training.dataset.{k}.rate={rate}: a rate must be a finite number >= 0"
+            )
+    if sum(rates) <= 0:
+        raise UserError(f"training.dataset: every rate is 0 ({rates}); give one a rate > 0")
 
 
 class _Windows:
@@ -158,11 +170,7 @@ class Loader:
             raise UserError(
                 f"the loader needs one rate per store (got {len(stores)} stores, {len(rates)} rates)"
             )
-        for k, rate in enumerate(rates):
-            if rate < 0:
-                raise UserError(f"training.dataset.{k}.rate={rate}: a rate must be >= 0")
-        if sum(rates) <= 0:
-            raise UserError(f"training.dataset: every rate is 0 ({rates}); give one a rate > 0")
+        check_rates(rates)
         if seq_len < 1 or global_batch < 1:
             raise UserError(
                 f"seq_len and global batch size must be >= 1 (got {seq_len}, {global_batch})"

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from theseus.base.stopping import StopSignals
 from theseus.config import configure, field
-from theseus.data.loader import DatasetMix
+from theseus.data.loader import DatasetMix, check_rates
 from theseus.errors import UserError
 from theseus.job import RestoreableJob
 from theseus.training.metrics import LoggingConfig
@@ -125,6 +125,14 @@ class BaseTrainerConfig:
         default=False,
         help="with --restore: take only the weights (fresh optimizer, step 0) instead of the full state",
     )
+
+    def check(self) -> None:
+        """Rules on the dataset list (run with the config's validation, before any work)."""
+        if not self.dataset:
+            raise UserError(
+                "training.dataset is empty; name a token store, e.g. [{name: pystdlib}]"
+            )
+        check_rates([mix.rate for mix in self.dataset])
 
 
 @dataclass
