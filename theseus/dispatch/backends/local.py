@@ -45,9 +45,11 @@ class ProcessBackend(Backend):
 
     def interpret(self, record: Record, values: list[str]) -> tuple[str, str]:
         status, *code = values[0].split() or ["starting"]
+        if values[1] == "alive":
+            # the job writes its final status just before its process ends: until then it still
+            # holds its host (and its reserved GPUs)
+            return ("starting" if status == "starting" else "running"), ""
         if status in ("starting", "running"):
-            if values[1] == "alive":
-                return status, ""
             if record.cancelled:
                 return "cancelled", ""
             return "failed", "ended without writing its status, as a killed job does"
