@@ -340,7 +340,7 @@ def test_configure_refuses_what_run_would(tmp_path: Path, capsys: pytest.Capture
 
 def test_a_store_being_written_is_not_written_by_a_second_run(tmp_path: Path):
     """The lock a running tokenize holds (here: this process) refuses a second writer."""
-    held = exclusive(tmp_path / "data" / ".pystdlib.lock", "token store pystdlib")
+    held = exclusive(tmp_path / "data" / "pystdlib", "token store pystdlib")
     refused = pytest.raises(UserError, match=f"being written by process {os.getpid()} on ")
     with held, refused:
         run_job(tmp_path, "data/tokenize_variable_dataset", "second", "data.name=pystdlib")

@@ -205,19 +205,7 @@ def test_chats_with_nothing_to_learn_are_counted(tmp_path: Path, capsys):
         [{"role": "user", "content": "anyone?"}],
         [{"role": "User", "content": "hi"}, {"role": "Assistant", "content": "hello"}],
     ]
-    (tmp_path / "chats.jsonl").write_text(
-        "".join(json.dumps({"messages": c}) + "\n" for c in chats)
-    )
-    run_job(
-        tmp_path,
-        "data/tokenize_blockwise_dataset",
-        "t",
-        "data.name=files",
-        f"data.paths=[{tmp_path / 'chats.jsonl'}]",
-        "tokenizer.backend=bytes",
-        "data.val_pct=0",
-        "data.seq_len=64",
-    )
+    _tokenize_chats(tmp_path, [{"messages": c} for c in chats], "data.seq_len=64")
     assert "warning: 2 examples have no token to learn" in capsys.readouterr().err
 
 

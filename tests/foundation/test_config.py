@@ -271,15 +271,14 @@ def test_minimums_are_enforced_and_null_stays_allowed_where_optional():
         rate: float = C.field("x/rate", default=0.5, minimum=0)
 
     s = C.Schema(Bounds)
-    for override, message in {
-        "x.every=0": "x.every=0: must be >= 1",
-        "x.keep=-2": "x.keep=-2: must be >= 1",
-        "x.rate=-0.1": "x.rate=-0.1: must be >= 0",
-    }.items():
-        cfg = s.tree()
-        C.apply_overrides([(s, cfg)], [override])
-        with pytest.raises(ConfigError, match=message):
-            C.check_complete(s, cfg)
+    _assert_refused(
+        s,
+        {
+            "x.every=0": "x.every=0: must be >= 1",
+            "x.keep=-2": "x.keep=-2: must be >= 1",
+            "x.rate=-0.1": "x.rate=-0.1: must be >= 0",
+        },
+    )
     cfg = s.tree()
     C.apply_overrides([(s, cfg)], ["x.every=1", "x.keep=null", "x.rate=0"])
     C.check_complete(s, cfg)
@@ -294,18 +293,17 @@ def test_maximums_strict_bounds_and_finiteness_are_enforced():
         seed: int = C.field("x/seed", default=0, minimum=0, maximum=2**32 - 1)
 
     s = C.Schema(Bounds)
-    for override, message in {
-        "x.beta=1": "x.beta=1.0: must be < 1",
-        "x.eps=0": "x.eps=0.0: must be > 0",
-        "x.share=1.5": "x.share=1.5: must be <= 1",
-        "x.share=nan": "x.share=nan: must be a finite number",
-        "x.share=-inf": "x.share=-inf: must be a finite number",
-        "x.seed=4294967296": "x.seed=4294967296: must be <= 4294967295",
-    }.items():
-        cfg = s.tree()
-        C.apply_overrides([(s, cfg)], [override])
-        with pytest.raises(ConfigError, match=message):
-            C.check_complete(s, cfg)
+    _assert_refused(
+        s,
+        {
+            "x.beta=1": "x.beta=1.0: must be < 1",
+            "x.eps=0": "x.eps=0.0: must be > 0",
+            "x.share=1.5": "x.share=1.5: must be <= 1",
+            "x.share=nan": "x.share=nan: must be a finite number",
+            "x.share=-inf": "x.share=-inf: must be a finite number",
+            "x.seed=4294967296": "x.seed=4294967296: must be <= 4294967295",
+        },
+    )
     cfg = s.tree()
     C.apply_overrides([(s, cfg)], ["x.beta=0.999", "x.eps=1e-30", "x.share=1", "x.seed=4294967295"])
     C.check_complete(s, cfg)
@@ -426,3 +424,12 @@ def test_read_yaml_errors(tmp_path):
     bad.write_text("config:\n  a: [1,\n")
     with pytest.raises(UserError, match=r"bad YAML in .*line"):
         C.read_yaml(bad)
+
+
+def _assert_refused(schema: C.Schema, cases: dict[str, str]) -> None:
+    """Each override alone is refused by the completeness check with its message."""
+    for override, message in cases.items():
+        cfg = schema.tree()
+        C.apply_overrides([(schema, cfg)], [override])
+        with pytest.raises(ConfigError, match=message):
+            C.check_complete(schema, cfg)

@@ -13,14 +13,16 @@ from theseus.errors import UserError
 
 
 @contextlib.contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold `path` as a lock while the block runs; refuse at once if another process holds it.
+def exclusive(guarded: Path, what: str) -> Iterator[None]:
+    """Hold the lock of `guarded` (the hidden file `.NAME.lock` beside it) while the block runs;
+    refuse at once if another process holds it.
 
     The file names its holder (process id and host) for the error message; it is removed on
     release, with any folder made for it that is still empty. A process that dies releases its
     lock with it (flock), so nothing stale blocks a later run, also across hosts on a shared file
     system that supports flock (NFS, JuiceFS).
     """
+    path = guarded.with_name(f".{guarded.name}.lock")
     made = [folder for folder in path.parents if not folder.exists()]  # deepest first
     while True:
         try:

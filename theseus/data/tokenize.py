@@ -159,7 +159,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
         tokenizer_config = configure(TokenizerConfig, self.cfg)
         final = store_path(self.spec, self.config.store)
         # two writers would interleave their shards under one manifest
-        with exclusive(final.with_name(f".{final.name}.lock"), f"token store {final.name}"):
+        with exclusive(final, f"token store {final.name}"):
             return self._write(final, tokenizer_config)
 
     def _write(self, final: Path, tokenizer_config: TokenizerConfig) -> Path:

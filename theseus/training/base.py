@@ -244,8 +244,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             return contextlib.nullcontext()
         from theseus.base.locks import exclusive
 
-        run_dir = self.spec.place("runs")
-        return exclusive(run_dir.with_name(f".{run_dir.name}.lock"), f"run {self.spec.name!r}")
+        return exclusive(self.spec.place("runs"), f"run {self.spec.name!r}")
 
     def prepare_devices(self) -> None:
         """Before JAX starts: XLA's defaults, one CPU device per core (single process), or join
