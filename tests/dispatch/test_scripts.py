@@ -252,3 +252,23 @@ def test_a_run_name_is_held_by_one_submission_at_a_time(tmp_path: Path, monkeypa
         order.append("first done")
     second.join(timeout=5)
     assert order == ["first done", "second"]
+
+
+def test_a_chip_count_from_the_yaml_that_fits_nowhere_says_how_to_change_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    yaml_path = tmp_path / "count.yaml"
+    configure = ["configure", "test/dispatch/count", str(yaml_path), "--load", COUNTJOB]
+    assert main([*configure, "--chip", "h100", "-n", "512"]) == 0
+    dispatch = tmp_path / "d.yaml"
+    local = {"root": str(tmp_path / "out"), "work": str(tmp_path / "work")}
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": local}}))
+    args = ["submit", "big", str(yaml_path), "-d", str(dispatch), "--load", COUNTJOB, "--dry-run"]
+    capsys.readouterr()
+    assert main([*args, "--chip", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no host can run 512 × cpu now" in err
+    assert f"{yaml_path} asks for 512; pass -n for another count" in err
+    assert main([*args, "--chip", "cpu", "-n", "512"]) == 2  # asked for here: nothing to add
+    assert "asks for" not in capsys.readouterr().err

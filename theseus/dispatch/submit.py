@@ -166,14 +166,21 @@ def submit(
                 f"{name} keeps its checkpoints under {previous.root}, which no cluster of the "
                 "dispatch file has; submit it where they are, or choose another run name"
             )
-    placement = choose(
-        settings,
-        request,
-        local,
-        clusters=clusters,
-        exclude_clusters=exclude_clusters,
-        probe=None if dry_run else probe,
-    )
+    try:
+        placement = choose(
+            settings,
+            request,
+            local,
+            clusters=clusters,
+            exclude_clusters=exclude_clusters,
+            probe=None if dry_run else probe,
+        )
+    except UserError as exc:
+        if n is None and first.n:
+            raise UserError(
+                f"{exc} ({yaml_path} asks for {first.n}; pass -n for another count)"
+            ) from None
+        raise
     host = placement.host
     repo = repository_root()
     snapshot = take(repo, clean=not dirty, untracked=untracked)
