@@ -96,3 +96,28 @@ def test_a_manifest_that_is_not_json_is_a_one_line_error(store: TokenStore, cont
     message = _one_line_error(store.path)
     assert f"{store.path / 'manifest.json'} is not valid JSON" in message
     assert f"delete {store.path} and tokenize again" in message
+
+
+@pytest.mark.parametrize("content", [b'{"docs_read": 3,', b"\xff\xfe", b"[]"])
+def test_a_damaged_progress_file_starts_the_store_over(tmp_path: Path, content: bytes):
+    from theseus.data.store import PROGRESS, Manifest, StoreWriter
+
+    manifest = Manifest(
+        kind="variable",
+        vocab_size=100,
+        eot_id=0,
+        dtype=token_dtype(100),
+        tokenizer={"backend": "bytes", "name": "test", "hash": "vocab-100"},
+        source={"name": "synthetic"},
+        settings={},
+        splits={},
+    )
+    first = StoreWriter(tmp_path / "s", manifest, 10)
+    first.resume()
+    first.add("train", {"tokens": np.arange(1, 8, dtype=manifest.dtype)})
+    first.commit(1, {})
+    (first.partial / PROGRESS).write_bytes(content)
+    again = StoreWriter(tmp_path / "s", manifest, 10)
+    assert not again.can_resume()
+    assert again.resume() is False  # starts over instead of failing on every rerun
+    assert again.docs_read == 0 and not list(again.partial.glob("*.bin"))

@@ -283,7 +283,12 @@ class StoreWriter:
         progress_path = self.partial / PROGRESS
         if not progress_path.is_file():
             return None
-        progress = json.loads(progress_path.read_text())
+        try:
+            progress = json.loads(progress_path.read_bytes())
+        except ValueError:  # damaged: the partial folder is rebuilt rather than trusted
+            return None
+        if not isinstance(progress, dict):
+            return None
         if progress.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
             return None
         return progress
