@@ -345,3 +345,19 @@ def test_a_store_being_written_is_not_written_by_a_second_run(tmp_path: Path):
     with held, refused:
         run_job(tmp_path, "data/tokenize_variable_dataset", "second", "data.name=pystdlib")
     assert not (tmp_path / "data").exists()  # the folder made for the lock went with it
+
+
+def test_a_process_running_jax_tokenizes_without_forking_it(tmp_path: Path):
+    import warnings
+
+    import jax
+
+    settings = ("data.name=pystdlib", "tokenizer.backend=bytes", "data.max_samples=60")
+    forked = configure_and_run(tmp_path, "data/tokenize_variable_dataset", "forked", *settings)
+    assert forked.returncode == 0, forked.stderr
+    jax.devices()  # JAX's thread pools now run here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        here = run_job(tmp_path / "here", "data/tokenize_variable_dataset", "t", *settings)
+    assert not [w for w in caught if "fork" in str(w.message)]  # JAX warns at any fork
+    assert store_bytes(here) == store_bytes(tmp_path / "out" / "data" / "pystdlib")

@@ -331,6 +331,13 @@ class _Progress:
 _WORKER_ENCODER: Encoder | None = None
 
 
+def _jax_started() -> bool:
+    """Whether JAX runs its thread pools in this process (the Python API after training, say):
+    a fork of it is unsafe, as a lock one of them held at the fork stays held in the child."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bridge is not None and bridge.backends_are_initialized()
+
+
 def _start_worker(encoder: Encoder) -> None:
     global _WORKER_ENCODER
     # Out of the job's process group, so that Ctrl-C or a `kill -TERM -PGID` reaches only the
@@ -351,8 +358,9 @@ class EncodeWorkers:
     """Encodes batches on every core and hands them back in input order.
 
     On Linux: one forked worker process per core, each encoding single-threaded, so that the
-    conversion of ids to arrays (Python, under a lock per process) runs in parallel too. Elsewhere
-    (no safe fork): threads calling the tokenizer's own multi-threaded batch encode.
+    conversion of ids to arrays (Python, under a lock per process) runs in parallel too. Elsewhere,
+    or once JAX has started (no safe fork): threads calling the tokenizer's own multi-threaded
+    batch encode.
     Enter it before starting any other thread: forking a process that runs threads is unsafe.
     """
 
@@ -362,7 +370,7 @@ class EncodeWorkers:
         self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> EncodeWorkers:
-        if self.workers > 1 and sys.platform == "linux":
+        if self.workers > 1 and sys.platform == "linux" and not _jax_started():
             import multiprocessing
 
             # Children must not inherit a thread pool that forking broke; the parent's own
