@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.stores import write_bpe_store
 from theseus.checkpoint import load_model
 from theseus.cli import main
 from theseus.config import read_yaml
-from theseus.data.datasets import SourceConfig, open_source
 from theseus.data.store import TokenStore
-from theseus.data.tokenizer_training import train_bpe
 from theseus.data.tokenizers import BytesTokenizer, load_tokenizer
 from theseus.errors import UserError
 from theseus.evaluation import check_evaluations, run_evaluations
@@ -75,18 +74,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def bpe_store(trained) -> Path:
-    """A store of the same text written with a trained BPE (400 ids) instead of bytes."""
     out, _ = trained
-    bpe = train_bpe(open_source(SourceConfig(name="pystdlib")), 20, 400, 2, out / "bpe.json")
-    overrides = [
-        "tokenizer.backend=huggingface",
-        f"tokenizer.name={bpe}",
-        "data.store=pystdlib-bpe",
-        "data.max_tokens=20000",
-        "data.val_pct=10",
-    ]
-    assert main(["run", "tok-bpe", str(out / "tok.yaml"), str(out), *overrides]) == 0
-    return out / "data" / "pystdlib-bpe"
+    return write_bpe_store(out, out / "tok.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import write_bpe_store
 from tests.training.conftest import ckpt_dir, cli_args, run_dir
 from theseus.cli import main
-from theseus.data.datasets import SourceConfig, open_source
-from theseus.data.tokenizer_training import train_bpe
 
 EXPLODE = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
 
@@ -35,20 +34,8 @@ def source_run(root, train_yaml) -> str:
 
 
 @pytest.fixture(scope="module")
-def bpe_store(root, tmp_path_factory) -> str:
-    """The same text written with a trained BPE of 300 ids: padded, the same vocabulary size
-    (384) as the bytes tokenizer's, so only the tokenizer check can tell them apart."""
-    folder = tmp_path_factory.mktemp("bpe")
-    bpe = train_bpe(open_source(SourceConfig(name="pystdlib")), 20, 300, 2, folder / "bpe.json")
-    overrides = [
-        "tokenizer.backend=huggingface",
-        f"tokenizer.name={bpe}",
-        "data.store=pystdlib-bpe",
-        "data.max_tokens=30000",
-        "data.val_pct=10",
-    ]
-    assert main(["run", "tok-bpe", str(root / "tok.yaml"), str(root), *overrides]) == 0
-    return "pystdlib-bpe"
+def bpe_store(root) -> str:
+    return write_bpe_store(root, root / "tok.yaml").name
 
 
 def test_restores_that_cannot_apply_fail_before_making_folders(
