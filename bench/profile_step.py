@@ -121,7 +121,7 @@ def profile(bench: Any, args: argparse.Namespace, out: Path) -> None:
         f"{plan}; compiled in {compile_s:.1f}s on {jax.device_count()} {jax.devices()[0].device_kind} device(s)"
     )
     loader = session._loader("train", plan.global_batch)
-    batches = [session._to_device(loader.batch(i), plan.accumulation) for i in range(4)]
+    batches = [session.to_device(loader.batch(i), plan.accumulation) for i in range(4)]
     loader.close()
     state = {"params": session.params, "opt": session.opt}
 

@@ -75,6 +75,11 @@ def test_schedules():
     assert float(wsd(0)) == 0.0 and float(wsd(5)) == pytest.approx(0.5)
     assert float(wsd(10)) == pytest.approx(1.0) and float(wsd(79)) == pytest.approx(1.0)
     assert float(wsd(90)) == pytest.approx(0.55) and float(wsd(100)) == pytest.approx(0.1)
+    # a decay longer than what the warmup leaves starts right after it and still ends at min_lr
+    short = make_schedule(
+        "wsd", lr=1.0, min_lr=0.1, warmup_steps=5, total_steps=10, decay_fraction=0.6
+    )
+    assert float(short(5)) == pytest.approx(1.0) and float(short(10)) == pytest.approx(0.1)
     cosine = make_schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100)
     assert float(cosine(10)) == pytest.approx(1.0) and float(cosine(55)) == pytest.approx(0.55)
     assert float(cosine(100)) == pytest.approx(0.1)

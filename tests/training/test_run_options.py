@@ -186,3 +186,15 @@ def test_a_step_that_cannot_fit_memory_shrinks_or_refuses(root, train_yaml, caps
     assert (
         not run_dir(root, "tight-pinned").exists() and not ckpt_dir(root, "tight-pinned").exists()
     )
+
+
+def test_the_validation_set_does_not_depend_on_the_per_device_batch(root, train_yaml):
+    def val_losses(name: str, *extra: str) -> list[float]:
+        options = ("training.steps=2", "logging.val_interval=1", "logging.val_batches=2", *extra)
+        assert main(cli_args(name, train_yaml, root, *options)) == 0
+        lines = (run_dir(root, name) / "metrics.jsonl").read_text().splitlines()
+        return [r["val_loss"] for r in map(json.loads, lines) if "val_loss" in r]
+
+    whole = val_losses("val-whole")
+    accumulated = val_losses("val-accumulated", "training.per_device_batch_size=2")
+    assert len(whole) == 2 and accumulated == pytest.approx(whole, rel=1e-5)

@@ -27,7 +27,7 @@ class TrainingLoop:
         session: Session,
         step_fn: Any,
         eval_fn: Any,
-        val_batches: list[dict[str, jax.Array]],
+        val_batches: list[dict[str, np.ndarray]],
         peak_flops: float,
     ) -> None:
         self.session, self.step_fn, self.eval_fn = session, step_fn, eval_fn
@@ -50,7 +50,7 @@ class TrainingLoop:
                     break
                 state, metrics = self.step_fn(
                     {"params": s.params, "opt": s.opt},
-                    s._to_device(host_batch, plan.accumulation),
+                    s.to_device(host_batch, plan.accumulation),
                     np.int32(step),
                     s.learning_rates[step],
                 )
@@ -89,8 +89,8 @@ class TrainingLoop:
     def _validate(self, step: int) -> None:
         """Mean loss over the fixed validation batches."""
         total, count = 0.0, 0.0
-        for batch in self.val_batches:
-            loss, n = self.eval_fn(self.session.params, batch)
+        for batch in self.val_batches:  # on the host: the set may be larger than a step's batch
+            loss, n = self.eval_fn(self.session.params, self.session.to_device(batch, None))
             total += float(loss)
             count += float(n)
         self.last["val_loss"] = total / max(count, 1.0)

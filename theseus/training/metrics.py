@@ -41,7 +41,8 @@ class LoggingConfig:
         "logging/val_batches",
         minimum=0,
         default=20,
-        help="validation batches (the same fixed set each time)",
+        help="validation batches of training.batch_size sequences "
+        "(the same set each time and on any devices)",
     )
     checkpoint_interval: int = field(
         "logging/checkpoint_interval", minimum=1, default=1000, help="steps between checkpoints"

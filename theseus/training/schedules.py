@@ -45,7 +45,7 @@ def make_schedule(
     else:
         if not 0.0 <= decay_fraction <= 1.0:
             raise UserError(f"optimization.decay_fraction must be in [0, 1], got {decay_fraction}")
-        decay = round(total_steps * decay_fraction)
+        decay = min(round(total_steps * decay_fraction), rest)  # a long warmup shortens it
         stable = max(0, rest - decay)
         after = optax.join_schedules(
             [optax.constant_schedule(lr), optax.linear_schedule(lr, min_lr, max(1, decay))],

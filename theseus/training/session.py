@@ -297,7 +297,7 @@ class Session:
         spec = (None, BATCH_AXES, None) if rank == 3 else (BATCH_AXES, None)
         return NamedSharding(self.mesh, P(*spec))
 
-    def _to_device(
+    def to_device(
         self, batch: dict[str, np.ndarray], accumulation: int | None
     ) -> dict[str, jax.Array]:
         """Host rows of this process -> one global array per key ([accumulation, micro, seq])."""
@@ -375,7 +375,7 @@ class Session:
             "loss_mask": np.zeros((local, plan.seq_len), np.float32),
             "positions": np.zeros((local, plan.seq_len), np.int32),
         }
-        batch = self._to_device(example, plan.accumulation)
+        batch = self.to_device(example, plan.accumulation)
         batch_shardings = {k: v.sharding for k, v in batch.items()}
         replicated = NamedSharding(self.mesh, P())
         train = jax.jit(
@@ -388,7 +388,9 @@ class Session:
             {"params": self.params, "opt": self.opt}, batch, jnp.int32(0), jnp.float32(0)
         ).compile()
 
-    def _validation_batches(self) -> list[dict[str, jax.Array]]:
+    def _validation_batches(self) -> list[dict[str, np.ndarray]]:
+        """This process's rows of the validation set, `val_batches` batches of the global batch
+        each (so the same set whatever the device count or per-device batch), in micro-batches."""
         if not self.logging.val_interval or not self.logging.val_batches:
             return []
         if any(store.n_tokens("val") == 0 for store in self.stores):
@@ -403,11 +405,16 @@ class Session:
                 "validation is off (tokenize with a larger data.val_pct)"
             )
             return []
-        loader = self._loader("val", self.plan.micro_batch)
+        loader = self._loader("val", self.plan.global_batch)
+        chunks = self.plan.accumulation
+        batches = []
         try:
-            return [self._to_device(loader.batch(i), None) for i in range(self.logging.val_batches)]
+            for i in range(self.logging.val_batches):
+                parts = {key: np.split(rows, chunks) for key, rows in loader.batch(i).items()}
+                batches += [{key: part[k] for key, part in parts.items()} for k in range(chunks)]
         finally:
             loader.close()
+        return batches
 
     def _loader(self, split: str, global_batch: int) -> Loader:
         return Loader(
