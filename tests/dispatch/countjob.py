@@ -80,6 +80,7 @@ class CountJob(CheckpointedJob[CountConfig]):
                 raise UserError(f"count failed at step {self.step} as asked")
             with metrics.open("a") as out:
                 out.write(json.dumps({"step": self.step, "loss": 1.0 / self.step}) + "\n")
+            print(f"step {self.step}  loss {1.0 / self.step:.4f}", flush=True)  # as training logs
         print(f"done at step {self.step}", flush=True)
         if self.config.linger:
             with (self.spec.run_dir / "linger.log").open("w") as held:

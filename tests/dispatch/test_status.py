@@ -148,3 +148,19 @@ def test_a_waiting_slurm_run_says_why(shared: Path, home: Path, count_yaml: Path
     wait_until(lambda: "queued (" in cli("status", "waits").stdout, timeout=120)
     line = cli("status", "waits").stdout
     assert re.match(r"waits  queued \((Resources|Priority)\)  lab-slurm", line), line
+
+
+def test_status_reads_the_job_log_when_the_run_folder_is_out_of_reach(
+    shared: Path, home: Path, count_yaml: Path
+) -> None:
+    root, work = shared / "output", shared / "work"
+    project = "p" + uuid.uuid4().hex[:8]
+    box = write_dispatch(home.parent / "box.yaml", root, work, hosts=["box"])
+    result = submit("unmounted", count_yaml, project, "-d", str(box), "count.steps=3")
+    assert result.returncode == 0, result.stderr
+    wait_state("unmounted", ("completed",))
+    record = records.load("unmounted")
+    # as on a login node that does not mount the cluster's JuiceFS volume
+    Path(record.metrics).rename(Path(record.metrics).with_suffix(".away"))
+    line = cli("status", "unmounted").stdout.strip()
+    assert line.endswith("step 3  loss 0.3333"), line

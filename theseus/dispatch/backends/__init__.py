@@ -145,11 +145,6 @@ class Backend(abc.ABC):
         result = self.shell.run(f"[ -e {q} ] && tail -c +{offset + 1} {q} || true", timeout=60)
         return check(result, "reading the log", self.shell.where)
 
-    def last_metrics(self, record: Record) -> str:
-        q = shlex.quote(record.metrics)
-        result = self.shell.run(f"tail -n 1 {q} 2>/dev/null || true", timeout=60)
-        return result.stdout.decode(errors="replace").strip()
-
     @abc.abstractmethod
     def launch(self, job: JobFiles, env: dict[str, str]) -> str:
         """Start the job; returns its id on the host (a process id or a SLURM job id)."""
@@ -160,9 +155,12 @@ class Backend(abc.ABC):
         fields = [self.state_commands(r) for r in records]
         lines = []
         for record, commands in zip(records, fields, strict=True):
+            log = shlex.quote(record.log)
             tails = [
-                f"tail -n 20 {shlex.quote(record.log)} | grep -aEv {shlex.quote(_SCRIPT_LINES)}",
-                f"tail -n 1 {shlex.quote(record.metrics)}",
+                f"tail -n 20 {log} | grep -aEv {shlex.quote(_SCRIPT_LINES)}",
+                # a run folder out of reach here (a JuiceFS volume this host has not mounted):
+                # the job log's last step line instead
+                f"tail -n 1 {shlex.quote(record.metrics)} || tail -n 200 {log} | grep -a '^step [0-9]'",
             ]
             lines += [_one_line(c) for c in [*commands, *tails]]
         out = check(
