@@ -276,6 +276,11 @@ def _split_commas(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--untracked", is_flag=True, help="also ship untracked (not ignored) files")
 @click.option("--restore", help="start from another run's checkpoint (a path on the host)")
 @click.option(
+    "--fresh",
+    is_flag=True,
+    help="start over instead of resuming (once: a requeued SLURM job resumes)",
+)
+@click.option(
     "--env",
     "env",
     multiple=True,
@@ -307,6 +312,7 @@ def submit(
     untracked: bool,
     stages: tuple[str, ...],
     restore: str | None,
+    fresh: bool,
     env: tuple[str, ...],
     dispatch_file: str | None,
     dry_run: bool,
@@ -331,6 +337,7 @@ def submit(
         dirty=dirty,
         untracked=untracked,
         restore=restore,
+        fresh=fresh,
         env=list(env),
         loads=list(loads),
         dispatch_file=dispatch_file,

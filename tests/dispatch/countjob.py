@@ -58,7 +58,7 @@ class CountJob(CheckpointedJob[CountConfig]):
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, lambda num, frame: stop.append(num))
         self.step = 0
-        latest = self.latest_checkpoint()
+        latest = None if self.spec.fresh else self.latest_checkpoint()
         if latest is not None:
             self.load(latest)
             print(f"resuming from step {self.step}", flush=True)
@@ -81,6 +81,7 @@ class CountJob(CheckpointedJob[CountConfig]):
             with metrics.open("a") as out:
                 out.write(json.dumps({"step": self.step, "loss": 1.0 / self.step}) + "\n")
             print(f"step {self.step}  loss {1.0 / self.step:.4f}", flush=True)  # as training logs
+        self.save()  # as training does at its last step
         print(f"done at step {self.step}", flush=True)
         if self.config.linger:
             with (self.spec.run_dir / "linger.log").open("w") as held:

@@ -20,6 +20,7 @@ from tests.dispatch.conftest import (
     wait_until,
     write_dispatch,
 )
+from theseus.dispatch import records
 
 
 def files_holding(needle: bytes, *folders: Path) -> list[str]:
@@ -143,3 +144,32 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
         assert written and all(os.stat(p).st_mode & 0o077 == 0 for p in written), (
             "job files are private"
         )
+
+
+def test_submit_fresh_starts_over_once_and_a_requeued_job_resumes(
+    shared: Path, home: Path, count_yaml: Path
+) -> None:
+    root, work = shared / "output", shared / "work"
+    project = "p" + uuid.uuid4().hex[:8]
+    box = write_dispatch(home.parent / "box.yaml", root, work, hosts=["box"])
+    args = ["fresh", str(count_yaml), "-p", project, "--load", COUNTJOB, "-d", str(box)]
+    assert cli("submit", *args, "--cluster", "local", "count.steps=3").returncode == 0
+    wait_state("fresh", ("completed",))
+    again = cli("submit", *args, "--cluster", "local", "count.steps=5", "--fresh")
+    assert again.returncode == 0, again.stderr
+    wait_state("fresh", ("completed",))
+    log = cli("logs", "fresh").stdout
+    assert "resuming from step" not in log and "done at step 5" in log, log
+    # the same job script, started as SLURM starts a requeued job: it resumes
+    job_dir = records.load("fresh").job_dir
+    requeued = subprocess.run(
+        ["bash", "-c", 'source "$1" && run_stages', "-", f"{job_dir}/lib.sh"],
+        env={**os.environ, "SLURM_RESTART_COUNT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "resuming from step 5" in requeued.stdout, requeued.stdout + requeued.stderr
+    relative = cli("submit", *args, "--restore", "output/runs/default/default/x", "--dry-run")
+    assert relative.returncode == 2
+    assert "--restore output/runs/default/default/x is relative to this folder" in relative.stderr

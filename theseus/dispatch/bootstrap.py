@@ -127,6 +127,7 @@ def job_files(
     host: Host | None,
     placement: Placement,
     run_args: list[str],
+    fresh: bool = False,
     stage_yamls: list[str],
     backend: str,
     gpu_dir: str,
@@ -158,6 +159,7 @@ def job_files(
             "VENV": shlex.quote(venv),
             "MOUNTS": shlex.quote(f"{work}/mounts"),
             "RUN_ARGS": words(args),
+            "FRESH": "1" if fresh else "0",
         },
     )
     job.files["lib.sh"] = (lib, 0o600)

@@ -136,6 +136,7 @@ def submit(
     dirty: bool = True,
     untracked: bool = False,
     restore: str | None = None,
+    fresh: bool = False,
     env: list[str] = (),  # type: ignore[assignment]
     loads: list[str] = (),  # type: ignore[assignment]
     dispatch_file: str | None = None,
@@ -155,6 +156,11 @@ def submit(
         stage.check()
         _refuse_relative_paths(stage)
     job_env = _parse_env(list(env))
+    if restore and not Path(restore).expanduser().is_absolute():
+        raise UserError(
+            f"--restore {restore} is relative to this folder, but a submitted job runs in its "
+            "code snapshot; give the checkpoint's absolute path on the host"
+        )
 
     settings = dispatch_config.load(dispatch_file)
     local = settings.local_cluster(records.home())
@@ -204,6 +210,7 @@ def submit(
         host=host,
         placement=placement,
         run_args=run_args,
+        fresh=fresh,
         stage_yamls=[stage.to_yaml() for stage in pipeline],
         backend=placement.backend,
         gpu_dir=_gpu_dir(placement),

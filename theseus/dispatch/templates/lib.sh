@@ -8,6 +8,7 @@ UV_GROUP_ARGS=({{UV_GROUP_ARGS}})
 # One environment per (uv.lock, pyproject.toml, groups), shared by every snapshot that has them.
 VENV={{VENV}}
 RUN_ARGS=({{RUN_ARGS}})
+FRESH={{FRESH}}
 # The state of the JuiceFS mounts that the jobs of each host share (see mount_state).
 MOUNTS={{MOUNTS}}
 USING_MOUNT=0
@@ -125,8 +126,12 @@ sync_environment() {
     uv sync --frozen --no-install-project --quiet "${UV_GROUP_ARGS[@]}")
 }
 
+# `submit --fresh` starts the run over at the job's first start only: a job SLURM requeued
+# (time limit, preemption) resumes what that start began.
 run_stages() {
-  (cd "$SNAPSHOT" && "$VENV/bin/python" -m theseus.cli run "${RUN_ARGS[@]}")
+  local args=("${RUN_ARGS[@]}")
+  if [ "$FRESH" = 1 ] && [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then args+=(--fresh); fi
+  (cd "$SNAPSHOT" && "$VENV/bin/python" -m theseus.cli run "${args[@]}")
 }
 
 # 75 is the trainer's "stopped early, checkpoint saved".
