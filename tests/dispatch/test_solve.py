@@ -80,6 +80,11 @@ def test_cpu_jobs_follow_the_same_order_with_local_last() -> None:
     assert (on_slurm.host_name, on_slurm.tasks_per_node, on_slurm.gpus_per_node) == ("slurm", 2, 0)
     with pytest.raises(UserError, match="runs CPU jobs only"):
         pick(config(), Request("h100", 1), clusters=["local"])
+    # a busy SLURM host queues the job rather than this machine taking it, unless priority names it
+    queued = pick(config(), Request(), free=set())
+    assert (queued.host_name, queued.queued) == ("slurm", True)
+    assert pick(config(["slurm", "local"]), Request(), free=set()).host_name == "local"
+    assert pick(config(["local"]), Request()).host_name == "local"
 
 
 def test_cluster_filters() -> None:

@@ -1,5 +1,6 @@
 """Host selection: the first host, in priority order, that has the chips and can start now;
-otherwise the first reachable SLURM host that has them (the job waits in its queue)."""
+otherwise the first reachable SLURM host that has them (the job waits in its queue). This machine
+(`local`, CPU jobs) comes after that queue unless `priority` names it."""
 
 from __future__ import annotations
 
@@ -106,8 +107,10 @@ def choose(
             reasons.append(fit)
         else:
             candidates.append(fit)
-    reachable = []
+    reachable: list[Placement] = []
     for placement in candidates:
+        if placement.host is None and probe is not None and LOCAL not in config.priority:
+            return _queue_on_slurm(reachable) or placement
         if placement.host is None or probe is None:
             return placement
         try:
@@ -117,11 +120,19 @@ def choose(
             reasons.append(f"{placement.host_name} is unreachable ({exc})")
             continue
         reachable.append(placement)
-    for placement in reachable:
-        if placement.backend == "slurm":
-            return Placement(**{**placement.__dict__, "queued": True})
+    queued = _queue_on_slurm(reachable)
+    if queued is not None:
+        return queued
     busy = [p.host_name for p in reachable]
     detail = (
         "; ".join(reasons + [f"{b} is busy" for b in busy]) or "no host matches the cluster filters"
     )
     raise UserError(f"no host can run {n} × {chip} now: {detail}")
+
+
+def _queue_on_slurm(reachable: list[Placement]) -> Placement | None:
+    """The first SLURM host of `reachable` (busy, but it answered), to wait in its queue."""
+    for placement in reachable:
+        if placement.backend == "slurm":
+            return Placement(**{**placement.__dict__, "queued": True})
+    return None

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start a job on this host. The job's environment (secrets included) arrives on stdin as
-# NUL-separated NAME=VALUE pairs, so it is never written to a file or put on a command line.
+# NUL-separated NAME=VALUE pairs, so it is never written to a file of ours or put on a command
+# line. (sbatch hands the environment to slurmctld, which keeps it in its root-only state folder
+# while the job exists.)
 set -euo pipefail
 while IFS= read -r -d '' pair; do export "${pair?}"; done
 JOB_DIR={{JOB_DIR}}
