@@ -143,6 +143,8 @@ class BasicJob(Generic[C]):
     """
 
     CONFIG: ClassVar[type | None] = None
+    DISTRIBUTED: ClassVar[bool] = False
+    """Whether one run may span several processes (jax.distributed); other jobs run as one."""
 
     def __init__(self, cfg: DictConfig, spec: ExecutionSpec) -> None:
         self.cfg = cfg

@@ -93,8 +93,15 @@ def override(stages: list[Stage], overrides: list[str]) -> None:
 
 def run_stages(stages: list[Stage], spec: ExecutionSpec) -> list[Any]:
     """Check every stage, then run them in order; the first failure stops the pipeline."""
+    from theseus.base.topology import is_multiprocess
+
     for stage in stages:
         stage.check()
+        if is_multiprocess() and not stage.cls.DISTRIBUTED:
+            raise UserError(
+                f"{stage.job} runs as one process, but this is one of several (SLURM_NTASKS or "
+                "THESEUS_NUM_PROCESSES > 1); run it as a single task"
+            )
     results = []
     for stage in stages:
         job = stage.instantiate(spec)

@@ -40,6 +40,7 @@ class CountJob(CheckpointedJob[CountConfig]):
     """Count steps; checkpoint and exit 75 on SIGTERM/SIGUSR1/SIGINT."""
 
     CONFIG = CountConfig
+    DISTRIBUTED = True  # stands in for training, which SLURM starts as several tasks
 
     def latest_checkpoint(self) -> Path | None:
         path = self.spec.checkpoint_dir / "state.json"

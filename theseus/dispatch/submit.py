@@ -187,6 +187,13 @@ def submit(
                 f"{exc} ({yaml_path} asks for {first.n}; pass -n for another count)"
             ) from None
         raise
+    processes = placement.nodes * placement.tasks_per_node if placement.backend == "slurm" else 1
+    for stage in pipeline:
+        if processes > 1 and not stage.cls.DISTRIBUTED:
+            raise UserError(
+                f"{stage.job} runs as one process, but {placement.n} × {placement.chip} on "
+                f"{placement.host_name} starts {processes}; submit it on its own with -n 1"
+            )
     host = placement.host
     repo = repository_root()
     snapshot = take(repo, clean=not dirty, untracked=untracked)

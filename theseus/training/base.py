@@ -165,6 +165,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
     MODEL: ClassVar[type]
     CONFIG: ClassVar[type | None] = BaseTrainerConfig
+    DISTRIBUTED = True
 
     @classmethod
     def components(cls) -> list[type]:
