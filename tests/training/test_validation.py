@@ -37,6 +37,7 @@ REFUSED = {
     "optimization.warmup_steps=-1": "optimization.warmup_steps=-1: must be >= 0",
     "optimization.clip_norm=0": "optimization.clip_norm=0.0: must be > 0",
     "optimization.muon_momentum=1": "optimization.muon_momentum=1.0: must be < 1",
+    "optimization.muon_lr=0.02": "optimization.muon_lr=0.02 is set, but optimization.optimizer=adamw",
     "architecture.dropout=1.0": "architecture.dropout=1.0: must be < 1",
     "architecture.dropout=-0.1": "architecture.dropout=-0.1: must be >= 0",
     "architecture.rope_theta=0": "architecture.rope_theta=0.0: must be > 0",
@@ -166,6 +167,26 @@ def test_muon_adam_part_takes_eps_and_masked_weight_decay():
     assert "lm_head.kernel.value" in adam_part and "embed.weight.value" in adam_part
     for key in adam_part:
         np.testing.assert_allclose(muon_flat[key], adamw_flat[key], rtol=1e-6, err_msg=key)
+
+
+def test_muon_lr_scales_the_matrices_and_leaves_the_adam_part():
+    params = _params()
+    grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+
+    def update(**settings):
+        tx = make_optimizer(OptimizerConfig(optimizer="muon", lr=1e-3, **settings))
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return {
+            jax.tree_util.keystr(k, simple=True, separator="."): v
+            for k, v in jax.tree_util.tree_leaves_with_path(updates)
+        }
+
+    same, doubled = update(), update(muon_lr=2e-3)
+    adam_part = {k for k in same if any(m in k for m in ("embed", "head", "norm"))}
+    assert adam_part and len(adam_part) < len(same)
+    for key in same:
+        factor = 1.0 if key in adam_part else 2.0
+        np.testing.assert_allclose(doubled[key], factor * same[key], rtol=1e-6, err_msg=key)
 
 
 def test_fresh_with_a_missing_restore_moves_nothing(root, train_yaml, capsys):

@@ -76,6 +76,13 @@ class OptimizerConfig:
     muon_momentum: float = field(
         "optimization/muon_momentum", minimum=0, below=1, default=0.95, help="Muon: momentum"
     )
+    muon_lr: float | None = field(
+        "optimization/muon_lr",
+        minimum=0,
+        default=None,
+        help="Muon: peak learning rate of the hidden matrices (often ~0.02), on the same schedule; "
+        "lr drives the Adam part (embeddings, head, norms); null = lr",
+    )
 
     @property
     def end_lr(self) -> float:
@@ -84,6 +91,11 @@ class OptimizerConfig:
 
     def check(self) -> None:
         """Rules joining several settings (run with the config's validation, before any work)."""
+        if self.muon_lr is not None and self.optimizer != "muon":
+            raise ConfigError(
+                f"optimization.muon_lr={self.muon_lr} is set, but optimization.optimizer="
+                f"{self.optimizer} does not use it; choose optimization.optimizer=muon or drop it"
+            )
         if self.min_lr is not None and self.min_lr > self.lr and self.schedule != "constant":
             raise ConfigError(
                 f"optimization.min_lr={self.min_lr} is above optimization.lr={self.lr}, but the "
@@ -173,9 +185,12 @@ def make_optimizer(config: OptimizerConfig) -> Any:
     elif config.optimizer == "muon":
         from optax.contrib import muon
 
+        # the step scales every update by the schedule's lr; the matrices' share is muon_lr / lr
+        ratio = 1.0 if config.muon_lr is None or config.lr == 0 else config.muon_lr / config.lr
         parts.append(
             muon(
-                1.0,
+                ratio,
+                adam_learning_rate=1.0,
                 beta=config.muon_momentum,
                 eps=config.eps,
                 weight_decay=config.weight_decay,
