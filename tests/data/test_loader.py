@@ -177,35 +177,41 @@ def test_prefetch_stays_bounded_and_matches_direct_batches(stores):
     assert not any(t.name == "theseus-loader" and t.is_alive() for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("padding", ["right", "left"])
-def test_blockwise_positions_start_at_the_first_real_token(tmp_path: Path, padding: str):
+def test_left_padded_rows_train_as_right_padded_ones(tmp_path: Path):
+    """A causal model with no padding mask attends to everything before a token: left padding
+    would be seen from every real token, so the loader moves it to the end."""
     seq_len, eot = 8, 99
-    manifest = Manifest(
-        kind="blockwise",
-        vocab_size=100,
-        eot_id=eot,
-        dtype=token_dtype(100),
-        tokenizer={"backend": "bytes", "name": "test", "hash": "vocab-100"},
-        source={"name": "synthetic"},
-        settings={},
-        splits={},
-        seq_len=seq_len,
-        padding=padding,
-    )
-    writer = StoreWriter(tmp_path / padding, manifest, 10)
-    writer.resume()
-    ids = [1, 2, 3, 4, eot]  # 5 real tokens, 4 of padding
-    tokens, mask, length, _ = example(ids, [True] * len(ids), seq_len, eot, padding)
-    writer.add(
-        "train",
-        {
-            "tokens": tokens[None].astype(manifest.dtype),
-            "loss_mask": mask[None],
-            "lengths": np.array([length], dtype=np.int32),
-        },
-    )
-    writer.commit(1, {})
-    batch = Loader([writer.finish()], [1.0], seq_len, 1).batch(0)
-    real = [0, 1, 2, 3] if padding == "right" else [4, 5, 6, 7]  # where inputs 1, 2, 3, 4 sit
-    assert batch["inputs"][0, real].tolist() == [1, 2, 3, 4]
-    assert batch["positions"][0, real].tolist() == [0, 1, 2, 3]
+    ids, learned = [1, 2, 3, 4, eot], [False, False, True, True, True]  # 5 real tokens, 4 of pad
+    batches = {}
+    for padding in ("right", "left"):
+        manifest = Manifest(
+            kind="blockwise",
+            vocab_size=100,
+            eot_id=eot,
+            dtype=token_dtype(100),
+            tokenizer={"backend": "bytes", "name": "test", "hash": "vocab-100"},
+            source={"name": "synthetic"},
+            settings={},
+            splits={},
+            seq_len=seq_len,
+            padding=padding,
+        )
+        writer = StoreWriter(tmp_path / padding, manifest, 10)
+        writer.resume()
+        tokens, mask, length, _ = example(ids, learned, seq_len, eot, padding)
+        writer.add(
+            "train",
+            {
+                "tokens": tokens[None].astype(manifest.dtype),
+                "loss_mask": mask[None],
+                "lengths": np.array([length], dtype=np.int32),
+            },
+        )
+        writer.commit(1, {})
+        batches[padding] = Loader([writer.finish()], [1.0], seq_len, 1).batch(0)
+    right, left = batches["right"], batches["left"]
+    assert right["inputs"][0, :4].tolist() == [1, 2, 3, 4]
+    assert right["positions"][0].tolist() == list(range(seq_len))
+    assert right["loss_mask"][0].tolist() == [0, 1, 1, 1, 0, 0, 0, 0]  # targets 3, 4, eot
+    for key in right:
+        np.testing.assert_array_equal(left[key], right[key], err_msg=key)

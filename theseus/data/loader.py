@@ -82,12 +82,13 @@ class _Windows:
         shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
         return shard, start - int(self.offsets[shard])
 
-    def read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Rows of `seq_len + 1` tokens, plus (blockwise stores) loss masks and the index of each
-        row's first real token (the left padding's length; 0 for right-padded stores)."""
-        rows, masks, starts = self._read(windows)
+    def read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of `seq_len + 1` tokens, plus (blockwise stores) their loss masks. Left-padded rows
+        come with their padding moved to the end: a causal model without a padding mask would
+        otherwise attend to it from every real token."""
+        rows, masks = self._read(windows)
         self._check_ids(rows)
-        return rows, masks, starts
+        return rows, masks
 
     def _check_ids(self, rows: np.ndarray) -> None:
         """Opening a store checks only shard sizes (checksums would read it all): damage inside a
@@ -102,18 +103,16 @@ class _Windows:
             "shard (it verifies every checksum), and rebuild with --fresh"
         )
 
-    def _read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _read(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         rows = np.empty((len(windows), self.seq_len + 1), dtype=np.int32)
         if self.kind == "blockwise":
-            masks = np.empty((len(windows), self.seq_len), dtype=np.float32)
-            starts = np.zeros(len(windows), dtype=np.int32)
+            masks = np.zeros((len(windows), self.seq_len), dtype=np.float32)
             for i, w in enumerate(windows):
                 shard, at = self._locate(int(w))
-                rows[i] = self.tokens[shard][at]
-                masks[i] = self.masks[shard][at]
-                if self.left_padded:
-                    starts[i] = self.seq_len + 1 - int(self.lengths[shard][at])
-            return rows, masks, starts
+                pad = self.seq_len + 1 - int(self.lengths[shard][at]) if self.left_padded else 0
+                rows[i] = np.roll(self.tokens[shard][at], -pad)
+                masks[i, : self.seq_len - pad] = self.masks[shard][at][pad:]
+            return rows, masks
         for i, w in enumerate(windows):
             start, filled = int(w) * self.seq_len, 0
             while filled < self.seq_len + 1:
@@ -121,7 +120,7 @@ class _Windows:
                 piece = self.tokens[shard][at : at + self.seq_len + 1 - filled]
                 rows[i, filled : filled + len(piece)] = piece
                 filled += len(piece)
-        return rows, None, None
+        return rows, None
 
 
 def mixture_table(
@@ -244,11 +243,10 @@ class Loader:
             mine = np.flatnonzero(store == k)
             if not len(mine):
                 continue
-            tokens, masks, starts = source.read(window[mine])
+            tokens, masks = source.read(window[mine])
             rows[mine] = tokens
-            if masks is not None and starts is not None:
+            if masks is not None:
                 mask[mine] = masks
-                positions[mine] = np.maximum(positions[mine] - starts[:, None], 0)
             elif self.reset_at_eot:
                 mask[mine], positions[mine] = self._document_bounds(tokens[:, :-1], source.eot)
         return {

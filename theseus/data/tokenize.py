@@ -76,7 +76,7 @@ class BlockwiseConfig:
         "data/padding",
         default="right",
         choices=("right", "left"),
-        help="which side short examples are padded on",
+        help="which side short examples are padded on (training reads both as right-padded)",
     )
     loss_on: str = field(
         "data/loss_on",
