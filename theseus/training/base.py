@@ -102,7 +102,8 @@ class BaseTrainerConfig:
     reset_at_eot: bool = field(
         "training/reset_at_eot",
         default=False,
-        help="restart positions after each end-of-text token",
+        help="restart positions after each end-of-text token, with no loss on the token after it "
+        "(attention still spans the whole row)",
     )
     on_nonfinite: str = field(
         "training/on_nonfinite",
