@@ -189,6 +189,21 @@ def test_muon_lr_scales_the_matrices_and_leaves_the_adam_part():
         np.testing.assert_allclose(doubled[key], factor * same[key], rtol=1e-6, err_msg=key)
 
 
+def test_fresh_moves_nothing_when_the_run_is_refused(root, train_yaml, capsys):
+    """--fresh with training.overwrite=true moves the run aside only once its settings hold."""
+    assert main(cli_args("refused-fresh", train_yaml, root, "training.steps=2")) == 0
+    overwrite = ("--fresh", "training.overwrite=true", "training.steps=2")
+    capsys.readouterr()
+    bad = cli_args("refused-fresh", train_yaml, root, *overwrite, "training.seq_len=64")
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "training.seq_len=64 exceeds architecture.block_size=32" in err and "moved" not in err
+    assert [s for s, _ in losses(root, "refused-fresh")] == [1, 2]
+    assert not list(run_dir(root, "refused-fresh").parent.glob("refused-fresh.replaced-*"))
+    assert main(cli_args("refused-fresh", train_yaml, root, *overwrite)) == 0
+    assert "--fresh: moved" in capsys.readouterr().err
+
+
 def test_fresh_with_a_missing_restore_moves_nothing(root, train_yaml, capsys):
     """--fresh moves the run aside only once --restore is known to be readable."""
     step = ckpt_dir(root, "kept") / "4"

@@ -232,8 +232,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
         self.prepare_devices()
         with self._one_writer():
-            self._start_over_if_asked()
-            self.session = Session(self)
+            self.session = Session(self)  # it starts the run over (--fresh) once nothing refuses
             with StopSignals() as stop:
                 return self.session.train(stop)
 
@@ -273,23 +272,16 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         """Tensor-parallel shards: parallel.tensor, else the job's --n_shards, else 1."""
         return configure(ParallelConfig, self.cfg).tensor or self.spec.request.n_shards or 1
 
-    def _start_over_if_asked(self) -> None:
-        """--fresh: refuse to hide existing checkpoints unless training.overwrite says to move them."""
+    def start_over_if_asked(self) -> None:
+        """--fresh: refuse to hide existing checkpoints unless training.overwrite says to move them.
+        The session calls it once every other check has passed (a --restore among them)."""
         if not self.spec.fresh:
             return
         import jax
 
         from theseus.base.topology import barrier
-        from theseus.checkpoint import locate
 
         directory = self.spec.place("checkpoints")
-        if self.spec.restore:  # a --restore that cannot be read refuses before anything moves
-            source, _ = locate(Path(self.spec.restore))
-            if source.resolve() == directory.resolve():
-                raise UserError(
-                    f"--fresh --restore {self.spec.restore}: that is this run's own checkpoint, "
-                    "which --fresh moves aside; restore from another run (or drop --fresh to resume)"
-                )
         existing = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
         # every process has looked before the first one moves anything, and waits until it has
         barrier("theseus-fresh-looked")

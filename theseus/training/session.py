@@ -148,15 +148,17 @@ class Session:
         self.opt = abstract_with(opt, self.opt_shardings)
         self.step = 0
 
-        # what can still be refused is checked before the run's folders are made
+        # what can still be refused is checked before --fresh moves the run aside and before the
+        # run's folders are made
+        if self.spec.restore:
+            self._check_restore(Path(self.spec.restore))
+        check_evaluations(self.evals.evaluations, cfg, self.stores[0].manifest.tokenizer)
+        trainer.start_over_if_asked()
         self._new_folders = [
             folder
             for folder in map(self.spec.place, ("runs", "checkpoints"))
             if not folder.exists()
         ]
-        if self.spec.restore:
-            self._check_restore(Path(self.spec.restore))
-        check_evaluations(self.evals.evaluations, cfg, self.stores[0].manifest.tokenizer)
         self.train_loader = self._loader("train", self.plan.global_batch)
         self.checkpointer = Checkpointer(
             self.spec.checkpoint_dir,
@@ -203,7 +205,13 @@ class Session:
         """Refuse a --restore that cannot apply: another vocabulary or tokenizer, or (full state)
         a checkpoint already at the last step. Ignored when the run resumes from its own."""
         directory, step = locate(path)
-        if complete_steps(self.spec.place("checkpoints")):
+        own = self.spec.place("checkpoints")
+        if self.spec.fresh and directory.resolve() == own.resolve():
+            raise UserError(
+                f"--fresh --restore {path}: that is this run's own checkpoint, which --fresh "
+                "moves aside; restore from another run (or drop --fresh to resume)"
+            )
+        if not self.spec.fresh and complete_steps(own):
             return
         reader = Checkpointer(directory, read_only=True, asynchronous=False)
         try:
