@@ -153,7 +153,7 @@ def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, traini
         "eval/perplexity/tokens",
     }
     assert 1.0 < results["eval/perplexity/perplexity"] < 256
-    config = read_yaml(out / "runs" / "default" / "default" / "ev" / "config.yaml")["config"]
+    config = read_yaml(out / "runs" / "default" / "default" / "ev" / "eval-config.yaml")["config"]
     assert config["eval"]["perplexity"]["store"] == str(out / "data" / "pystdlib")
 
 
@@ -216,10 +216,15 @@ def test_readme_evaluate_commands_run_as_written(trained, monkeypatch):
     results = json.loads((folder / "eval.json").read_text())
     assert 1.0 < results["eval/perplexity/perplexity"] < 256
     # the run folder says what it scored: the checkpoint step and the data
-    written = read_yaml(folder / "config.yaml")["config"]["eval"]
+    written = read_yaml(folder / "eval-config.yaml")["config"]["eval"]
     scored = out / "checkpoints" / "default" / "default" / "my-gpt-run" / "150"
     assert Path(written["checkpoint"]) == scored.resolve()
     assert written["evaluations"] == ["perplexity"]
+    # evaluated under the training run's own name, that run keeps its config.yaml
+    trained_config = out / "runs" / "default" / "default" / "my-gpt-run" / "config.yaml"
+    before = trained_config.read_bytes()
+    assert main(["run", "my-gpt-run", *run[3:], "eval.checkpoint=my-gpt-run"]) == 0
+    assert trained_config.read_bytes() == before
     assert written["perplexity"]["store"] == "output/data/pystdlib"
 
 

@@ -80,7 +80,9 @@ class Evaluate(BasicJob[EvaluateConfig]):
         # the step folder, not the name given: a run that trains on would score another one later
         cfg = copy.deepcopy(self.cfg)
         cfg.eval.checkpoint = str(scored)
-        atomic_write(self.spec.run_dir / "config.yaml", to_yaml(cfg, self.schema()))
+        # its own name: evaluating under a training run's name (a -s stage after training, say)
+        # must not replace that run's config.yaml
+        atomic_write(self.spec.run_dir / "eval-config.yaml", to_yaml(cfg, self.schema()))
         atomic_write(self.spec.run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
         console = Console(stderr=True)
         for key, value in results.items():
