@@ -210,6 +210,7 @@ def run(
     loads: tuple[str, ...],
 ) -> None:
     """Run the job(s) configured in YAML locally, writing under OUT."""
+    from theseus.config import require_output_folder
     from theseus.job import ExecutionSpec
     from theseus.stages import Stage, override, run_stages
 
@@ -222,7 +223,7 @@ def run(
     spec = ExecutionSpec(name, Path(out), project, group, request, fresh=fresh, restore=restore)
     for stage in pipeline:  # run_stages checks too; first, so a bad config creates no OUT
         stage.check()
-    _check_writable(spec.root)
+    require_output_folder(spec.root)
     run_stages(pipeline, spec)
 
 
@@ -242,15 +243,6 @@ def _first_stage(yaml_path: str, job: str | None) -> Stage:
             f"{yaml_path} was written for job {written!r} and -j asks for {job!r}: {problem} "
             f"(drop -j, or carry its values over: theseus configure {job} NEW.yaml -p {yaml_path})"
         ) from None
-
-
-def _check_writable(out: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before any job starts."""
-    from theseus.config import unwritable
-
-    why = unwritable(out)
-    if why:
-        raise UserError(f"cannot use output folder {out}: {why}; choose another OUT")
 
 
 def _split_commas(values: tuple[str, ...]) -> list[str] | None:

@@ -10,12 +10,14 @@ with quick("gpt/train/pretrain", "/path/to/output", "my-run") as j:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from theseus.config import require_output_folder
 from theseus.job import ExecutionSpec, Request
 from theseus.stages import Stage, override, run_stages
 
@@ -55,6 +57,7 @@ class QuickJob:
 
     def __call__(self, fresh: bool = False, restore: str | None = None) -> Any:
         """Run the job here, in this process."""
+        require_output_folder(self.out_path)
         return run_stages([self._stage], self.spec(fresh, restore))[0]
 
     def save(
@@ -74,8 +77,8 @@ class QuickJob:
 
         request = Request(get_chip(chip).name if chip else None, n_chips, n_shards)
         request.check("save()")
-        self._stage.request = request
-        self._stage.save(path)
+        # the file's request only: the job run here keeps its own
+        dataclasses.replace(self._stage, request=request).save(path)
         return Path(path).expanduser()
 
 

@@ -56,3 +56,24 @@ def test_missing_values_stop_the_run(tmp_path, toy):
     with quick("toy/echo", tmp_path, "r") as j, pytest.raises(ConfigError, match=r"toy\.tag"):
         j()
     assert not (tmp_path / "runs").exists()
+
+
+def test_save_writes_a_request_for_the_file_only(tmp_path, toy):
+    with quick("toy/echo", tmp_path, "r") as j:
+        j.override("toy.tag=x")
+        j.save(tmp_path / "big.yaml", chip="h100", n_chips=8, n_shards=4)
+        result = j()
+    assert result["request"] == {"chip": None, "n": None, "n_shards": None}
+    assert yaml.safe_load((tmp_path / "big.yaml").read_text())["request"]["n_shards"] == 4
+
+
+def test_an_output_path_that_is_a_file_is_refused_in_one_line(tmp_path, toy):
+    from theseus.errors import UserError
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with quick("toy/echo", afile, "r") as j:
+        j.override("toy.tag=x")
+        with pytest.raises(UserError, match=f"cannot use output folder {afile}: .* is a file"):
+            j()
+    assert afile.read_text() == "mine"

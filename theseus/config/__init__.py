@@ -14,7 +14,14 @@ dataclass out of it.
 """
 
 from theseus.config.current import configuration, configure, current
-from theseus.config.files import atomic_output, atomic_write, read_yaml, to_yaml, unwritable
+from theseus.config.files import (
+    atomic_output,
+    atomic_write,
+    read_yaml,
+    require_output_folder,
+    to_yaml,
+    unwritable,
+)
 from theseus.config.overrides import (
     Override,
     apply_override,
@@ -53,6 +60,7 @@ __all__ = [
     "merge_values",
     "missing_keys",
     "read_yaml",
+    "require_output_folder",
     "to_yaml",
     "unwritable",
 ]

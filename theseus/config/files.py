@@ -158,6 +158,13 @@ def unwritable(folder: Path) -> str | None:
         return f"{existing} is not writable ({exc.strerror or exc})"
 
 
+def require_output_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any job starts."""
+    why = unwritable(out)
+    if why:
+        raise UserError(f"cannot use output folder {out}: {why}; choose another OUT")
+
+
 def yaml_problem(exc: yaml.YAMLError) -> str:
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     mark = getattr(exc, "problem_mark", None)
