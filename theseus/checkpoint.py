@@ -227,10 +227,10 @@ def checkpoint_dir_of(path: str | Path) -> Path:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise UserError(f"no such run or checkpoint: {path}")
-    parts = path.parts
-    if "runs" in parts and not any((path / d).is_dir() and d.isdigit() for d in _listdir(path)):
-        i = len(parts) - 1 - parts[::-1].index("runs")
-        candidate = Path(*parts[:i], "checkpoints", *parts[i + 1 :])
+    parts = path.parts  # a run folder is ROOT/runs/P/G/NAME, whatever P, G and NAME are called
+    steps = [d for d in _listdir(path) if d.isdigit() and (path / d).is_dir()]
+    if len(parts) > 4 and parts[-4] == "runs" and not steps:
+        candidate = Path(*parts[:-4], "checkpoints", *parts[-3:])
         if candidate.is_dir():
             return candidate
     return path

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -230,3 +231,15 @@ def test_default_xla_flags_before_jax_starts_and_never_over_the_users():
     assert first == ["--xla_gpu_enable_triton_gemm=false"] and after_start == []
     first, _ = run("--xla_gpu_enable_triton_gemm=true")
     assert first == []
+
+
+@pytest.mark.parametrize("where", ["runs/default/default/runs", "runs/runs/runs/x", "runs/p/g/n"])
+def test_a_run_folder_maps_to_its_checkpoints_whatever_its_names(tmp_path, where):
+    from theseus.checkpoint import checkpoint_dir_of
+
+    run = tmp_path / "out" / where
+    checkpoints = tmp_path / "out" / "checkpoints" / Path(where).relative_to("runs")
+    run.mkdir(parents=True)
+    (checkpoints / "4").mkdir(parents=True)
+    assert checkpoint_dir_of(run) == checkpoints.resolve()
+    assert checkpoint_dir_of(checkpoints) == checkpoints.resolve()
