@@ -111,14 +111,18 @@ class Checkpointer:
         self._pending = None
 
     def _fail(self, step: int | None, exc: BaseException) -> None:
-        self._manager.reload()
-        previous = self._manager.latest_step()
-        kept = (
-            f"the previous checkpoint (step {previous}) is intact"
-            if previous is not None
-            else "no earlier checkpoint exists"
-        )
-        message = f"checkpoint of step {step} failed: {first_line(exc)}; {kept}"
+        try:
+            self._manager.reload()
+            previous = self._manager.latest_step()
+            kept = (
+                f"; the previous checkpoint (step {previous}) is intact"
+                if previous is not None
+                else "; no earlier checkpoint exists"
+            )
+        except Exception:  # the folder itself may be what failed: claim nothing about it
+            kept = ""
+        what = "finishing the checkpoint writes" if step is None else f"checkpoint of step {step}"
+        message = f"{what} failed: {first_line(exc)}{kept}"
         self.failures.append(message)
 
     def meta(self, step: int) -> dict[str, Any]:
@@ -180,8 +184,13 @@ class Checkpointer:
         )
 
     def close(self) -> None:
+        """Wait for pending saves and stop the manager; a failure is recorded in `failures`, not
+        raised (closing runs on every way out of a run, an error already on its way included)."""
         self._collect_errors()
-        self._manager.close()
+        try:
+            self._manager.close()
+        except Exception as exc:
+            self._fail(self._pending, exc)
 
 
 @contextlib.contextmanager

@@ -104,3 +104,22 @@ def test_a_validation_split_shorter_than_a_sequence_turns_validation_off(
     err = capsys.readouterr().err
     assert "the validation split of tiny-val holds 56 tokens, less than one sequence of 65" in err
     assert "validation is off" in err, err
+
+
+def test_a_save_failing_as_the_checkpointer_closes_is_reported_not_raised(tmp_path, monkeypatch):
+    """Closing runs on every way out of a run; an Orbax error there (a background write that hit
+    a full disk, say) must not replace the run's own outcome with a traceback. The failure is
+    injected: a disk that fills at exactly that moment cannot be arranged reliably."""
+    from theseus.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpointer._manager, "close", full_disk)
+    checkpointer.close()
+    assert checkpointer.failures == [
+        "finishing the checkpoint writes failed: [Errno 28] No space left on device; "
+        "no earlier checkpoint exists"
+    ]
