@@ -198,3 +198,38 @@ def test_the_validation_set_does_not_depend_on_the_per_device_batch(root, train_
     whole = val_losses("val-whole")
     accumulated = val_losses("val-accumulated", "training.per_device_batch_size=2")
     assert len(whole) == 2 and accumulated == pytest.approx(whole, rel=1e-5)
+
+
+def test_a_damaged_metrics_file_neither_stops_a_resume_nor_a_plot(root, train_yaml, tmp_path):
+    from theseus.training.metrics import read_metrics
+
+    assert main(cli_args("damaged", train_yaml, root, "training.steps=2")) == 0
+    metrics = run_dir(root, "damaged") / "metrics.jsonl"
+    with metrics.open("ab") as f:
+        f.write(b'5\n{"step": "x", "loss": 1.0}\n\xff\xfe not text\n# my note\n{"step": 9, "lo')
+    assert main(cli_args("damaged", train_yaml, root, "training.steps=4")) == 0
+    text = metrics.read_bytes()
+    assert b"# my note\n" in text and b'{"step": 9, "lo' not in text  # a torn last line goes
+    assert [r["step"] for r in read_metrics(metrics) if "loss" in r] == [1, 2, 3, 4]
+    assert main(["plot", str(run_dir(root, "damaged")), "-o", str(tmp_path / "d.png")]) == 0
+
+
+def test_a_run_file_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    from theseus.errors import UserError
+    from theseus.training.metrics import LoggingConfig, RunLog
+
+    (tmp_path / "metrics.jsonl").mkdir()  # as good as a full disk or a read-only file to open()
+    log = RunLog(
+        tmp_path,
+        enabled=True,
+        config=LoggingConfig(),
+        run_name="r",
+        project="p",
+        group="g",
+        hyperparameters={},
+    )
+    with pytest.raises(UserError, match=r"cannot write .*metrics\.jsonl: Is a directory; free"):
+        log.record({"step": 1, "loss": 1.0})
+    with pytest.raises(UserError, match=r"cannot write .*metrics\.jsonl: Is a directory; free"):
+        log.keep_until(0)
+    log.close()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
@@ -22,6 +23,7 @@ from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
 from theseus.base.progress import fitted_progress, fixed_text
 from theseus.config import atomic_write, field
+from theseus.errors import UserError
 
 
 @dataclass
@@ -65,17 +67,35 @@ class LoggingConfig:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a `metrics.jsonl` (a torn last line from a crash is ignored)."""
-    records = []
+    """The records of a `metrics.jsonl`; lines that are not one (a torn last line from a crash,
+    a note written into it) are skipped."""
     path = Path(path)
     if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+        return []
+    return [r for r in map(_record, path.read_bytes().splitlines()) if r is not None]
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int | float):
+        return None
+    return record
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write of the run's own files (a full disk, a folder made read-only) is a
+    one-line error; the run resumes from its last checkpoint once it is fixed."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {path}: {exc.strerror or exc}; free space or fix its permissions, then "
+            "run again to resume from the last checkpoint"
+        ) from None
 
 
 def _finite(value: Any) -> Any:
@@ -116,7 +136,8 @@ class RunLog:
         self._task: Any = None
         if not enabled:
             return
-        self._log = (run_dir / "log.txt").open("a", buffering=1)
+        with _writing(run_dir / "log.txt"):
+            self._log = (run_dir / "log.txt").open("a", buffering=1)
         if config.wandb:
             import wandb
 
@@ -146,16 +167,22 @@ class RunLog:
 
     def _write_log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        self._log.write(f"{stamp} {message}\n")
+        with _writing(self.run_dir / "log.txt"):
+            self._log.write(f"{stamp} {message}\n")
 
     def keep_until(self, step: int) -> None:
-        """Drop metric lines after `step` (a resumed run rewrites them identically)."""
+        """Drop metric lines after `step` (a resumed run rewrites them identically) and a torn
+        last line; other lines stay as they are."""
         if not self.enabled or not self.metrics_path.exists():
             return
-        kept = [r for r in read_metrics(self.metrics_path) if int(r.get("step", 0)) <= step]
         tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.metrics_path)
+        with _writing(self.metrics_path):
+            lines = self.metrics_path.read_bytes().splitlines(keepends=True)
+            if lines and not lines[-1].endswith(b"\n"):
+                lines.pop()
+            kept = [line for line in lines if (r := _record(line)) is None or r["step"] <= step]
+            tmp.write_bytes(b"".join(kept))
+            tmp.replace(self.metrics_path)
 
     def reset(self) -> None:
         """Start the metrics over (a fresh run under an existing name)."""
@@ -167,7 +194,7 @@ class RunLog:
         if not self.enabled:
             return
         clean = {k: _finite(v) for k, v in values.items()}
-        with self.metrics_path.open("a") as f:
+        with _writing(self.metrics_path), self.metrics_path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
         step = int(values["step"])
         numbers = {k: v for k, v in values.items() if k != "step" and isinstance(v, int | float)}
@@ -196,7 +223,8 @@ class RunLog:
             self._wandb.finish()
         if self._tensorboard is not None:
             self._tensorboard.close()
-        self._log.close()
+        with contextlib.suppress(OSError):  # what a full disk kept out of log.txt is on stderr
+            self._log.close()
 
 
 class _ProgressContext:
