@@ -127,28 +127,44 @@ class Checkpointer:
 
     def meta(self, step: int) -> dict[str, Any]:
         """The metadata item of checkpoint `step`."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        with self._reading(step):
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
         return dict(restored["meta"])
+
+    @contextlib.contextmanager
+    def _reading(self, step: int) -> Iterator[None]:
+        """A checkpoint that cannot be read (damaged, or removed meanwhile by the run writing it)
+        is a one-line error naming it and the way back to the one before."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as exc:
+            where = self.directory / str(step)
+            raise UserError(
+                f"checkpoint {where} cannot be read ({first_line(exc)}); if it is damaged, move it "
+                f"out of {self.directory} to use the checkpoint before it"
+            ) from None
 
     def restore(self, step: int, params: Any, opt: Any | None) -> tuple[Any, Any, dict[str, Any]]:
         """Restore checkpoint `step` into the shapes, dtypes and shardings of `params` and `opt`
         (pass `opt=None` for weights only)."""
-        stored = self._manager.item_metadata(step)
-        self._check_fits(step, "params", stored["params"], params)
+        with self._reading(step):
+            stored = self._manager.item_metadata(step)
+            stored_params, stored_opt = stored["params"], stored["opt"] if opt is not None else None
+        self._check_fits(step, "params", stored_params, params)
         if opt is not None:
-            self._check_fits(step, "opt", stored["opt"], opt)
+            self._check_fits(step, "opt", stored_opt, opt)
         items: dict[str, Any] = {
             "params": ocp.args.StandardRestore(_abstract(params)),
             "meta": ocp.args.JsonRestore(),
         }
         if opt is not None:
             items["opt"] = ocp.args.StandardRestore(_abstract(opt))
-        try:
+        with self._reading(step):  # the shapes fit (checked above): what fails here is the data
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(
-                f"checkpoint {self.directory / str(step)} does not fit this model/optimizer: {first_line(exc)}"
-            ) from None
         return (
             restored["params"],
             restored.get("opt") if opt is not None else None,

@@ -123,3 +123,21 @@ def test_a_save_failing_as_the_checkpointer_closes_is_reported_not_raised(tmp_pa
         "finishing the checkpoint writes failed: [Errno 28] No space left on device; "
         "no earlier checkpoint exists"
     ]
+
+
+def test_a_damaged_latest_checkpoint_is_named_with_the_way_back(root, train_yaml, capsys, tmp_path):
+    args = cli_args("damaged-ckpt", train_yaml, root, "logging.checkpoint_interval=2")
+    assert main([*args, "training.steps=4"]) == 0
+    latest = ckpt_dir(root, "damaged-ckpt") / "4"
+    (latest / "params" / "_METADATA").write_text("garbage")
+    capsys.readouterr()
+    assert main([*args, "training.steps=6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"error: checkpoint {latest.resolve()} cannot be read (")
+        and len(err.splitlines()) == 1
+    ), err
+    assert "move it out of" in err
+    latest.rename(tmp_path / "4")
+    assert main([*args, "training.steps=6"]) == 0
+    assert "from its checkpoint at step 2" in capsys.readouterr().err
