@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from theseus import config as C
 from theseus.errors import UserError
-from theseus.job import BasicJob, ExecutionSpec, Request
+from theseus.job import BasicJob, ExecutionSpec, Request, RestoreableJob
 from theseus.registry import JOBS
 
 
@@ -95,6 +95,12 @@ def run_stages(stages: list[Stage], spec: ExecutionSpec) -> list[Any]:
     """Check every stage, then run them in order; the first failure stops the pipeline."""
     from theseus.base.topology import is_multiprocess
 
+    if spec.restore and not any(issubclass(stage.cls, RestoreableJob) for stage in stages):
+        jobs = ", ".join(stage.job for stage in stages)
+        raise UserError(
+            f"--restore: {jobs} does not start from another run's checkpoint (training jobs do); "
+            "drop --restore, or name the checkpoint in the job's own settings"
+        )
     for stage in stages:
         stage.check()
         if is_multiprocess() and not stage.cls.DISTRIBUTED:

@@ -239,6 +239,15 @@ def test_a_long_run_name_names_the_length_limit(tmp_path, capsys, toy):
     assert not (tmp_path / "out").exists()
 
 
+def test_restore_for_a_job_that_cannot_restore_is_refused(tmp_path, capsys, toy):
+    config = write(tmp_path / "t.yaml", "job: toy/echo\nconfig: {toy: {tag: a}}\n")
+    out = tmp_path / "out"
+    code, err = cli(capsys, "run", "r", config, str(out), "--restore", str(tmp_path))
+    line = one_line_error(code, err, "--restore: toy/echo does not start from another run's")
+    assert "drop --restore" in line
+    assert not out.exists()
+
+
 # 10. Override hints name real keys; a section set as a whole says it is a section.
 
 
