@@ -162,6 +162,19 @@ class BasicJob(Generic[C]):
     def run(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement run()")
 
+    def settings_yaml(self) -> str:
+        """The settings this job runs with, as a file `theseus run` takes back: its registered
+        name and chip request in the header, then the config."""
+        from theseus.config import to_yaml
+        from theseus.registry import JOBS
+
+        header: dict[str, Any] = {}
+        if name := JOBS.name_of(type(self)):
+            header["job"] = name
+        if any(v is not None for v in self.spec.request.as_dict().values()):
+            header["request"] = self.spec.request.as_dict()
+        return to_yaml(self.cfg, self.schema(), header)
+
     def __call__(self) -> Any:
         with configuration(self.cfg):
             return self.run()

@@ -115,6 +115,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(set(self._builtin()) | set(self._entries))
 
+    def name_of(self, obj: object) -> str:
+        """The name `obj` is registered under ("" when it is not)."""
+        return next((name for name, entry in self._entries.items() if entry is obj), "")
+
     def listings(self) -> list[Listing]:
         """Every name with its one-line description; imports nothing that is not loaded yet."""
         rows = dict(self._builtin())

@@ -225,6 +225,10 @@ def test_readme_evaluate_commands_run_as_written(trained, monkeypatch):
     before = trained_config.read_bytes()
     assert main(["run", "my-gpt-run", *run[3:], "eval.checkpoint=my-gpt-run"]) == 0
     assert trained_config.read_bytes() == before
+    # what a run folder says it ran, runs again as written
+    assert main(["run", "again", str(folder / "eval-config.yaml"), str(out)]) == 0
+    again = json.loads((out / "runs" / "default" / "default" / "again" / "eval.json").read_text())
+    assert again == results
     assert written["perplexity"]["store"] == "output/data/pystdlib"
 
 

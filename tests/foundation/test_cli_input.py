@@ -206,8 +206,9 @@ def test_configure_to_an_empty_name_is_one_line(tmp_path, capsys, monkeypatch, t
 
 
 def test_unknown_job_hints_at_load(tmp_path, capsys, toy):
-    code, err = cli(capsys, "configure", "my/train/pretrain", str(tmp_path / "x.yaml"))
-    one_line_error(code, err, "unknown job 'my/train/pretrain'", "add --load FILE.py")
+    # a name no test registers (the README extension test registers my/train/pretrain)
+    code, err = cli(capsys, "configure", "their/train/pretrain", str(tmp_path / "x.yaml"))
+    one_line_error(code, err, "unknown job 'their/train/pretrain'", "add --load FILE.py")
 
 
 # 8. `~` in configure's output path is the home folder, not a folder named `~`.

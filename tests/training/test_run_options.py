@@ -233,3 +233,11 @@ def test_a_run_file_that_cannot_be_written_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=r"cannot write .*metrics\.jsonl: Is a directory; free"):
         log.keep_until(0)
     log.close()
+
+
+def test_a_run_folders_config_runs_again_as_written(root, train_yaml):
+    assert main(cli_args("written", train_yaml, root, "training.steps=2")) == 0
+    config = run_dir(root, "written") / "config.yaml"
+    assert config.read_text().startswith("job: gpt/train/pretrain\n")
+    assert main(["run", "written-again", str(config), str(root)]) == 0
+    assert losses(root, "written-again") == losses(root, "written")

@@ -304,16 +304,6 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         barrier("theseus-fresh-moved")
 
 
-def job_name_of(trainer: type) -> str:
-    """The registered name of a job class ("" when it is not registered)."""
-    from theseus.registry import JOBS
-
-    for name in JOBS.names():
-        if JOBS._entries.get(name) is trainer:
-            return name
-    return ""
-
-
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain data with every interpolation resolved."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

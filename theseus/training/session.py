@@ -178,7 +178,7 @@ class Session:
     # checkpoints ---------------------------------------------------------------------------------
 
     def meta(self, step: int) -> dict[str, Any]:
-        from theseus.training.base import job_name_of
+        from theseus.registry import JOBS
 
         trainer = type(self.trainer)
         return {
@@ -186,7 +186,7 @@ class Session:
             "step": step,
             "seed": self.config.seed,
             "rng_key": key_data(jax.random.key(self.config.seed)),
-            "job": job_name_of(trainer),
+            "job": JOBS.name_of(trainer),
             "trainer": f"{trainer.__module__}:{trainer.__qualname__}",
             "vocab_size": self.vocab_size,
             "tokenizer": dict(self.stores[0].manifest.tokenizer),
@@ -467,11 +467,9 @@ class Session:
         if self.step >= self.plan.steps:
             return None
         if self.main:
-            from theseus.config import atomic_write, to_yaml
+            from theseus.config import atomic_write
 
-            atomic_write(
-                self.spec.run_dir / "config.yaml", to_yaml(self.trainer.cfg, self.trainer.schema())
-            )
+            atomic_write(self.spec.run_dir / "config.yaml", self.trainer.settings_yaml())
         return self._compile()
 
     def _train(
