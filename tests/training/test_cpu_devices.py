@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
-from tests.training.conftest import cli_args, losses, spawn
+from tests.training.conftest import TINY, cli_args, losses, spawn
 
 AUTOMATIC = {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "-1"}
 # a learning rate that does not depend on the run's length, so 2 steps then 2 more = 4 steps
@@ -42,3 +44,40 @@ def test_a_device_count_in_xla_flags_wins_and_says_so(root, train_yaml):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "warning: parallel.cpu_devices=2 is ignored" in out and "on 1 cpu device(s)" in out
+
+
+QUICK_RUNS = """
+import sys
+from theseus.errors import UserError
+from theseus.quick import quick
+
+root, tiny = sys.argv[1], sys.argv[2:]
+for name, extra in [
+    ("q-a", []),
+    ("q-b", ["training.batch_size=4"]),
+    ("q-c", ["training.batch_size=3"]),
+    ("q-d", ["parallel.cpu_devices=1"]),
+]:
+    with quick("gpt/train/pretrain", root, name) as j:
+        j.override(*tiny, "training.steps=1", *extra)
+        try:
+            j()
+            print(name, "ok")
+        except UserError as exc:
+            print(name, "error:", exc)
+"""
+
+
+def test_later_runs_of_one_process_keep_its_devices_or_say_so(root):
+    """The Python API runs several jobs in one process; JAX's device count is set once."""
+    assert len(os.sched_getaffinity(0)) >= 2, "this test needs a machine with at least two cores"
+    command = [sys.executable, "-c", QUICK_RUNS, str(root), *TINY, *FLAT]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, **AUTOMATIC}
+    )
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("q-")}
+    assert lines["q-a"] == "q-a ok" and lines["q-b"] == "q-b ok", done.stdout + done.stderr
+    needs = "error: JAX already runs on 2 CPU devices in this process (an earlier run set them)"
+    assert lines["q-c"].startswith(f"q-c {needs} and this run needs 1"), lines
+    assert lines["q-d"].startswith(f"q-d {needs} and this run needs 1"), lines
+    assert "is ignored" not in done.stderr

@@ -55,6 +55,10 @@ def apply_default_xla_flags() -> list[str]:
     return added
 
 
+_CPU_DEVICES_SET: int | None = None
+"""The CPU device count `split_cpu_into_cores` gave JAX in this process, if it did."""
+
+
 def split_cpu_into_cores(
     requested: int | None,
     *,
@@ -76,7 +80,9 @@ def split_cpu_into_cores(
     import jax
     from jax._src import xla_bridge
 
-    counted = (
+    global _CPU_DEVICES_SET
+    ours = _CPU_DEVICES_SET is not None and jax.config.jax_num_cpu_devices == _CPU_DEVICES_SET
+    counted = not ours and (
         jax.config.jax_num_cpu_devices != -1
         or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     )
@@ -86,25 +92,32 @@ def split_cpu_into_cores(
             "(--xla_force_host_platform_device_count) or JAX_NUM_CPU_DEVICES sets the count",
             file=sys.stderr,
         )
-    if is_multiprocess() or xla_bridge.backends_are_initialized() or counted:
+    if is_multiprocess() or counted:
         return None
-    count = requested
-    if count is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if requested is not None and requested < 1:
+        raise UserError(f"parallel.cpu_devices must be >= 1 or null, got {requested}")
 
-        def fits(n: int) -> bool:
-            try:
-                shards = Layout.solve(n, fsdp, tensor).batch_shards
-            except UserError:
-                return False
-            if global_batch % shards:
-                return False
-            return per_device_batch is None or (global_batch // shards) % per_device_batch == 0
+    def fits(n: int) -> bool:
+        try:
+            shards = Layout.solve(n, fsdp, tensor).batch_shards
+        except UserError:
+            return False
+        if global_batch % shards:
+            return False
+        return per_device_batch is None or (global_batch // shards) % per_device_batch == 0
 
-        count = max((n for n in range(1, (cores or 1) + 1) if fits(n)), default=1)
-    if count < 1:
-        raise UserError(f"parallel.cpu_devices must be >= 1 or null, got {count}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = requested or max((n for n in range(1, (cores or 1) + 1) if fits(n)), default=1)
+    if xla_bridge.backends_are_initialized():
+        # an earlier run of this process (the Python API) gave JAX its devices, for good
+        if ours and count != _CPU_DEVICES_SET and (requested or not fits(_CPU_DEVICES_SET)):
+            raise UserError(
+                f"JAX already runs on {_CPU_DEVICES_SET} CPU devices in this process (an earlier "
+                f"run set them) and this run needs {count}; run it in a new process"
+            )
+        return None
     jax.config.update("jax_num_cpu_devices", count)
+    _CPU_DEVICES_SET = count
     return count
 
 
