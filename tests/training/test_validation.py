@@ -237,4 +237,10 @@ def test_configure_refuses_a_dataset_mixture_run_would_refuse(tmp_path, capsys):
     out = tmp_path / "train.yaml"
     assert main(["configure", "gpt/train/pretrain", str(out), "training.dataset.0.rate=-1"]) == 2
     assert "training.dataset.0.rate=-1.0: a rate must be" in capsys.readouterr().err
+    assert main(["configure", "gpt/train/pretrain", str(out), "training.dataset.0.name=../x"]) == 2
+    assert "bad training.dataset.0.name '../x'" in capsys.readouterr().err
+    tokenize = ["configure", "data/tokenize_variable_dataset", str(out)]
+    assert main([*tokenize, "data.store=x.partial"]) == 2
+    assert "bad data.store 'x.partial'" in capsys.readouterr().err
     assert not out.exists()
+    assert main([*tokenize, "data.name=pystdlib"]) == 0  # the store name follows data.name

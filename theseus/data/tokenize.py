@@ -62,6 +62,12 @@ class StoreConfig:
         help="how chat messages become text",
     )
 
+    def check(self) -> None:
+        """The store name is a folder under OUT/data (run with the config's validation)."""
+        from theseus.data.store import check_store_name
+
+        check_store_name("data.store", self.store)
+
 
 @dataclass
 class BlockwiseConfig:

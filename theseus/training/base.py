@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from theseus.base.stopping import StopSignals
 from theseus.config import configure, field
 from theseus.data.loader import DatasetMix, check_rates
+from theseus.data.store import check_store_name
 from theseus.errors import UserError
 from theseus.job import RestoreableJob
 from theseus.training.metrics import LoggingConfig
@@ -134,6 +135,8 @@ class BaseTrainerConfig:
                 "training.dataset is empty; name a token store, e.g. [{name: pystdlib}]"
             )
         check_rates([mix.rate for mix in self.dataset])
+        for k, mix in enumerate(self.dataset):
+            check_store_name(f"training.dataset.{k}.name", mix.name)
 
 
 @dataclass
