@@ -210,6 +210,8 @@ def run(
     loads: tuple[str, ...],
 ) -> None:
     """Run the job(s) configured in YAML locally, writing under OUT."""
+    if not out.strip():
+        raise UserError("OUT is empty; give the output folder, e.g. ./output")
     from theseus.config import require_output_folder
     from theseus.job import ExecutionSpec
     from theseus.stages import Stage, override, run_stages

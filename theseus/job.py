@@ -81,6 +81,16 @@ class Request:
                 raise UserError(
                     f"{source}.{key}: must be {'>= 0' if key == 'n' else '>= 1'}, got {value}"
                 )
+        if self.n and self.n_shards and self.n % self.n_shards:
+            raise UserError(
+                f"{source}: n_shards={self.n_shards} does not divide n={self.n} chips; "
+                "choose tensor-parallel shards that divide the chip count"
+            )
+        if self.n == 0 and self.chip not in (None, "cpu"):
+            raise UserError(
+                f"{source}: n=0 means a CPU run, but the chip is {self.chip}; "
+                "ask for at least one, or for chip cpu"
+            )
 
 
 @dataclass

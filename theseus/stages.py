@@ -76,6 +76,7 @@ class Stage:
         """Write the YAML `theseus run` reads back; refuse values it would refuse (interpolations,
         choices, bounds, a component's `check()`), so a bad file is never written. Required
         values may still be unset."""
+        self.request.check("request")
         C.check_values(self.schema, self.cfg)
         C.atomic_write(Path(path).expanduser(), self.to_yaml())
 

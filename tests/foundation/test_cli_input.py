@@ -202,6 +202,30 @@ def test_configure_to_an_empty_name_is_one_line(tmp_path, capsys, monkeypatch, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_to_an_empty_output_folder_is_one_line(tmp_path, capsys, monkeypatch, toy):
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path / "t.yaml", "job: toy/echo\nconfig: {toy: {tag: a}}\n")
+    code, err = cli(capsys, "run", "r", config, "")
+    one_line_error(code, err, "OUT is empty")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("request_args", "message"),
+    [
+        (["--chip", "h100", "-n", "0"], "n=0 means a CPU run, but the chip is h100"),
+        (["--chip", "h100", "-n", "8", "--n_shards", "3"], "n_shards=3 does not divide n=8"),
+    ],
+)
+def test_configure_refuses_a_request_that_contradicts_itself(
+    tmp_path, capsys, toy, request_args, message
+):
+    out = tmp_path / "x.yaml"
+    code, err = cli(capsys, "configure", "toy/echo", str(out), *request_args)
+    one_line_error(code, err, message)
+    assert not out.exists()
+
+
 # 7. A job that is not registered hints at --load.
 
 

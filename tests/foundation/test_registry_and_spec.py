@@ -78,7 +78,9 @@ def test_chip_catalogue():
 
 
 def test_request_validation():
-    Request.from_dict({"chip": "h100", "n": 0})
+    Request.from_dict({"chip": "cpu", "n": 0})
+    with pytest.raises(UserError, match="n=0 means a CPU run, but the chip is h100"):
+        Request.from_dict({"chip": "h100", "n": 0})
     with pytest.raises(UserError, match="unknown key"):
         Request.from_dict({"chips": 1})
     with pytest.raises(UserError, match="expected an integer"):
