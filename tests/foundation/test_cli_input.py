@@ -156,6 +156,14 @@ def test_plot_to_an_unwritable_path_is_one_line(tmp_path, capsys, where):
     assert Path(afile).read_text() == "job: x\n"
 
 
+def test_plot_of_runs_without_losses_is_one_line(tmp_path, capsys):
+    run = tmp_path / "eval-run"
+    write(run / "metrics.jsonl", "")
+    code, err = cli(capsys, "plot", str(run), "-o", str(tmp_path / "x.png"))
+    one_line_error(code, err, "plot: no losses in", "give the folders of training runs")
+    assert not (tmp_path / "x.png").exists()
+
+
 # 5. `--load` of code that does not import.
 
 

@@ -37,10 +37,9 @@ def plot_runs(
     why = unwritable(out.parent)
     if why:
         raise UserError(f"plot: cannot write {out}: {why}; choose another path")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, run in enumerate(runs):
+    curves = []
+    for run in runs:
         path = metrics_file(run)
-        label = labels[i] if labels else path.parent.name
         records = read_metrics(path)
         train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
         val = [
@@ -48,6 +47,13 @@ def plot_runs(
             for r in records
             if isinstance(r.get("val_loss"), int | float)
         ]
+        curves.append((path, train, val))
+    if not any(train or val for _, train, val in curves):
+        names = ", ".join(str(path) for path, _, _ in curves)
+        raise UserError(f"plot: no losses in {names} yet; give the folders of training runs")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (path, train, val) in enumerate(curves):
+        label = labels[i] if labels else path.parent.name
         color = f"C{i % 10}"
         if train:
             ax.plot(*zip(*train, strict=True), color=color, label=f"{label} train")
