@@ -19,6 +19,10 @@ def test_fresh_refuses_existing_checkpoints_unless_overwrite(root, train_yaml, c
     assert main(cli_args("again", train_yaml, root, *SHORT)) == 0
     err = capsys.readouterr().err
     assert "already finished at step 3" in err and "compiled in" not in err, err
+    assert main(cli_args("again", train_yaml, root, "training.steps=2")) == 0  # fewer steps
+    err = capsys.readouterr().err
+    assert "settings changed since that checkpoint: training.steps" in err, err
+    assert "goes on with the new ones" not in err and "already finished at step 3" in err, err
 
     assert main([*cli_args("again", train_yaml, root, *SHORT), "--fresh"]) == 2
     err = capsys.readouterr().err.strip()

@@ -280,9 +280,14 @@ class Session:
             changed = changed_settings(meta.get("config", {}), _resolved(self.trainer.cfg))
             if changed:
                 more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+                goes_on = (
+                    "; the run goes on with the new ones (the learning-rate schedule too)"
+                    if self.step < self.plan.steps
+                    else ""
+                )
                 self.log.info(
                     f"warning: settings changed since that checkpoint: {', '.join(changed[:5])}"
-                    f"{more}; the run goes on with the new ones (the learning-rate schedule too)"
+                    f"{more}{goes_on}"
                 )
             self.log.keep_until(self.step)
             return
