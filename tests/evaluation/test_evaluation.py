@@ -129,6 +129,14 @@ def test_multiple_choice_picks_the_planted_answer(scorer, training_text, tmp_pat
     assert result == {"accuracy": 1.0, "items": 24.0}
 
 
+def test_a_choice_longer_than_the_window_is_refused(scorer, tmp_path):
+    long = "x" * (scorer.seq_len + 1)  # bytes: one token per character
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps({"context": "a", "choices": ["b", long], "answer": 0}) + "\n")
+    with pytest.raises(UserError, match=f"is {len(long)} tokens, more than the model's window"):
+        MultipleChoice(MultipleChoiceConfig(path=str(path))).run(scorer)
+
+
 def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, training_text):
     out, run = trained
     text = tmp_path / "t.txt"

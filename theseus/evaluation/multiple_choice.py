@@ -114,6 +114,11 @@ class MultipleChoice(Evaluation):
                 continuation = tokenizer.encode(choice)
                 if not continuation:
                     raise UserError(f"multiple_choice: choice {choice!r} encodes to no tokens")
+                if len(continuation) > scorer.seq_len:  # part of it would go unscored
+                    raise UserError(
+                        f"multiple_choice: choice {_show(choice)} is {len(continuation)} tokens, "
+                        f"more than the model's window of {scorer.seq_len}; shorten it"
+                    )
                 pairs.append((context, continuation))
         scores = scorer.continuation_logprobs(pairs)
         preds, i = [], 0
