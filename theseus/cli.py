@@ -162,7 +162,7 @@ def configure(
     stage = Stage.new(job, Request(chip, n_chips, n_shards))
     if previous is not None:
         data = C.read_yaml(previous)
-        dropped = stage.carry_over(data.get("config") or {})
+        dropped = stage.carry_over(data.get("config") or {}, data.get("job"))
         if dropped and in_place and out.exists() and not force:
             raise UserError(
                 f"updating {out} in place would drop {', '.join(dropped)} (not in the schema of "

@@ -61,8 +61,15 @@ class Stage:
             raise UserError(f"{path}: {exc}") from None
         return stage
 
-    def carry_over(self, values: dict[str, Any]) -> list[str]:
-        """Take the values of a previous config that still fit; return the dropped keys."""
+    def carry_over(self, values: dict[str, Any], written_by: str | None = None) -> list[str]:
+        """Take the values of a previous config that still fit; return the dropped keys. From a
+        config of another job (`written_by`), only the values set there by hand: that job's
+        defaults (a GPT's architecture in a Llama's file, say) are not this job's."""
+        if written_by and written_by != self.job and written_by in JOBS:
+            from omegaconf import OmegaConf
+
+            defaults = dict(C.flatten(OmegaConf.to_container(Stage.new(written_by).cfg)))
+            values = {k: v for k, v in C.flatten(values) if k not in defaults or defaults[k] != v}
         return C.merge_values(self.schema, self.cfg, values, strict=False)
 
     def to_yaml(self) -> str:

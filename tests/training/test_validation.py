@@ -244,3 +244,14 @@ def test_configure_refuses_a_dataset_mixture_run_would_refuse(tmp_path, capsys):
     assert "bad data.store 'x.partial'" in capsys.readouterr().err
     assert not out.exists()
     assert main([*tokenize, "data.name=pystdlib"]) == 0  # the store name follows data.name
+
+
+def test_carrying_another_jobs_config_over_takes_only_its_hand_set_values(tmp_path):
+    from theseus.config import read_yaml
+
+    gpt, llama = tmp_path / "gpt.yaml", tmp_path / "llama.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(gpt), "architecture.n_layers=6"]) == 0
+    assert main(["configure", "llama/train/pretrain", str(llama), "-p", str(gpt)]) == 0
+    architecture = read_yaml(llama)["config"]["architecture"]
+    assert architecture["n_layers"] == 6  # set by hand in gpt.yaml
+    assert (architecture["positions"], architecture["norm"]) == ("rope", "rmsnorm")  # Llama's own

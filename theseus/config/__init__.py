@@ -27,6 +27,7 @@ from theseus.config.overrides import (
     apply_override,
     apply_overrides,
     changed_settings,
+    flatten,
     merge_values,
 )
 from theseus.config.schema import (
@@ -57,6 +58,7 @@ __all__ = [
     "configure",
     "current",
     "field",
+    "flatten",
     "merge_values",
     "missing_keys",
     "read_yaml",

@@ -359,11 +359,12 @@ def apply_overrides(stages: Sequence[tuple[Schema, DictConfig]], overrides: Sequ
             apply_override(schema, cfg, override)
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """The leaves of a nested mapping as (dotted key, value)."""
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            yield from _flatten(value, dotted + ".")
+            yield from flatten(value, dotted + ".")
         else:
             yield dotted, value
 
@@ -377,7 +378,7 @@ def merge_values(
     returned, so a previous YAML can be carried into a changed schema.
     """
     dropped = []
-    for key, value in _flatten(values):
+    for key, value in flatten(values):
         if not _owned(schema, cfg, key):
             if strict:
                 raise _unknown([(schema, cfg)], key)
@@ -394,7 +395,7 @@ def merge_values(
 
 def changed_settings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """`KEY OLD -> NEW` for every leaf that differs between two configs (as plain data)."""
-    old, new = dict(_flatten(before)), dict(_flatten(after))
+    old, new = dict(flatten(before)), dict(flatten(after))
     return [
         f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
         for key in sorted(old.keys() | new.keys())
