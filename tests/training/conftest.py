@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from theseus.cli import main
+from theseus.training.metrics import LoggingConfig, RunLog
 
 # Runs of the same program in several processes compile it once (JAX's persistent cache).
 CACHE = tempfile.mkdtemp(prefix="theseus-test-xla-")
@@ -153,3 +154,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_log(folder: Path, name: str = "r") -> RunLog:
+    """A run's log writer under `folder`, with default logging settings."""
+    return RunLog(
+        folder,
+        enabled=True,
+        config=LoggingConfig(),
+        run_name=name,
+        project="p",
+        group="g",
+        hyperparameters={},
+    )

@@ -10,7 +10,8 @@ import sys
 
 from rich.console import Console
 
-from theseus.training.metrics import LoggingConfig, RunLog, summary_line, training_bar
+from tests.training.conftest import run_log
+from theseus.training.metrics import summary_line, training_bar
 
 FIGURES = {"loss": 2.34567, "lr": 6e-4, "grad_norm": 0.8123, "tokens_per_s": 504321.0, "mfu": 0.436}
 
@@ -45,15 +46,7 @@ def test_a_terminal_run_keeps_every_interval_in_its_log(tmp_path, monkeypatch) -
     try:
         with os.fdopen(replica, "w") as terminal:
             monkeypatch.setattr(sys, "stderr", terminal)
-            log = RunLog(
-                tmp_path,
-                enabled=True,
-                config=LoggingConfig(),
-                run_name="tty",
-                project="p",
-                group="g",
-                hyperparameters={},
-            )
+            log = run_log(tmp_path, "tty")
             with log.progress(0, 10):
                 assert log._progress is not None  # the terminal path, with its live bar
                 log.update(5, summary_line(FIGURES))

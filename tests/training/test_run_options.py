@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir, spawn
+from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir, run_log, spawn
 from theseus.cli import main
 
 SHORT = ("training.steps=3", "logging.checkpoint_interval=1000")
@@ -220,18 +220,9 @@ def test_a_damaged_metrics_file_neither_stops_a_resume_nor_a_plot(root, train_ya
 
 def test_a_run_file_that_cannot_be_written_is_a_one_line_error(tmp_path):
     from theseus.errors import UserError
-    from theseus.training.metrics import LoggingConfig, RunLog
 
     (tmp_path / "metrics.jsonl").mkdir()  # as good as a full disk or a read-only file to open()
-    log = RunLog(
-        tmp_path,
-        enabled=True,
-        config=LoggingConfig(),
-        run_name="r",
-        project="p",
-        group="g",
-        hyperparameters={},
-    )
+    log = run_log(tmp_path)
     with pytest.raises(UserError, match=r"cannot write .*metrics\.jsonl: Is a directory; free"):
         log.record({"step": 1, "loss": 1.0})
     with pytest.raises(UserError, match=r"cannot write .*metrics\.jsonl: Is a directory; free"):
