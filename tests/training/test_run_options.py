@@ -149,7 +149,7 @@ def test_validation_wandb_tensorboard_and_plot(
     runs = list((folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run
     assert (folder / "loss.png").stat().st_size > 1000
-    assert (folder / "config.yaml").read_text().startswith("config:")
+    assert (folder / "config.yaml").read_text().startswith("job: gpt/train/pretrain\nconfig:")
 
     out = tmp_path / "both.png"
     assert main(["plot", str(folder), str(run_dir(root, "single")), "-o", str(out)]) == 0
