@@ -93,6 +93,15 @@ class Request:
             )
 
 
+def yaml_header(job: str, request: Request) -> dict[str, Any]:
+    """What a config file says above its `config:`: the job (when it has a name) and the chip
+    request (when one was made)."""
+    header: dict[str, Any] = {"job": job} if job else {}
+    if any(v is not None for v in request.as_dict().values()):
+        header["request"] = request.as_dict()
+    return header
+
+
 @dataclass
 class ExecutionSpec:
     """Where a run lives and how it was asked to start.
@@ -172,18 +181,13 @@ class BasicJob(Generic[C]):
     def run(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement run()")
 
-    def settings_yaml(self) -> str:
-        """The settings this job runs with, as a file `theseus run` takes back: its registered
-        name and chip request in the header, then the config."""
+    def settings_yaml(self, cfg: DictConfig | None = None) -> str:
+        """The settings this job runs with (or `cfg`), as a file `theseus run` takes back."""
         from theseus.config import to_yaml
         from theseus.registry import JOBS
 
-        header: dict[str, Any] = {}
-        if name := JOBS.name_of(type(self)):
-            header["job"] = name
-        if any(v is not None for v in self.spec.request.as_dict().values()):
-            header["request"] = self.spec.request.as_dict()
-        return to_yaml(self.cfg, self.schema(), header)
+        header = yaml_header(JOBS.name_of(type(self)), self.spec.request)
+        return to_yaml(self.cfg if cfg is None else cfg, self.schema(), header)
 
     def __call__(self) -> Any:
         with configuration(self.cfg):

@@ -17,7 +17,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from theseus.config import require_output_folder
 from theseus.job import ExecutionSpec, Request
 from theseus.stages import Stage, override, run_stages
 
@@ -57,7 +56,6 @@ class QuickJob:
 
     def __call__(self, fresh: bool = False, restore: str | None = None) -> Any:
         """Run the job here, in this process."""
-        require_output_folder(self.out_path)
         return run_stages([self._stage], self.spec(fresh, restore))[0]
 
     def save(

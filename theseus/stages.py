@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from theseus import config as C
 from theseus.errors import UserError
-from theseus.job import BasicJob, ExecutionSpec, Request, RestoreableJob
+from theseus.job import BasicJob, ExecutionSpec, Request, RestoreableJob, yaml_header
 from theseus.registry import JOBS
 
 
@@ -73,11 +73,7 @@ class Stage:
         return C.merge_values(self.schema, self.cfg, values, strict=False)
 
     def to_yaml(self) -> str:
-        header = {"job": self.job}
-        request = self.request.as_dict()
-        if any(v is not None for v in request.values()):
-            header["request"] = request
-        return C.to_yaml(self.cfg, self.schema, header)
+        return C.to_yaml(self.cfg, self.schema, yaml_header(self.job, self.request))
 
     def save(self, path: str | Path) -> None:
         """Write the YAML `theseus run` reads back; refuse values it would refuse (interpolations,
@@ -116,6 +112,7 @@ def run_stages(stages: list[Stage], spec: ExecutionSpec) -> list[Any]:
                 f"{stage.job} runs as one process, but this is one of several (SLURM_NTASKS or "
                 "THESEUS_NUM_PROCESSES > 1); run it as a single task"
             )
+    C.require_output_folder(spec.root)  # after the checks, so a bad config creates no OUT
     results = []
     for stage in stages:
         job = stage.instantiate(spec)

@@ -78,11 +78,11 @@ class Evaluate(BasicJob[EvaluateConfig]):
         scorer = Scorer(model, tokenizer, trained_context(model, trained_cfg), settings.batch_size)
         results = run_evaluations(settings.evaluations, scorer, self.cfg)
         # the step folder, not the name given: a run that trains on would score another one later
-        self.cfg = copy.deepcopy(self.cfg)
-        self.cfg.eval.checkpoint = str(scored)
+        cfg = copy.deepcopy(self.cfg)
+        cfg.eval.checkpoint = str(scored)
         # its own name: evaluating under a training run's name (a -s stage after training, say)
         # must not replace that run's config.yaml
-        atomic_write(self.spec.run_dir / "eval-config.yaml", self.settings_yaml())
+        atomic_write(self.spec.run_dir / "eval-config.yaml", self.settings_yaml(cfg))
         atomic_write(self.spec.run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
         console = Console(stderr=True)
         for key, value in results.items():
