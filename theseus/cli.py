@@ -417,7 +417,7 @@ def cancel(name: str) -> None:
     show_default=True,
     help="sample among the k likeliest tokens (0 = all)",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @_verbose
 @_load
 def sample(

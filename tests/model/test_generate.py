@@ -95,13 +95,42 @@ def test_top_k_and_vocab_limit_restrict_the_choice():
     assert limited.max() < 10 and len(set(limited.tolist())) > 3
 
 
+def test_the_last_new_token_may_sit_one_past_the_context():
+    """The last new token is predicted at the context's last position and never fed back, so a
+    learned-position model of context 32 continues 30 tokens by 3, and 32 tokens by 1."""
+    model = small(GPT)
+    assert model.config.block_size == 32
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    prompt = np.asarray(jax.random.randint(jax.random.key(4), (30,), 0, V)).tolist()
+    sequence = list(prompt)
+    for _ in range(3):  # the last of these runs the model over all 32 positions
+        sequence.append(int(jnp.argmax(forward(state, jnp.asarray([sequence]))[0, -1])))
+    assert generate(model, [prompt], 3, temperature=0) == [sequence[30:]]
+    assert generate(model, [sequence[:32]], 1, temperature=0) == [sequence[32:]]
+
+
+def test_a_tiny_temperature_is_greedy():
+    logits = jax.random.normal(jax.random.key(5), (64, V)) * 10
+    greedy = np.asarray(jnp.argmax(logits[:, : V - 8], -1))
+    for temperature in (1e-30, 1e-45):
+        picks = sample_logits(logits, jax.random.key(6), temperature=temperature, vocab_limit=V - 8)
+        np.testing.assert_array_equal(np.asarray(picks), greedy)
+
+
 def test_bad_requests_are_user_errors():
     model = small(GPT)
-    with pytest.raises(UserError, match="context of 32; with it max_new can be at most 2,"):
+    with pytest.raises(UserError, match="context of 32; with it max_new can be at most 3,"):
         generate(model, [[1] * 30], 5)
-    generate(model, [[1] * 30], 2)  # the most it said
-    # a prompt that fills the context leaves no max_new that works: the fix is a shorter prompt
-    with pytest.raises(UserError, match=r"longest prompt \(32 tokens\) fills .* at most 31 tokens"):
-        generate(model, [[1] * 32, [1]], 1)
+    generate(model, [[1] * 30], 3)  # the most it said
+    # a prompt longer than the context leaves no max_new that works: the fix is a shorter prompt
+    with pytest.raises(UserError, match=r"longest prompt \(33 tokens\) is longer .* at most 32 tokens"):
+        generate(model, [[1] * 33, [1]], 1)
+    for temperature in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(UserError, match="finite temperature"):
+            generate(model, [[1]], 1, temperature=temperature)
+    for seed in (-1, 2**32, 2**64):
+        with pytest.raises(UserError, match="seed must be between 0 and 4294967295"):
+            generate(model, [[1]], 1, seed=seed)
     with pytest.raises(UserError, match="at least one token"):
         generate(model, [[]], 5)

@@ -52,8 +52,9 @@ def test_sample_prints_each_prompt_with_its_continuation(run, capsys):
     printed = capsys.readouterr().out
     model, _, identity = load_model(run)
     tokenizer = load_tokenizer(identity)
-    # no --max-new: as many tokens as the context of 48 leaves after the longest prompt
-    expected = sample(model, tokenizer, prompts, 48 - 6, temperature=0)
+    # no --max-new: as many tokens as the context of 48 leaves after the longest prompt, plus
+    # the last one, predicted at the last position
+    expected = sample(model, tokenizer, prompts, 48 - 6 + 1, temperature=0)
     for prompt, text in zip(prompts, expected, strict=True):
         assert prompt + text in printed
     assert sum(len(t) for t in expected) > 0
@@ -67,11 +68,15 @@ def test_sample_prints_each_prompt_with_its_continuation(run, capsys):
     [
         (["sample", "/nonexistent/run", "hi"], "no such run or checkpoint"),
         (["sample", "RUN", "hi", "--top-p", "0"], "--top-p"),
-        (["sample", "RUN", "hi", "--max-new", "100"], "max_new can be at most 46,"),
+        (["sample", "RUN", "hi", "--max-new", "100"], "max_new can be at most 47,"),
         (
             ["sample", "RUN", "x" * 60, "--max-new", "1"],
-            "(60 tokens) fills the model's context of 48",
+            "(60 tokens) is longer than the model's context of 48",
         ),
+        (["sample", "RUN", "x" * 60], "(60 tokens) is longer than the model's context of 48"),
+        (["sample", "RUN", "hi", "--temperature", "inf"], "finite temperature"),
+        (["sample", "RUN", "hi", "--temperature", "nan"], "finite temperature"),
+        (["sample", "RUN", "hi", "--seed", str(2**64)], "--seed"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(run, capsys, args, message):

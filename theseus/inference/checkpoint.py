@@ -30,10 +30,12 @@ def sample_checkpoint(
         max_new = 200  # rotary positions have no last position: no context to fill
     if max_new is None:
         longest = max(len(tokenizer.encode(p)) or 1 for p in prompts)
-        max_new = min(200, model.config.block_size - longest)
+        # the last new token is never fed back: it may sit one past the context
+        max_new = min(200, model.config.block_size - longest + 1)
         if max_new < 1:
             raise UserError(
-                f"the prompt ({longest} tokens) fills the model's context of {model.config.block_size}; shorten it"
+                f"the prompt ({longest} tokens) is longer than the model's context of "
+                f"{model.config.block_size}; shorten it"
             )
     return sample(
         model,

@@ -1,12 +1,13 @@
 """Autoregressive generation with a KV cache: one prefill, then one jitted decode loop.
 
 Prompts of different lengths share a batch: each row keeps its own position, writes its next
-key/value into its own cache slot, and attends only to slots up to that position, so a row
-generates exactly what it would alone.
+key/value into its own cache slot, and attends only to slots up to that position, so a row's
+logits are exactly those it would have alone (its random draws depend on its place in the batch).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -19,6 +20,7 @@ from flax import nnx
 from theseus.errors import UserError
 
 NO_TOKEN = -1
+MAX_SEED = 2**32 - 1  # the range of training.seed and of `theseus sample --seed`
 
 
 def sample_logits(
@@ -38,7 +40,9 @@ def sample_logits(
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
+    # shifted so the likeliest id is at 0: a tiny temperature can only push the others to -inf,
+    # never several of them to +inf
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
     if top_k > 0:
         kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -132,10 +136,13 @@ def generate(
         )
     if max_new < 1:
         raise UserError(f"max_new must be >= 1, got {max_new}")
-    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+    if not 0 <= temperature < math.inf or not 0.0 < top_p <= 1.0 or top_k < 0:
         raise UserError(
-            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}"
+            f"need a finite temperature >= 0, 0 < top_p <= 1, top_k >= 0; "
+            f"got {temperature}, {top_p}, {top_k}"
         )
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     if not (hasattr(model, "prefill") and hasattr(model, "decode")):
         raise UserError(
             f"{type(model).__name__} cannot generate with a KV cache: it needs prefill() and decode() "
@@ -144,16 +151,20 @@ def generate(
     lengths = np.array([len(p) for p in prompts], np.int32)
     width = int(lengths.max())
     block_size = model.config.block_size
-    if getattr(model.config, "positions", "learned") == "learned" and width + max_new > block_size:
+    # the last new token is never fed back, so it may sit one past the last position
+    if (
+        getattr(model.config, "positions", "learned") == "learned"
+        and width + max_new - 1 > block_size
+    ):
         which = "the longest prompt" if len(prompts) > 1 else "the prompt"
-        if width >= block_size:
+        if width > block_size:
             raise UserError(
-                f"{which} ({width} tokens) fills the model's context of {block_size}, leaving "
-                f"no room for new tokens; shorten it to at most {block_size - 1} tokens"
+                f"{which} ({width} tokens) is longer than the model's context of {block_size}; "
+                f"shorten it to at most {block_size} tokens"
             )
         raise UserError(
-            f"{which} ({width} tokens) + max_new ({max_new}) exceeds the model's context of "
-            f"{block_size}; with it max_new can be at most {block_size - width}, or shorten it"
+            f"{which} ({width} tokens) + max_new ({max_new}) runs past the model's context of "
+            f"{block_size}; with it max_new can be at most {block_size - width + 1}, or shorten it"
         )
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, prompt in enumerate(prompts):
@@ -165,7 +176,7 @@ def generate(
         jnp.asarray(tokens),
         jnp.asarray(lengths),
         jax.random.key(seed),
-        cache_len=width + max_new,
+        cache_len=width + max_new - 1,
         max_new=int(max_new),
         temperature=float(temperature),
         top_k=int(top_k),
