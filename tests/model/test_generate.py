@@ -124,7 +124,9 @@ def test_bad_requests_are_user_errors():
         generate(model, [[1] * 30], 5)
     generate(model, [[1] * 30], 3)  # the most it said
     # a prompt longer than the context leaves no max_new that works: the fix is a shorter prompt
-    with pytest.raises(UserError, match=r"longest prompt \(33 tokens\) is longer .* at most 32 tokens"):
+    with pytest.raises(
+        UserError, match=r"longest prompt \(33 tokens\) is longer .* at most 32 tokens"
+    ):
         generate(model, [[1] * 33, [1]], 1)
     for temperature in (float("inf"), float("nan"), -1.0):
         with pytest.raises(UserError, match="finite temperature"):
