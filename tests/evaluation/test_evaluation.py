@@ -137,6 +137,35 @@ def test_a_choice_longer_than_the_window_is_refused(scorer, tmp_path):
         MultipleChoice(MultipleChoiceConfig(path=str(path))).run(scorer)
 
 
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("multiple_choice", "is 100 tokens, more than the model's window of 64"),
+        ("perplexity", "holds fewer than two tokens to score"),
+    ],
+)
+def test_data_the_model_cannot_score_is_refused_before_training(
+    trained, tmp_path, capsys, kind, message
+):
+    """Found before step 1, not when the first evaluation runs part-way through training."""
+    out, _ = trained
+    items = tmp_path / "mc.jsonl"
+    items.write_text(json.dumps({"context": "a", "choices": ["b", "x" * 100], "answer": 0}) + "\n")
+    text = tmp_path / "one.txt"
+    text.write_text("a")
+    data = {
+        "multiple_choice": f"eval.multiple_choice.path={items}",
+        "perplexity": f"eval.perplexity.text={text}",
+    }
+    capsys.readouterr()
+    overrides = [*TINY, "eval.interval=3", f"eval.evaluations=[{kind}]", data[kind]]
+    assert main(["run", f"unscorable-{kind}", str(out / "train.yaml"), str(out), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {kind}: ") and message in err and err.count("\n") == 1
+    assert not (out / "runs" / "default" / "default" / f"unscorable-{kind}").exists()
+    assert not (out / "checkpoints" / "default" / "default" / f"unscorable-{kind}").exists()
+
+
 def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, training_text):
     out, run = trained
     text = tmp_path / "t.txt"
@@ -319,7 +348,7 @@ def test_perplexity_reads_only_the_tokens_it_scores(trained, scorer):
     evaluation = Perplexity(PerplexityConfig(store=str(path), split="train", max_tokens=1000))
     tracemalloc.start()
     try:
-        tokens = evaluation.tokens(scorer)
+        tokens = evaluation.tokens(scorer.tokenizer)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -433,7 +462,7 @@ def test_check_evaluations_refuses_bad_settings_of_a_training_run(
     override([stage], [re.sub(r"STORE|BPE", lambda m: stores[m.group()], o) for o in overrides])
     with pytest.raises(UserError, match=message):  # as a run checks: its config, then its data
         stage.check()
-        check_evaluations(list(stage.cfg.eval.evaluations), stage.cfg, BytesTokenizer().identity)
+        check_evaluations(list(stage.cfg.eval.evaluations), stage.cfg, BytesTokenizer(), 64)
 
 
 def test_check_evaluations_accepts_good_settings(trained, tmp_path):
@@ -446,7 +475,7 @@ def test_check_evaluations_accepts_good_settings(trained, tmp_path):
         f"eval.multiple_choice.path={items}",
     ]
     override([stage], settings)
-    check_evaluations(["perplexity", "multiple_choice"], stage.cfg, BytesTokenizer().identity)
+    check_evaluations(["perplexity", "multiple_choice"], stage.cfg, BytesTokenizer(), 64)
 
 
 def test_evaluations_run_during_training_and_are_logged(trained, tmp_path):

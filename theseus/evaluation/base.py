@@ -18,6 +18,7 @@ from theseus.errors import UserError
 from theseus.registry import EVALUATIONS
 
 if TYPE_CHECKING:
+    from theseus.data.tokenizers import Tokenizer
     from theseus.evaluation.scoring import Scorer
 
 # Modules that register the built-in evaluations; their config dataclasses join a job's schema.
@@ -52,9 +53,12 @@ class Evaluation(abc.ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def check(self, tokenizer: dict[str, str] | None = None) -> None:  # noqa: B027 - optional
-        """Refuse bad settings or missing data without a model; `tokenizer` is the identity of
-        the model's tokenizer, when known, for data that must have been written with it."""
+    def check(  # noqa: B027 - optional
+        self, tokenizer: Tokenizer | None = None, seq_len: int | None = None
+    ) -> None:
+        """Refuse bad settings or missing data without a model. The model's tokenizer and
+        scoring window, when known, also refuse data written with another tokenizer and items
+        the model cannot score."""
 
     @abc.abstractmethod
     def run(self, scorer: Scorer) -> dict[str, float]:
@@ -72,17 +76,20 @@ def evaluation_components() -> list[type]:
 
 
 def check_evaluations(
-    names: list[str], cfg: DictConfig, tokenizer: dict[str, str] | None = None
+    names: list[str],
+    cfg: DictConfig,
+    tokenizer: Tokenizer | None = None,
+    seq_len: int | None = None,
 ) -> None:
     """Refuse unknown evaluations, bad `eval.*` settings and missing or mismatched data in one
     line, without loading a model: cheap enough to call before training starts.
 
-    `tokenizer`, the identity of the model's tokenizer when known, also refuses a token store
-    written with another one.
+    The model's tokenizer and scoring window (`seq_len`), when known, also refuse a token
+    store written with another tokenizer and data the model cannot score.
     """
     for name in names:
         cls = EVALUATIONS[name]
-        cls(configure(cls.CONFIG, cfg)).check(tokenizer)
+        cls(configure(cls.CONFIG, cfg)).check(tokenizer, seq_len)
 
 
 def run_evaluations(names: list[str], scorer: Scorer, cfg: DictConfig) -> dict[str, float]:

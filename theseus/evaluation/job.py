@@ -75,7 +75,10 @@ class Evaluate(BasicJob[EvaluateConfig]):
         scored = directory / str(step)
         model, trained_cfg, tokenizer = load_trained(scored)
         # scored in windows of the length it was trained on
-        scorer = Scorer(model, tokenizer, trained_context(model, trained_cfg), settings.batch_size)
+        window = trained_context(model, trained_cfg)
+        # every evaluation's data is checked against the model before the first one scores
+        check_evaluations(settings.evaluations, self.cfg, tokenizer, window)
+        scorer = Scorer(model, tokenizer, window, settings.batch_size)
         results = run_evaluations(settings.evaluations, scorer, self.cfg)
         # the step folder, not the name given: a run that trains on would score another one later
         cfg = copy.deepcopy(self.cfg)

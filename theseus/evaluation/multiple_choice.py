@@ -13,6 +13,7 @@ from theseus.evaluation.base import Evaluation
 from theseus.registry import evaluation
 
 if TYPE_CHECKING:
+    from theseus.data.tokenizers import Tokenizer
     from theseus.evaluation.scoring import Scorer
 
 
@@ -96,16 +97,20 @@ class MultipleChoice(Evaluation):
 
     CONFIG = MultipleChoiceConfig
 
-    def check(self, tokenizer: dict[str, str] | None = None) -> None:
-        self._items()
+    def check(self, tokenizer: Tokenizer | None = None, seq_len: int | None = None) -> None:
+        items = self._items()
+        if tokenizer is not None and seq_len is not None:
+            self._pairs(items, tokenizer, seq_len)
 
     def _items(self) -> list[dict[str, Any]]:
         if self.config.path is None:
             raise UserError("multiple_choice: set eval.multiple_choice.path to a JSON-lines file")
         return read_items(Path(self.config.path).expanduser())
 
-    def predictions(self, scorer: Scorer, items: list[dict[str, Any]]) -> list[int]:
-        tokenizer = scorer.tokenizer
+    def _pairs(
+        self, items: list[dict[str, Any]], tokenizer: Tokenizer, seq_len: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """(context, continuation) tokens of every choice, refusing one the model cannot score."""
         pairs = []
         for item in items:
             # as in sampling, an empty context starts at end-of-text, so the first token is scored
@@ -114,12 +119,16 @@ class MultipleChoice(Evaluation):
                 continuation = tokenizer.encode(choice)
                 if not continuation:
                     raise UserError(f"multiple_choice: choice {choice!r} encodes to no tokens")
-                if len(continuation) > scorer.seq_len:  # part of it would go unscored
+                if len(continuation) > seq_len:  # part of it would go unscored
                     raise UserError(
                         f"multiple_choice: choice {_show(choice)} is {len(continuation)} tokens, "
-                        f"more than the model's window of {scorer.seq_len}; shorten it"
+                        f"more than the model's window of {seq_len}; shorten it"
                     )
                 pairs.append((context, continuation))
+        return pairs
+
+    def predictions(self, scorer: Scorer, items: list[dict[str, Any]]) -> list[int]:
+        pairs = self._pairs(items, scorer.tokenizer, scorer.seq_len)
         scores = scorer.continuation_logprobs(pairs)
         preds, i = [], 0
         for item in items:

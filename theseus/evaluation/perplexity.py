@@ -17,6 +17,7 @@ from theseus.registry import evaluation
 
 if TYPE_CHECKING:
     from theseus.data.store import TokenStore
+    from theseus.data.tokenizers import Tokenizer
     from theseus.evaluation.scoring import Scorer
 
 
@@ -47,8 +48,11 @@ class Perplexity(Evaluation):
 
     CONFIG = PerplexityConfig
 
-    def check(self, tokenizer: dict[str, str] | None = None) -> None:
-        self._source(tokenizer)
+    def check(self, tokenizer: Tokenizer | None = None, seq_len: int | None = None) -> None:
+        if tokenizer is None:
+            self._source(None)
+        else:
+            self.tokens(tokenizer)
 
     def _source(self, tokenizer: dict[str, str] | None) -> Path | TokenStore:
         """The text file or the variable token store to score, its settings checked."""
@@ -83,26 +87,30 @@ class Perplexity(Evaluation):
             )
         return store
 
-    def tokens(self, scorer: Scorer) -> np.ndarray:
-        """The first max_tokens + 1 tokens to score (only those are read)."""
-        source = self._source(scorer.tokenizer.identity)
+    def tokens(self, tokenizer: Tokenizer) -> np.ndarray:
+        """The first max_tokens + 1 tokens to score (only those are read), at least two."""
+        source = self._source(tokenizer.identity)
         limit = self.config.max_tokens + 1
         if isinstance(source, Path):
-            return np.asarray(scorer.tokenizer.encode(source.read_text())[:limit], np.int64)
-        parts = []
-        for tokens in source.memmaps(self.config.split):
-            parts.append(np.asarray(tokens[:limit], np.int64))
-            limit -= len(parts[-1])
-            if limit == 0:
-                break
-        return np.concatenate(parts)
+            tokens = np.asarray(tokenizer.encode(source.read_text())[:limit], np.int64)
+        else:
+            parts = []
+            for part in source.memmaps(self.config.split):
+                parts.append(np.asarray(part[:limit], np.int64))
+                limit -= len(parts[-1])
+                if limit == 0:
+                    break
+            tokens = np.concatenate(parts)
+        if len(tokens) < 2:
+            raise UserError(
+                f"perplexity: {self.config.text or self.config.store} holds fewer than two "
+                "tokens to score; give more text"
+            )
+        return tokens
 
     def run(self, scorer: Scorer) -> dict[str, float]:
-        tokens = self.tokens(scorer)
+        tokens = self.tokens(scorer.tokenizer)
         step = scorer.seq_len
         windows = [tokens[i : i + step + 1] for i in range(0, len(tokens) - 1, step)]
-        windows = [w for w in windows if len(w) > 1]
-        if not windows:
-            raise UserError("perplexity: fewer than two tokens to score")
         nll, count = scorer.nll(windows)
         return {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens": float(count)}

@@ -152,7 +152,9 @@ class Session:
         # run's folders are made
         if self.spec.restore:
             self._check_restore(Path(self.spec.restore))
-        check_evaluations(self.evals.evaluations, cfg, self.stores[0].manifest.tokenizer)
+        if self.evals.evaluations:
+            tokenizer = self.stores[0].tokenizer()
+            check_evaluations(self.evals.evaluations, cfg, tokenizer, self.plan.seq_len)
         trainer.start_over_if_asked()
         self._new_folders = [
             folder
