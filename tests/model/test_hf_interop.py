@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import transformers
 from flax import nnx
@@ -115,6 +116,25 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(
 
     again = import_hf(tmp_path)  # and the round trip is exact
     np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("shard", [None, "2KB"], ids=["one-file", "sharded"])
+def test_import_reads_only_the_weights_the_model_files_name(tmp_path, shard):
+    """Repositories may ship other frameworks' copies of the weights next to the model's
+    files (`consolidated.safetensors`); only `model.safetensors` or the index's shards count."""
+    reference = hf_model("llama")
+    reference.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
+    assert (tmp_path / "model.safetensors.index.json").is_file() == bool(shard)
+    other = {"layers.0.attention.wq.weight": torch.zeros(3)}
+    safetensors.torch.save_file(other, tmp_path / "consolidated.safetensors")
+    x = tokens()
+    np.testing.assert_allclose(
+        np.asarray(import_hf(tmp_path)(x)), hf_logits(reference, x), atol=1e-4, rtol=0
+    )
+    if shard:
+        next(tmp_path.glob("model-00002-of-*.safetensors")).unlink()
+        with pytest.raises(UserError, match=r"lacks model-00002-of-\d+\.safetensors, named in"):
+            import_hf(tmp_path)
 
 
 def test_unsupported_inputs_are_user_errors(tmp_path):

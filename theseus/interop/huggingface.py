@@ -220,7 +220,24 @@ _LAYOUTS["mistral"] = _LAYOUTS["llama"]
 
 
 def _read_tensors(path: Path) -> dict[str, Array]:
-    files = sorted(path.glob("*.safetensors"))
+    """The model's tensors: the files its index names, else `model.safetensors`, else every
+    `*.safetensors` (a repository may also hold other frameworks' copies of the weights)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise UserError(f"{index} is not a safetensors index (no weight_map)") from None
+        files = [path / name for name in sorted(names)]
+        missing = [file.name for file in files if not file.is_file()]
+        if missing:
+            raise UserError(
+                f"{path} lacks {', '.join(missing)}, named in its {index.name}; download every shard"
+            )
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        files = sorted(path.glob("*.safetensors"))
     if not files:
         raise UserError(
             f"no *.safetensors in {path}; re-save the model with save_pretrained(safe_serialization=True)"
