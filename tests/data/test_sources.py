@@ -94,14 +94,57 @@ def test_bad_paths_and_columns_are_one_line_errors(corpus: Path):
             text_column="body",
             chat_column="none",
         )
-    (corpus / "gap.jsonl").write_text('{"text": "fine"}\n{"text": null}\n')
-    with pytest.raises(UserError, match=r"gap\.jsonl, row 2: column 'text' is empty \(null\)"):
-        documents(name="files", paths=[str(corpus / "gap.jsonl")])
+    (corpus / "number.jsonl").write_text('{"text": "fine"}\n{"text": 7}\n')
+    with pytest.raises(UserError, match=r"number\.jsonl, row 2: column 'text' is int"):
+        documents(name="files", paths=[str(corpus / "number.jsonl")])
     with pytest.raises(UserError, match="unknown dataset 'finewbe'; did you mean fineweb"):
         open_source(SourceConfig(name="finewbe"))
     (corpus / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1\.txt: not UTF-8 text \(byte 3 is 0xe9\)"):
         documents(name="files", paths=[str(corpus / "latin1.txt")])
+
+
+def test_a_null_text_is_an_empty_document(corpus: Path):
+    """Skipped and counted like "", rather than ending the run: hub tables often hold nulls."""
+    (corpus / "gap.jsonl").write_text('{"text": "fine"}\n{"text": null}\n')
+    (corpus / "gap.csv").write_text("id,text\n1,fine\n2,\n")
+    for name in ("gap.jsonl", "gap.csv"):
+        assert documents(name="files", paths=[str(corpus / name)]) == ["fine", ""]
+
+
+def test_files_whose_columns_differ_in_type_are_read_together(corpus: Path):
+    """Files that each read alone also read as one set, whatever the types of columns that are
+    not read; and a CSV column of numbers is text."""
+    import pyarrow as pa
+    import pyarrow.parquet
+
+    (corpus / "mix").mkdir()
+    (corpus / "mix" / "a.jsonl").write_text('{"text": "alpha", "id": 1}\n')
+    (corpus / "mix" / "b.jsonl").write_text('{"text": "beta", "id": "x7"}\n')
+    (corpus / "mix" / "c.csv").write_text("text,id\ngamma,1\n")
+    (corpus / "mix" / "d.csv").write_text("text,id\n1999,x7\n")
+    pyarrow.parquet.write_table(pa.table({"text": ["e"], "id": [1]}), corpus / "mix" / "e.parquet")
+    pyarrow.parquet.write_table(
+        pa.table({"text": ["f"], "id": ["x"]}), corpus / "mix" / "f.parquet"
+    )
+    got = documents(name="files", paths=[str(corpus / "mix" / "*")])
+    assert got == ["alpha", "beta", "gamma", "1999", "e", "f"]
+
+
+def test_a_file_named_with_glob_characters_is_read_as_named(corpus: Path):
+    (corpus / "notes[1].txt").write_text("bracketed")
+    assert documents(name="files", paths=[str(corpus / "notes[1].txt")]) == ["bracketed"]
+
+
+def test_a_hub_source_records_its_chat_column():
+    """What the store's manifest compares on a re-run: another chat column is another store."""
+    from theseus.data.datasets.hubdata import HubDataset
+
+    described = [
+        HubDataset(SourceConfig(name="hf", hub_id="org/chats", chat_column=c)).describe()
+        for c in ("messages", "conversations")
+    ]
+    assert described[0] != described[1]
 
 
 def test_pystdlib_is_the_stdlib_in_a_fixed_order():
@@ -191,3 +234,31 @@ def test_chat_content_in_text_parts_is_joined_and_other_content_refused(tmp_path
     )
     with pytest.raises(UserError, match=r"row 1: messages\[0\]\.content\[0\] is not text \("):
         documents(name="files", paths=[str(tmp_path / "chats.jsonl")])
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("data.paths=[BAD]", "error: cannot read BAD as json: "),
+        (
+            "data.name=tinyshakespeare data.paths=[BAD,BAD]",
+            "error: data.paths: tinyshakespeare reads one",
+        ),
+    ],
+    ids=["malformed-jsonl", "two-shakespeares"],
+)
+def test_a_bad_file_is_one_line_on_the_command_line(tmp_path: Path, setting: str, message: str):
+    """Our line is the only error on stderr: not also the line `datasets` logs before it raises."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n')
+    overrides = [
+        "data.name=files",
+        "tokenizer.backend=bytes",
+        *setting.replace("BAD", str(bad)).split(),
+    ]
+    result = configure_and_run(tmp_path, "data/tokenize_variable_dataset", "bad", *overrides)
+    assert result.returncode == 2, result.stderr
+    *before, last = result.stderr.splitlines()  # before: the progress line, when there was one
+    assert last.startswith(message.replace("BAD", str(bad)))
+    assert len(before) <= 1 and not any("error" in line.lower() for line in before), before
+    assert not (tmp_path / "out" / "data").exists()

@@ -103,9 +103,11 @@ def record_document(record: dict[str, Any], config: SourceConfig) -> Document:
     text = record.get(config.text_column)
     if isinstance(text, str):
         return text
+    if text is None and config.text_column in record:
+        return ""  # a null text is an empty document: skipped and counted, as "" is
     columns = ", ".join(sorted(record)) or "none"
     found = (
-        f"column {config.text_column!r} is {type(text).__name__ if text is not None else 'empty (null)'}"
+        f"column {config.text_column!r} is {type(text).__name__}"
         if config.text_column in record
         else f"no column {config.text_column!r}"
     )

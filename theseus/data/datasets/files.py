@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -27,9 +28,9 @@ def expand(patterns: list[str], what: str) -> list[Path]:
     files: list[Path] = []
     for pattern in patterns:
         expanded = str(Path(pattern).expanduser())
-        matches = (
-            sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
-        )
+        # a file that exists is taken as named, even when its name holds glob characters ("[1]")
+        literal = Path(expanded).is_file() or not glob.has_magic(expanded)
+        matches = [expanded] if literal else sorted(glob.glob(expanded, recursive=True))
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
             raise UserError(f"data.paths: {pattern!r} matches no file")
@@ -69,25 +70,30 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _layout(path: Path) -> tuple[str, ...]:
-    """A file's builder and, for tables, its columns as far as cheaply known: consecutive files
-    are read in one load only when these agree, because one load takes one schema."""
+def _layout(path: Path) -> tuple[str, tuple[str, ...] | str]:
+    """A file's builder and, for tables, its columns (with their types) as far as cheaply known,
+    else its own path. Consecutive files are read in one load only when these agree, because
+    one load takes the first file's schema (CSV columns are all read as text: names suffice)."""
     builder = BUILDERS[path.suffix.lower()]
     if builder == "text":
-        return (builder,)
+        return (builder, ())
     try:
         if builder == "parquet":
             import pyarrow.parquet
 
-            return (builder, *pyarrow.parquet.read_schema(path).names)
+            schema = pyarrow.parquet.read_schema(path)
+            return (builder, tuple(f"{f.name}:{f.type}" for f in schema))
         with path.open(encoding="utf-8") as f:
             if builder == "csv":
-                return (builder, *next(csv.reader(f), []))
+                return (builder, tuple(next(csv.reader(f), [])))
             if path.suffix.lower() == ".jsonl":
                 first = next((line for line in f if line.strip()), "")
                 row = json.loads(first)
                 if isinstance(row, dict):
-                    return (builder, *sorted(row))
+                    return (
+                        builder,
+                        tuple(f"{k}:{type(v).__name__}" for k, v in sorted(row.items())),
+                    )
     except (OSError, UnicodeDecodeError, ValueError, csv.Error):
         pass  # read alone, so that its own load names what is wrong with it
     return (builder, str(path))
@@ -119,24 +125,46 @@ class LocalFiles(Source):
 
     def documents(self) -> Iterator[Document]:
         files = [p for p in self.files if p.stat().st_size > 0]  # an empty file holds no document
-        for (builder, *_), group in groupby(files, key=_layout):
+        for (builder, columns), group in groupby(files, key=_layout):
             paths = list(group)
             if builder == "text":
                 for path in paths:
                     yield from text_documents(path, self.config.separator)
             else:
-                yield from self._table_documents(builder, paths)
+                yield from self._table_documents(builder, paths, columns)
 
-    def _table_documents(self, builder: str, paths: list[Path]) -> Iterator[Document]:
-        from datasets import load_dataset
+    def _table_documents(
+        self, builder: str, paths: list[Path], columns: tuple[str, ...] | str
+    ) -> Iterator[Document]:
+        import datasets
 
         where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
+        options: dict[str, Any] = {}
+        if builder == "csv" and isinstance(columns, tuple):  # a column of numbers is still text
+            options["features"] = datasets.Features({c: datasets.Value("string") for c in columns})
         try:
-            table = load_dataset(
-                builder, data_files=[str(p) for p in paths], split="train", streaming=True
-            )
-            yield from table_documents(table, self.config, where)
+            # datasets logs a failed read before raising it; the error below says it in one line
+            with _quiet(datasets.logging):
+                table = datasets.load_dataset(
+                    builder,
+                    data_files=[str(p) for p in paths],
+                    split="train",
+                    streaming=True,
+                    **options,
+                )
+                yield from table_documents(table, self.config, where)
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types for unreadable files
             raise UserError(f"cannot read {where} as {builder}: {first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _quiet(logging: Any) -> Iterator[None]:
+    """Silence the `datasets` library's logger while reading."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)

@@ -34,6 +34,7 @@ class HubSource(Source):
             "subset": self.subset(),
             "split": self.config.split,
             "text_column": self.config.text_column,
+            "chat_column": self.config.chat_column,
         }
 
     def documents(self) -> Iterator[Document]:

@@ -28,6 +28,11 @@ class TinyShakespeare(Source):
     """Tiny Shakespeare: data.paths=[local copy], else downloaded once and verified by sha256."""
 
     def check(self) -> None:
+        if len(self.config.paths) > 1:
+            raise UserError(
+                f"data.paths: tinyshakespeare reads one local copy, got {len(self.config.paths)} "
+                "paths; give one, or use data.name=files for several files"
+            )
         if self.config.paths:
             self.path = Path(self.config.paths[0]).expanduser().resolve()
             if not self.path.is_file():
