@@ -10,6 +10,8 @@ import pytest
 from tests.stores import write_bpe_store
 from tests.training.conftest import ckpt_dir, cli_args, run_dir
 from theseus.cli import main
+from theseus.data.store import TokenStore
+from theseus.training.metrics import read_metrics
 
 EXPLODE = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
 
@@ -104,6 +106,43 @@ def test_a_validation_split_shorter_than_a_sequence_turns_validation_off(
     err = capsys.readouterr().err
     assert "the validation split of tiny-val holds 56 tokens, less than one sequence of 65" in err
     assert "validation is off" in err, err
+
+
+def test_a_blockwise_validation_split_of_short_rows_is_still_scored(
+    root, train_yaml, tmp_path: Path, capsys
+):
+    """A blockwise row is one sequence, padded: a few short examples are a validation set even
+    when their real tokens add up to less than one sequence."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"{i}.txt").write_text(f"note {i}")
+    tokenize = [
+        "data.name=files",
+        f"data.paths=[{corpus}/*.txt]",
+        "data.store=short-rows",
+        "tokenizer.backend=bytes",
+        "data.val_pct=25",
+        "data.seq_len=64",
+    ]
+    blockwise = root / "blockwise.yaml"
+    assert main(["configure", "data/tokenize_blockwise_dataset", str(blockwise)]) == 0
+    assert main(["run", "tok-short-rows", str(blockwise), str(root), *tokenize]) == 0
+    store = TokenStore.open(root / "data" / "short-rows")
+    assert store.n_rows("val") >= 1 and store.n_tokens("val") < 65
+    args = (
+        "training.dataset=[{name: short-rows}]",
+        "architecture.block_size=64",
+        "training.steps=2",
+        "logging.val_interval=1",
+    )
+    capsys.readouterr()
+    assert main(cli_args("short-rows", train_yaml, root, *args)) == 0
+    assert "validation is off" not in capsys.readouterr().err
+    scored = [
+        r for r in read_metrics(run_dir(root, "short-rows") / "metrics.jsonl") if "val_loss" in r
+    ]
+    assert [r["step"] for r in scored] == [1, 2]
 
 
 def test_a_save_failing_as_the_checkpointer_closes_is_reported_not_raised(tmp_path, monkeypatch):

@@ -412,7 +412,10 @@ class Session:
             self.log.info("no validation split in the token store(s); validation is off")
             return []
         window = self.plan.seq_len + 1
-        short = [s for s in self.stores if s.n_tokens("val") < window]
+        # a blockwise row is one padded sequence however few real tokens it holds
+        short = [
+            s for s in self.stores if s.manifest.kind != "blockwise" and s.n_tokens("val") < window
+        ]
         if short:
             self.log.info(
                 f"warning: the validation split of {short[0].path.name} holds "
