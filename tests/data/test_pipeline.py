@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -36,3 +37,20 @@ def test_closing_the_prefetch_stops_its_reader_and_closes_the_source(tmp_path: P
     next(read)
     read.close()
     assert closed.is_set() and _readers() == []
+
+
+def test_encoding_uses_the_cores_this_process_may_run_on():
+    """On a slice of a large node (SLURM, cgroups, taskset) one worker per allowed core, not one
+    per core of the node."""
+    from theseus.data.pipeline import Encoder, EncodeWorkers
+    from theseus.data.tokenizers import BytesTokenizer
+
+    allowed = os.sched_getaffinity(0)
+    assert len(allowed) > 1, "this test needs a machine with at least 2 cores"
+    encoder = Encoder(BytesTokenizer(), Plan("variable", None, None, 0.0, 8), "uint16")
+    assert EncodeWorkers(encoder).workers == len(allowed)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        assert EncodeWorkers(encoder).workers == 1
+    finally:
+        os.sched_setaffinity(0, allowed)

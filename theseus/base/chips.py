@@ -6,6 +6,7 @@ them. The CPU has no datasheet figure: its peak is measured at start-up instead.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from theseus.errors import UserError
@@ -56,3 +57,11 @@ def get_chip(name: str) -> Chip:
     if chip is None:
         raise UserError(f"unknown chip {name!r}; known chips: {', '.join(CHIPS)}")
     return chip
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity (a SLURM or cgroup slice of a large
+    node, `taskset`), not the node's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

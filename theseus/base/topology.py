@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from theseus.base.chips import usable_cores
 from theseus.errors import UserError
 
 _initialized = False
@@ -106,8 +107,7 @@ def split_cpu_into_cores(
             return False
         return per_device_batch is None or (global_batch // shards) % per_device_batch == 0
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = requested or max((n for n in range(1, (cores or 1) + 1) if fits(n)), default=1)
+    count = requested or max((n for n in range(1, usable_cores() + 1) if fits(n)), default=1)
     if xla_bridge.backends_are_initialized():
         # an earlier run of this process (the Python API) gave JAX its devices, for good
         if ours and count != _CPU_DEVICES_SET and (requested or not fits(_CPU_DEVICES_SET)):

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from theseus.base.chips import usable_cores
 from theseus.base.stopping import EXIT_STOPPED, StoppedEarly, StopSignals
 from theseus.data.chat import example, segments
 from theseus.data.datasets.base import Document, Source
@@ -366,7 +367,7 @@ class EncodeWorkers:
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
-        self.workers = os.cpu_count() or 1
+        self.workers = usable_cores()
         self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> EncodeWorkers:

@@ -16,6 +16,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from theseus.base.chips import usable_cores
 from theseus.config import field
 from theseus.errors import UserError
 
@@ -117,7 +118,7 @@ class TiktokenTokenizer(Tokenizer):
         digest.update(json.dumps(self.encoding._special_tokens, sort_keys=True).encode())
         digest.update(self.encoding._pat_str.encode())
         self.identity = {"backend": "tiktoken", "name": name, "hash": digest.hexdigest()}
-        self._threads = os.cpu_count() or 1
+        self._threads = usable_cores()
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._threads == 1:

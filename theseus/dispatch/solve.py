@@ -4,10 +4,10 @@ otherwise the first reachable SLURM host that has them (the job waits in its que
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from theseus.base.chips import usable_cores
 from theseus.dispatch.config import LOCAL, Cluster, DispatchConfig, Host
 from theseus.errors import UserError
 from theseus.job import Request
@@ -94,7 +94,7 @@ def choose(
         if (clusters and cluster_name not in clusters) or cluster_name in (exclude_clusters or []):
             continue
         if name == LOCAL:
-            cores = os.cpu_count() or 1
+            cores = usable_cores()
             if chip != "cpu":
                 reasons.append(f"{LOCAL} runs CPU jobs only")
             elif n > cores:
