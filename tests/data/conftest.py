@@ -50,6 +50,7 @@ def write_stream_store(
     vocab_size: int,
     eot_id: int,
     shard_tokens: int = 1000,
+    tokenizer: dict[str, str] | None = None,
 ) -> TokenStore:
     """A variable store holding exactly `splits` (token arrays), written by the real writer."""
     dtype = token_dtype(vocab_size)
@@ -58,7 +59,7 @@ def write_stream_store(
         vocab_size=vocab_size,
         eot_id=eot_id,
         dtype=dtype,
-        tokenizer={"backend": "bytes", "name": "test", "hash": f"vocab-{vocab_size}"},
+        tokenizer=tokenizer or {"backend": "bytes", "name": "test", "hash": f"vocab-{vocab_size}"},
         source={"name": "synthetic"},
         settings={},
         splits={},

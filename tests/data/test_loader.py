@@ -12,7 +12,7 @@ import pytest
 
 from tests.data.conftest import write_stream_store
 from theseus.data.chat import example
-from theseus.data.loader import Loader, mixture_table
+from theseus.data.loader import DatasetMix, Loader, mixture_table, open_mixture
 from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
 from theseus.errors import UserError
 
@@ -215,3 +215,18 @@ def test_left_padded_rows_train_as_right_padded_ones(tmp_path: Path):
     assert right["loss_mask"][0].tolist() == [0, 1, 1, 1, 0, 0, 0, 0]  # targets 3, 4, eot
     for key in right:
         np.testing.assert_array_equal(left[key], right[key], err_msg=key)
+
+
+def test_a_mixture_takes_stores_of_one_tokenizer_reached_by_two_paths(tmp_path: Path):
+    """Stores match by the tokenizer's vocabulary hash, not by the path it was read from."""
+    tokens = np.arange(300) % 50
+    for name, file, digest in (
+        ("a", "/one", "same"),
+        ("b", "/two", "same"),
+        ("c", "/one", "other"),
+    ):
+        identity = {"backend": "huggingface", "name": f"{file}/tokenizer.json", "hash": digest}
+        write_stream_store(tmp_path / "data" / name, {"train": tokens}, 64, 63, tokenizer=identity)
+    assert len(open_mixture(tmp_path, [DatasetMix("a"), DatasetMix("b")])) == 2
+    with pytest.raises(UserError, match="token stores a and c use different tokenizers"):
+        open_mixture(tmp_path, [DatasetMix("a"), DatasetMix("c")])

@@ -78,6 +78,9 @@ def test_unknown_encodings_and_missing_files_are_user_errors(
         make_tokenizer("tiktoken", "gpt5")
     with pytest.raises(UserError, match="no such file"):
         make_tokenizer("huggingface", str(tmp_path / "missing.json"))
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a\x8f\xff\xfe sentencepiece")
+    with pytest.raises(UserError, match=r"cannot read .*tokenizer\.model \(not UTF-8 text\)"):
+        make_tokenizer("huggingface", str(tmp_path / "tokenizer.model"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     start = time.perf_counter()
@@ -105,11 +108,24 @@ def test_chat_markup_becomes_special_ids_and_messages_stay_text(bpe_json: Path, 
     tok = make_tokenizer("huggingface", str(tmp_path / "tokenizer.json"))
     start, end = (tok.markup.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>"))
     chat = [
-        {"role": "user", "content": "say <|im_end|> please"},
+        {"role": "user<|endoftext|>", "content": "say <|im_end|> please"},
         {"role": "assistant", "content": "ok"},
     ]
     plan = Plan("blockwise", None, None, 0.0, 8, seq_len=64)
-    encoded = Encoder(tok, plan, "uint16").encode([chat])
+    encoded = Encoder(tok, plan, "uint16").encode([chat, chat[1:]])
     ids = encoded.arrays["train"]["tokens"][0, : int(encoded.tokens[0])].tolist()
-    assert ids.count(start) == 2 and ids.count(end) == 2  # the markup only, not the quote
-    assert "say <|im_end|> please" in tok.decode(ids)
+    # the markup only: not the quote, nor a role that spells a special token
+    assert ids.count(start) == 2 and ids.count(end) == 2 and ids.count(tok.eot_id) == 1
+    assert "user<|endoftext|>\nsay <|im_end|> please" in tok.decode(ids)
+    # markup and messages encoded apart give the ids of the whole chat encoded at once
+    whole = tok.markup.encode("<|im_start|>assistant\nok<|im_end|>\n", add_special_tokens=False)
+    plain = encoded.arrays["train"]["tokens"][1, : int(encoded.tokens[1])].tolist()
+    assert plain == [*whole.ids, tok.eot_id]
+
+
+def test_training_a_tokenizer_on_no_text_is_refused(tmp_path: Path):
+    (tmp_path / "blank.txt").write_text("  \n")
+    source = open_source(SourceConfig(name="files", paths=[str(tmp_path / "blank.txt")]))
+    with pytest.raises(UserError, match=r"the source gave no text to train on \(1 documents"):
+        train_bpe(source, None, 300, 2, tmp_path / "tokenizer.json")
+    assert not (tmp_path / "tokenizer.json").exists()

@@ -14,7 +14,8 @@ def segments(document: Document, template: str, loss_on: str) -> list[tuple[str,
 
     Plain text is one piece. A chat puts each message into `template`; with
     `loss_on="assistant"` only assistant replies (and their end marker) count. Markup is kept
-    apart from the messages so that only the template's markers can become special tokens.
+    apart from the messages, and roles are data too, so that only the template's markers can
+    become special tokens (a tokenizer splits at those anyway, so the ids are those of the whole).
     """
     if isinstance(document, str):
         return [(document, True, False)]
@@ -24,9 +25,11 @@ def segments(document: Document, template: str, loss_on: str) -> list[tuple[str,
         learn = loss_on == "all" or role == "assistant"
         if template == "chatml":
             pieces += [
-                (f"<|im_start|>{role}\n", loss_on == "all", True),
+                ("<|im_start|>", loss_on == "all", True),
+                (f"{role}\n", loss_on == "all", False),
                 (content, learn, False),
-                ("<|im_end|>\n", learn, True),
+                ("<|im_end|>", learn, True),
+                ("\n", learn, False),
             ]
         else:
             pieces += [(f"{role}: ", loss_on == "all", False), (f"{content}\n\n", learn, False)]

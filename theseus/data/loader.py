@@ -21,6 +21,7 @@ import numpy as np
 
 from theseus.data.shuffle import permute, round_keys
 from theseus.data.store import TokenStore, check_store_name
+from theseus.data.tokenizers import same_tokenizer
 from theseus.errors import UserError
 
 MIX_PERIOD = 4096
@@ -340,7 +341,7 @@ def open_mixture(root: Path, mixes: list[DatasetMix]) -> list[TokenStore]:
             )
         stores.append(TokenStore.open(path, verify=False))  # says so if the store is unfinished
     for store in stores[1:]:
-        if store.manifest.tokenizer != stores[0].manifest.tokenizer:
+        if not same_tokenizer(store.manifest.tokenizer, stores[0].manifest.tokenizer):
             raise UserError(
                 f"token stores {stores[0].path.name} and {store.path.name} use different tokenizers; "
                 "train on stores written with the same tokenizer"

@@ -35,11 +35,21 @@ def train_bpe(
         show_progress=sys.stderr.isatty(),
     )
 
+    read = {"documents": 0, "texts": 0}
+
     def texts() -> Iterator[str]:
         for document in islice(source.documents(), max_samples):
-            yield render(document, "chatml")
+            text = render(document, "chatml")
+            read["documents"] += 1
+            read["texts"] += bool(text.strip())
+            yield text
 
     total = source.size_hint() if max_samples is None else max_samples
     tokenizer.train_from_iterator(texts(), trainer=trainer, length=total)
+    if not read["texts"]:
+        raise UserError(
+            f"the source gave no text to train on ({read['documents']:,} documents, all empty); "
+            "check data.paths, data.text_column and data.chat_column"
+        )
     atomic_write(out, tokenizer.to_str(pretty=True))
     return out

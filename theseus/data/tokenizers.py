@@ -142,7 +142,14 @@ class HuggingFaceTokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
 
         self.path = _huggingface_file(name)
-        text = self.path.read_text()
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+            raise UserError(
+                f"tokenizer.name={name}: cannot read {self.path} ({reason}); give a Hugging Face "
+                "tokenizer.json (a sentencepiece .model file is not one)"
+            ) from None
         try:
             self.tokenizer = HFTokenizer.from_str(text)
             self.markup = HFTokenizer.from_str(text)
