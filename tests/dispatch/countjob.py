@@ -90,3 +90,10 @@ class CountJob(CheckpointedJob[CountConfig]):
                     ["sleep", str(self.config.linger)], stdout=held, start_new_session=True
                 )
         return self.step
+
+
+@job("test/dispatch/count-alone")
+class CountAlone(CountJob):
+    """The count job as one that runs as one process, as tokenizing does."""
+
+    DISTRIBUTED = False

@@ -46,6 +46,26 @@ def test_status_says_why_a_run_failed_on_every_backend(
         assert '"step": 2' in lines[name], lines[name]
 
 
+def test_a_job_that_runs_as_one_process_runs_on_slurm(
+    shared: Path, home: Path, tmp_path: Path
+) -> None:
+    """SLURM starts it as one task; the coordinator its job script names does not make that
+    task one of several."""
+    root, work = shared / "output", shared / "work"
+    alone = tmp_path / "alone.yaml"
+    assert (
+        cli("configure", "test/dispatch/count-alone", str(alone), "--load", COUNTJOB).returncode
+        == 0
+    )
+    dispatch = write_dispatch(home.parent / "alone-dispatch.yaml", root, work, hosts=["lab-slurm"])
+    name = "alone-" + uuid.uuid4().hex[:6]
+    result = submit(name, alone, "p" + uuid.uuid4().hex[:8], "-d", str(dispatch), "count.steps=2")
+    assert result.returncode == 0, result.stderr
+    assert wait_state(name, ("completed", "failed"), timeout=240) == "completed", cli(
+        "logs", name
+    ).stdout
+
+
 def test_status_asks_each_host_once_for_all_its_runs(
     shared: Path, home: Path, count_yaml: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,12 +29,13 @@ def _env_int(name: str) -> int | None:
 
 
 def is_multiprocess() -> bool:
-    """Whether the environment describes a multi-process job (THESEUS_* variables or SLURM)."""
-    return bool(
-        os.environ.get("THESEUS_COORDINATOR")
-        or (_env_int("THESEUS_NUM_PROCESSES") or 1) > 1
-        or (_env_int("SLURM_NTASKS") or 1) > 1
-    )
+    """Whether the environment describes a job of several processes (THESEUS_NUM_PROCESSES or
+    SLURM_NTASKS above 1). A coordinator alone does not: a SLURM job of one task names one too."""
+    if os.environ.get("THESEUS_COORDINATOR") and _env_int("THESEUS_NUM_PROCESSES") is None:
+        raise UserError(
+            "THESEUS_COORDINATOR is set but THESEUS_NUM_PROCESSES or THESEUS_PROCESS_ID is not; set all three"
+        )
+    return (_env_int("THESEUS_NUM_PROCESSES") or 1) > 1 or (_env_int("SLURM_NTASKS") or 1) > 1
 
 
 GPU_XLA_FLAGS = {"xla_gpu_enable_triton_gemm": "false"}
