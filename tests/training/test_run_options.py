@@ -4,6 +4,7 @@ W&B (offline) and TensorBoard, validation, plots."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -43,6 +44,25 @@ def test_fresh_refuses_existing_checkpoints_unless_overwrite(root, train_yaml, c
     assert len(moved) == 1 and f"moved {ckpt_dir(root, 'again')}" in err
     assert (ckpt_dir(root, "again").parent / moved[0] / "3").is_dir()
     assert [s for s, _ in losses(root, "again")] == [1, 2, 3]
+
+
+def test_fresh_sets_an_attempt_without_checkpoints_aside(root, train_yaml, capsys):
+    """An attempt killed before its first checkpoint leaves only logs: --fresh moves them aside,
+    so that none of its metrics, TensorBoard events or W&B run carries on into the new run."""
+    args = cli_args("early", train_yaml, root, *SHORT, "logging.tensorboard=true")
+    assert main(args) == 0
+    shutil.rmtree(ckpt_dir(root, "early"))  # as if killed before its first checkpoint
+    (run_dir(root, "early") / "wandb_id").write_text("0123456789abcdef")
+    capsys.readouterr()
+    assert main([*args, "--fresh"]) == 0
+    err = capsys.readouterr().err
+    aside = [p for p in run_dir(root, "early").parent.iterdir() if p.name.startswith("early.")]
+    assert len(aside) == 1 and f"moved {run_dir(root, 'early')} to {aside[0]}" in err
+    assert (aside[0] / "wandb_id").read_text() == "0123456789abcdef"
+    assert len(list((aside[0] / "tensorboard").iterdir())) == 1
+    assert not (run_dir(root, "early") / "wandb_id").exists()
+    assert len(list((run_dir(root, "early") / "tensorboard").iterdir())) == 1
+    assert [s for s, _ in losses(root, "early")] == [1, 2, 3]
 
 
 def test_restore_full_state_and_weights_only(root, train_yaml, capsys):

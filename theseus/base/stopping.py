@@ -1,11 +1,13 @@
 """Stopping a long job cleanly: SIGTERM, SIGUSR1 and Ctrl-C become a flag the job checks where
 its progress is safely on disk (a training step, a tokenize commit); it then exits with code 75,
-"stopped early; run again to resume"."""
+"stopped early; run again to resume". A second Ctrl-C stops at once, without saving."""
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 EXIT_STOPPED = 75
@@ -29,7 +31,17 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:
+            if signum == signal.SIGINT:  # someone at the keyboard who will not wait
+                raise KeyboardInterrupt
+            return
         self.signal_name = signal.Signals(signum).name
+        print(
+            f"{self.signal_name}: stopping where the progress so far is saved "
+            "(Ctrl-C again stops at once, losing what is not saved)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -41,3 +53,26 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def wait_interruptibly(blocking: Callable[[], object]) -> None:
+    """Run `blocking` on a helper thread while this one waits for it.
+
+    A wait inside C code (for a device computation) holds off Python's signal handlers until it
+    returns, which on a CPU can be minutes for one step; a wait on a lock lets them run at once.
+    """
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            blocking()
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=wait, name="theseus-wait", daemon=True).start()
+    done.wait()
+    if failure:
+        raise failure[0]

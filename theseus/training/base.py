@@ -276,7 +276,8 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         return configure(ParallelConfig, self.cfg).tensor or self.spec.request.n_shards or 1
 
     def start_over_if_asked(self) -> None:
-        """--fresh: refuse to hide existing checkpoints unless training.overwrite says to move them.
+        """--fresh: move an earlier attempt's folders aside, so that nothing of it (metrics,
+        TensorBoard events, W&B run) carries on; checkpoints only if training.overwrite says so.
         The session calls it once every other check has passed (a --restore among them)."""
         if not self.spec.fresh:
             return
@@ -288,10 +289,8 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         existing = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
         # every process has looked before the first one moves anything, and waits until it has
         barrier("theseus-fresh-looked")
-        if not existing:
-            return
         config = configure(BaseTrainerConfig, self.cfg)
-        if not config.overwrite:
+        if existing and not config.overwrite:
             raise UserError(
                 f"--fresh: run {self.spec.name!r} already has checkpoints in {directory}; "
                 "add training.overwrite=true to move them (and its logs) aside, or pick another run name"
@@ -299,7 +298,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             for folder in (directory, self.spec.place("runs")):
-                if not folder.exists():
+                if not folder.is_dir() or not any(folder.iterdir()):
                     continue
                 target = folder.with_name(f"{folder.name}.replaced-{stamp}")
                 shutil.move(str(folder), str(target))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from theseus.base.stopping import StoppedEarly
+from theseus.base.stopping import StoppedEarly, wait_interruptibly
 from theseus.errors import UserError
 from theseus.training.metrics import summary_line
 
@@ -56,7 +56,7 @@ class TrainingLoop:
                 )
                 s.params, s.opt = state["params"], state["opt"]
                 if s.block_each_step:
-                    metrics["loss"].block_until_ready()
+                    wait_interruptibly(metrics["loss"].block_until_ready)
                 self.pending.append((step, metrics))
                 s.step = done = step + 1
                 if done % logging.interval == 0 or done == plan.steps:
@@ -109,6 +109,7 @@ class TrainingLoop:
         if not self.pending:
             return
         s, pending = self.session, self.pending
+        wait_interruptibly(pending[-1][1]["loss"].block_until_ready)
         fetched = jax.device_get([m for _, m in pending])
         # steps run asynchronously: the interval ends when its last result is here, not dispatched
         elapsed = time.perf_counter() - self.interval_start

@@ -184,11 +184,6 @@ class RunLog:
             tmp.write_bytes(b"".join(kept))
             tmp.replace(self.metrics_path)
 
-    def reset(self) -> None:
-        """Start the metrics over (a fresh run under an existing name)."""
-        if self.enabled and self.metrics_path.exists():
-            self.metrics_path.unlink()
-
     def record(self, values: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl and forward it to W&B / TensorBoard."""
         if not self.enabled:

@@ -293,8 +293,6 @@ class Session:
                 )
             self.log.keep_until(self.step)
             return
-        if self.spec.fresh:
-            self.log.reset()
         if self.spec.restore:
             weights_only = self.config.restore_weights_only
             self.load(Path(self.spec.restore), weights_only=weights_only, own=False)
