@@ -4,6 +4,7 @@ its progress is safely on disk (a training step, a tokenize commit); it then exi
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ class StoppedEarly(SystemExit):
 
 class StopSignals:
     """While entered (on the main thread), the stop signals set `signal_name` instead of killing
-    the process; leaving restores the previous handlers."""
+    the process, and a second Ctrl-C ends it at once; leaving restores the previous handlers."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
@@ -33,7 +34,11 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal_name is not None:
             if signum == signal.SIGINT:  # someone at the keyboard who will not wait
-                raise KeyboardInterrupt
+                # ended by the signal itself: an exception raised here could land anywhere (in
+                # a garbage-collector callback, which swallows it); what is saved stays saved
+                print("interrupted", file=sys.stderr, flush=True)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
             return
         self.signal_name = signal.Signals(signum).name
         print(
