@@ -40,6 +40,22 @@ def test_a_wide_terminal_shows_every_figure() -> None:
     assert line.startswith("step 12000/50000 "), line
 
 
+def test_a_slow_run_still_shows_its_time_left() -> None:
+    """The bar moves once per logging interval; at 40 s an interval the time left must still
+    come from the intervals seen (rich's default keeps 30 s of samples: none left to use)."""
+    now = [0.0]
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.get_time = lambda: now[0]
+    bar = training_bar(console)
+    task = bar.add_task("train", total=100, completed=0, summary="")
+    for step in (10, 20, 30):
+        now[0] += 40.0
+        bar.update(task, completed=step)
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(bar.make_tasks_table(bar.tasks))
+    assert "0:04:40" in out.getvalue(), out.getvalue()  # 70 steps at 4 s
+
+
 def test_a_terminal_run_keeps_every_interval_in_its_log(tmp_path, monkeypatch) -> None:
     """On a terminal the bar shows only the latest figures; log.txt still gets each interval."""
     master, replica = pty.openpty()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 
 from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir, run_log, spawn
 from theseus.cli import main
+from theseus.training.metrics import read_metrics
 
 SHORT = ("training.steps=3", "logging.checkpoint_interval=1000")
 
@@ -256,3 +258,42 @@ def test_a_run_folders_config_runs_again_as_written(root, train_yaml):
     assert config.read_text().startswith("job: gpt/train/pretrain\n")
     assert main(["run", "written-again", str(config), str(root)]) == 0
     assert losses(root, "written-again") == losses(root, "written")
+
+
+def test_validation_time_is_left_out_of_tokens_per_s_and_steps_before_it_are_not(
+    root, train_yaml, monkeypatch
+):
+    """Steps made to take 0.2 s each, and validation 1 s: an interval of 4 steps with a
+    validation inside it took 0.8 s of training, whatever the validation took."""
+    from theseus.training import loop
+
+    original = loop.TrainingLoop.__init__
+
+    def slowed(self, session, step_fn, eval_fn, *args, **kwargs):
+        def step(*a):
+            time.sleep(0.2)
+            return step_fn(*a)
+
+        def evaluate(*a):
+            time.sleep(1.0)
+            return eval_fn(*a)
+
+        original(self, session, step, evaluate, *args, **kwargs)
+
+    monkeypatch.setattr(loop.TrainingLoop, "__init__", slowed)
+    overrides = ("training.steps=4", "logging.interval=4", "logging.val_interval=2")
+    assert main(cli_args("timed", train_yaml, root, *overrides)) == 0
+    [line] = [
+        r for r in read_metrics(run_dir(root, "timed") / "metrics.jsonl") if "tokens_per_s" in r
+    ]
+    elapsed = 4 * 8 * 32 / line["tokens_per_s"]  # 4 steps of 8 sequences of 32 tokens
+    assert 0.8 <= elapsed < 1.6, elapsed
+
+
+def test_metrics_end_at_each_checkpoint_so_a_resume_loses_no_step(root, train_yaml):
+    """Checkpoints every 6 steps, lines every 4: a run resumed from step 6 must still have a
+    line covering steps 5-6."""
+    overrides = ("training.steps=8", "logging.interval=4", "logging.checkpoint_interval=6")
+    assert main(cli_args("ends", train_yaml, root, *overrides)) == 0
+    records = read_metrics(run_dir(root, "ends") / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [4, 6, 8]

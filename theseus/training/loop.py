@@ -3,7 +3,9 @@ metrics once per logging interval, validate, checkpoint, evaluate, and stop on r
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -38,8 +40,19 @@ class TrainingLoop:
         self._restart_interval()
 
     def _restart_interval(self) -> None:
-        """Time spent validating, evaluating or fetching is not training time."""
         self.interval_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def _not_training(self) -> Iterator[None]:
+        """Time spent validating or evaluating is left out of the interval's tokens/s; the
+        steps already dispatched finish first, their time counted."""
+        if self.pending:
+            wait_interruptibly(self.pending[-1][1]["loss"].block_until_ready)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.interval_start += time.perf_counter() - started
 
     def run(self, stop: StopSignals) -> dict[str, Any]:
         s = self.session
@@ -69,8 +82,8 @@ class TrainingLoop:
                 ):  # before evaluating: a failing evaluation must not cost the weights
                     self._save(done)
                 if evaluate_now:
-                    self.last.update(s.run_evaluations(done))
-                    self._restart_interval()
+                    with self._not_training():
+                        self.last.update(s.run_evaluations(done))
                 if self._stop_requested(stop):
                     self._flush()
                     self._stop(done, stop.signal_name or "a signal")
@@ -82,21 +95,23 @@ class TrainingLoop:
         return self.last
 
     def _save(self, step: int) -> None:
-        self._refuse_nonfinite()  # never checkpoint weights gone NaN
+        # logged up to the checkpoint: a resume from it rewrites the lines after it, and steps
+        # between the last line and the checkpoint would otherwise be in none
+        self._flush()  # and never checkpoint weights gone NaN
         self.session.save(step)
         self.last_saved = step
 
     def _validate(self, step: int) -> None:
         """Mean loss over the fixed validation batches."""
         total, count = 0.0, 0.0
-        for batch in self.val_batches:  # on the host: the set may be larger than a step's batch
-            loss, n = self.eval_fn(self.session.params, self.session.to_device(batch, None))
-            total += float(loss)
-            count += float(n)
+        with self._not_training():
+            for batch in self.val_batches:  # on the host: the set may exceed a step's batch
+                loss, n = self.eval_fn(self.session.params, self.session.to_device(batch, None))
+                total += float(loss)
+                count += float(n)
         self.last["val_loss"] = total / max(count, 1.0)
         self.session.log.record({"step": step, "val_loss": self.last["val_loss"]})
         self.session.log.info(f"step {step}  val_loss {self.last['val_loss']:.4f}")
-        self._restart_interval()
 
     def _evaluations_due(self, done: int) -> bool:
         every, total = self.session.evals.interval, self.session.plan.steps
@@ -137,14 +152,12 @@ class TrainingLoop:
         self.last, self.pending = values, []
         self._restart_interval()
 
-    def _refuse_nonfinite(self, fetched: list[Any] | None = None) -> None:
-        """Stop the run at the first non-finite step, unless training.on_nonfinite=skip (whose
-        step left the weights as they were)."""
+    def _refuse_nonfinite(self, fetched: list[Any]) -> None:
+        """Stop the run at the first non-finite step of the pending ones (`fetched`: their
+        metrics), unless training.on_nonfinite=skip (whose step left the weights as they were)."""
         s = self.session
-        if s.config.on_nonfinite == "skip" or not self.pending:
+        if s.config.on_nonfinite == "skip":
             return
-        if fetched is None:
-            fetched = jax.device_get([m for _, m in self.pending])
         for (step, _), m in zip(self.pending, fetched, strict=True):
             if bool(m["finite"]):
                 continue

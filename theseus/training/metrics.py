@@ -252,6 +252,9 @@ def training_bar(console: Console) -> Progress:
         figures="summary",
         console=console,
         refresh_per_second=4,
+        # the bar moves once per logging interval: rich's default 30 s window of speed samples
+        # would hold at most one of them in a slow run, and show no time left at all
+        speed_estimate_period=7 * 24 * 3600,
     )
 
 
