@@ -339,6 +339,8 @@ def submit(
     record = done.record
     assert record is not None
     queued = " (queued: no host is free now)" if done.placement.queued else ""
+    for reason in done.passed_over:
+        _echo(f"passed over: {reason}")
     _echo(
         f"submitted {name} to {record.host_name} ({record.backend} id {record.backend_id}){queued}; "
         f"code {record.snapshot} ({'sent' if done.snapshot_sent else 'already there'}); log: {record.log}"

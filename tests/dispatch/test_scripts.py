@@ -272,6 +272,11 @@ def test_a_chip_count_from_the_yaml_that_fits_nowhere_says_how_to_change_it(
     assert f"{yaml_path} asks for 512; pass -n for another count" in err
     assert main([*args, "--chip", "cpu", "-n", "512"]) == 2  # asked for here: nothing to add
     assert "asks for" not in capsys.readouterr().err
+    assert main(args) == 2  # no host has an h100 at all: the count is not what to change
+    err = capsys.readouterr().err
+    assert "no host can run 512 × h100 now" in err and "asks for" not in err
+    assert main([*args, "--chip", "cpu", "--cluster", "nosuch"]) == 2
+    assert capsys.readouterr().err == "error: no cluster 'nosuch' (clusters: local)\n"
 
 
 def test_a_job_that_runs_as_one_process_is_not_started_as_several(

@@ -64,7 +64,9 @@ def test_request_bigger_than_a_node_becomes_several_nodes() -> None:
 
 
 def test_busy_hosts_are_skipped_and_slurm_queues_when_all_are_busy() -> None:
-    assert pick(config(), Request("h100", 8), free={"slurm"}).host_name == "slurm"
+    passed_over: list[str] = []
+    chosen = pick(config(), Request("h100", 8), free={"slurm"}, passed_over=passed_over)
+    assert chosen.host_name == "slurm" and passed_over == ["box8 is busy"]  # said at submit
     queued = pick(config(), Request("h100", 8), free=set())
     assert queued.host_name == "slurm" and queued.queued
     with pytest.raises(UserError, match="box4 is busy"):

@@ -109,7 +109,9 @@ def test_a_host_that_is_down_is_passed_over_and_reported(
     dispatch = with_dead_host(home.parent / "d.yaml", root, work)
     result = submit("past-dead", count_yaml, project, "-d", str(dispatch), "count.steps=2")
     assert result.returncode == 0, result.stderr
-    assert "submitted past-dead to box" in result.stderr, result.stderr
+    passed, submitted = result.stderr.splitlines()
+    assert passed.startswith("passed over: dead is unreachable (cannot reach 127.0.0.1 over ssh")
+    assert submitted.startswith("submitted past-dead to box"), result.stderr
     wait_state("past-dead", ("completed",))
 
     # a record on a host that is down: status says so and still reports the others

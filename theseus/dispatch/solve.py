@@ -78,13 +78,18 @@ def choose(
     clusters: list[str] | None = None,
     exclude_clusters: list[str] | None = None,
     probe: Probe | None = None,
+    passed_over: list[str] | None = None,
 ) -> Placement:
-    """Pick a host for `request` (see the module docstring); errors say what each host lacks."""
+    """Pick a host for `request` (see the module docstring); errors say what each host lacks.
+
+    `passed_over` collects why hosts ahead of the chosen one were not taken (down, or busy).
+    """
+    passed_over = [] if passed_over is None else passed_over
     chip, n = _wanted(request)
     for listed in (clusters or []) + (exclude_clusters or []):
         if listed not in config.clusters and listed != LOCAL:
             raise UserError(
-                f"no cluster {listed!r} (clusters: {', '.join(config.clusters) or 'none'}, {LOCAL})"
+                f"no cluster {listed!r} (clusters: {', '.join(dict.fromkeys([*config.clusters, LOCAL]))})"
             )
     order = list(dict.fromkeys([*config.priority, *config.hosts, LOCAL]))
     reasons: list[str] = []
@@ -118,8 +123,10 @@ def choose(
                 return placement
         except UserError as exc:  # a host that is down must not stop the others being tried
             reasons.append(f"{placement.host_name} is unreachable ({exc})")
+            passed_over.append(reasons[-1])
             continue
         reachable.append(placement)
+        passed_over.append(f"{placement.host_name} is busy")
     queued = _queue_on_slurm(reachable)
     if queued is not None:
         return queued

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import secrets
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from theseus.dispatch import bootstrap, records
@@ -38,10 +39,14 @@ class Submission:
     job: bootstrap.JobFiles
     record: records.Record | None
     snapshot_sent: bool = False
+    passed_over: list[str] = field(default_factory=list)  # hosts ahead of the chosen one: why not
 
     def describe(self) -> str:
         where = f"{self.placement.host_name} ({self.placement.backend})"
-        lines = [f"# host: {where}; job folder: {self.job.dir}; code: {self.job.snapshot_dir}"]
+        lines = [
+            f"# host: {where}, the first that fits (a dry run does not ask hosts whether they are "
+            f"up or busy); job folder: {self.job.dir}; code: {self.job.snapshot_dir}"
+        ]
         for name, (text, _) in self.job.files.items():
             lines += [f"# ==> {self.job.path(name)} <==", text.rstrip("\n"), ""]
         return "\n".join(lines)
@@ -120,6 +125,27 @@ def _refuse_relative_paths(stage: Stage) -> None:
     walk(OmegaConf.to_container(stage.cfg, resolve=True), "")
 
 
+def _fits_one(
+    settings: DispatchConfig,
+    request: Request,
+    local: Cluster,
+    clusters: list[str] | None,
+    exclude_clusters: list[str] | None,
+) -> bool:
+    """Whether one chip of the kind asked for fits somewhere: then the count is what to change."""
+    try:
+        choose(
+            settings,
+            dataclasses.replace(request, n=1, n_shards=None),
+            local,
+            clusters=clusters,
+            exclude_clusters=exclude_clusters,
+        )
+    except UserError:
+        return False
+    return True
+
+
 def submit(
     name: str,
     yaml_path: str,
@@ -172,6 +198,7 @@ def submit(
                 f"{name} keeps its checkpoints under {previous.root}, which no cluster of the "
                 "dispatch file has; submit it where they are, or choose another run name"
             )
+    passed_over: list[str] = []
     try:
         placement = choose(
             settings,
@@ -180,9 +207,14 @@ def submit(
             clusters=clusters,
             exclude_clusters=exclude_clusters,
             probe=None if dry_run else probe,
+            passed_over=passed_over,
         )
     except UserError as exc:
-        if n is None and first.n:
+        if (
+            n is None
+            and first.n
+            and _fits_one(settings, request, local, clusters, exclude_clusters)
+        ):
             raise UserError(
                 f"{exc} ({yaml_path} asks for {first.n}; pass -n for another count)"
             ) from None
@@ -258,7 +290,7 @@ def submit(
             host=_host_settings(host),
         )
         records.save(record)
-    return Submission(placement, job, record, sent)
+    return Submission(placement, job, record, sent, passed_over)
 
 
 def _previous(name: str) -> records.Record | None:

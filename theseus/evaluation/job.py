@@ -30,7 +30,7 @@ class EvaluateConfig:
 @job("gpt/evaluate")
 class Evaluate(BasicJob[EvaluateConfig]):
     """Score a trained model with the evaluations in eval.evaluations; results go to eval.json
-    and the config (naming the checkpoint step scored) to config.yaml."""
+    and the config (naming the checkpoint step scored) to eval-config.yaml."""
 
     CONFIG = EvaluateConfig
 
