@@ -8,14 +8,16 @@ order (|a - b| <= 1e-5 * |b| + 1e-6).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from tests.training.conftest import SIX_STEPS, cli_args, free_port, losses, spawn
 
 
-def _two_processes(args: list[str]) -> list[str]:
-    """Run `theseus` ARGS as processes 0 and 1 of one job; returns their outputs."""
+def _two_processes(args: list[str], expect: int = 0) -> list[str]:
+    """Run `theseus` ARGS as processes 0 and 1 of one job, each to exit with `expect`; returns
+    their outputs."""
     coordinator = f"127.0.0.1:{free_port()}"
     procs = [
         spawn(
@@ -30,7 +32,7 @@ def _two_processes(args: list[str]) -> list[str]:
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+        assert p.returncode == expect, out[-3000:]
     return outputs
 
 
@@ -49,3 +51,29 @@ def test_two_processes_match_one_and_start_over_together(root, train_yaml, six_s
     assert "--fresh: moved" in again[0]
     assert all("resuming" not in out for out in again)
     np.testing.assert_array_equal([loss for _, loss in losses(root, "two-procs")], both)
+
+
+def test_processes_shrink_their_batch_together(root, train_yaml, six_step_losses):
+    """When the step fits on one process but not on the other, both take the smaller per-device
+    batch: two processes running different steps could never meet in a collective."""
+    less_memory = str(Path(__file__).with_name("less_memory.py"))
+    overrides = (*SIX_STEPS, "parallel.cpu_devices=2")  # one device per process all the same
+    args = [*cli_args("shrunk", train_yaml, root, *overrides), "--load", less_memory]
+    outputs = _two_processes(args)
+    assert "warning: parallel.cpu_devices=2 is ignored: a run of several processes" in outputs[0]
+    assert (
+        "per_device_batch_size=4 does not fit the memory of another process; trying 2"
+        in (outputs[0])
+    )
+    shrunk = [loss for _, loss in losses(root, "shrunk")]
+    np.testing.assert_allclose(shrunk, six_step_losses, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_in_one_line(root, train_yaml):
+    """Tensor-parallel over both processes leaves one batch shard: no process has rows of its own."""
+    args = cli_args("unshared", train_yaml, root, *SIX_STEPS, "parallel.tensor=2")
+    for out in _two_processes(args, expect=2):
+        assert out.strip().splitlines()[-1] == (
+            "error: the batch splits 1 way(s) (data x fsdp), which 2 processes cannot share; "
+            "lower parallel.tensor so that each process holds its own batch shards"
+        ), out

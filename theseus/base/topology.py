@@ -94,6 +94,12 @@ def split_cpu_into_cores(
             "(--xla_force_host_platform_device_count) or JAX_NUM_CPU_DEVICES sets the count",
             file=sys.stderr,
         )
+    if requested is not None and is_multiprocess():
+        print(
+            f"warning: parallel.cpu_devices={requested} is ignored: a run of several processes "
+            "has one CPU device per process",
+            file=sys.stderr,
+        )
     if is_multiprocess() or counted:
         return None
     if requested is not None and requested < 1:

@@ -86,6 +86,11 @@ def solve_plan(
         raise UserError(
             f"training.batch_size={global_batch} does not split over {process_count} processes"
         )
+    if batch_shards % process_count:  # each process loads its own rows of every batch
+        raise UserError(
+            f"the batch splits {batch_shards} way(s) (data x fsdp), which {process_count} processes "
+            "cannot share; lower parallel.tensor so that each process holds its own batch shards"
+        )
     rows = global_batch // batch_shards
     if per_device_batch is None:
         budget = max(0.0, 0.85 * memory_bytes - state_bytes)

@@ -349,12 +349,15 @@ class Session:
             compiled = self._compile_step(self.plan)
             compile_s = time.perf_counter() - start
             need, free, where = step_memory(compiled)
-            if need <= free:
+            if self._everywhere(need <= free):
                 break
             smaller = smaller_per_device_batch(self.plan)
+            step = f"a train step with training.per_device_batch_size={self.plan.per_device_batch}"
             problem = (
-                f"a train step with training.per_device_batch_size={self.plan.per_device_batch} "
-                f"needs {need / 2**30:.1f} GiB of working memory; {where} has {free / 2**30:.1f} GiB free"
+                f"{step} needs {need / 2**30:.1f} GiB of working memory; {where} has "
+                f"{free / 2**30:.1f} GiB free"
+                if need > free
+                else f"{step} does not fit the memory of another process"
             )
             if self.config.per_device_batch_size is not None or smaller is None:
                 raise UserError(
@@ -368,6 +371,14 @@ class Session:
             make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
         )
         return compiled, evaluate, compile_s
+
+    def _everywhere(self, holds: bool) -> bool:
+        """Whether `holds` on every process: they must agree on one plan (one compiled step)."""
+        if self.process_count == 1:
+            return holds
+        from jax.experimental import multihost_utils
+
+        return bool(np.all(multihost_utils.process_allgather(np.array([holds]))))
 
     def _compile_step(self, plan: Plan) -> Any:
         step_fn = make_train_step(
