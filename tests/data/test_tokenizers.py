@@ -57,12 +57,16 @@ def test_a_changed_tokenizer_file_is_refused(bpe_json: Path, tmp_path: Path):
 def test_tiktoken_without_a_cache_fails_fast_naming_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    """It downloads when its server answers; here the server is made unreachable (a proxy on a
+    closed port), so that the test means the same on a machine with network."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     start = time.perf_counter()
     with pytest.raises(UserError) as error:
         make_tokenizer("tiktoken", "cl100k_base")
     assert time.perf_counter() - start < 5
     message = str(error.value)
+    assert "cannot be downloaded (openaipublic.blob.core.windows.net unreachable: " in message
     assert (
         "TIKTOKEN_CACHE_DIR" in message
         and "tokenizer.backend=bytes" in message

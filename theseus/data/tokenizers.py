@@ -192,7 +192,8 @@ class _NeedsDownload(Exception):
 
 
 def _tiktoken_encoding(name: str) -> Any:
-    """Load a tiktoken encoding from its cache only: a cache miss is an error, not a download."""
+    """Load a tiktoken encoding from its cache, downloading it (once, checked by tiktoken against
+    its known hash) only when its server answers: with no network, a quick one-line error."""
     if name not in TIKTOKEN_ENCODINGS:
         raise UserError(
             f"tokenizer.name={name!r} is not a tiktoken encoding; use one of {', '.join(TIKTOKEN_ENCODINGS)}"
@@ -205,7 +206,11 @@ def _tiktoken_encoding(name: str) -> Any:
 
         def local_only(blobpath: str) -> bytes:
             if "://" in blobpath:
-                raise _NeedsDownload(blobpath)
+                from theseus.data.datasets.hub import url_reachable
+
+                reason = url_reachable(blobpath)
+                if reason is not None:
+                    raise _NeedsDownload(blobpath, reason)
             return original(blobpath)
 
         tiktoken.load.read_file = local_only
@@ -217,10 +222,11 @@ def _tiktoken_encoding(name: str) -> Any:
                 or os.environ.get("DATA_GYM_CACHE_DIR")
                 or "the default cache"
             )
+            url, reason = missing.args
             raise UserError(
-                f"tiktoken {name} is not in {cache} and theseus does not download at run time "
-                f"({missing.args[0]}); set TIKTOKEN_CACHE_DIR to a folder holding it, or use "
-                "tokenizer.backend=bytes, or tokenizer.backend=huggingface tokenizer.name=/path/to/tokenizer.json"
+                f"tiktoken {name} is not in {cache} and cannot be downloaded ({reason}; {url}); "
+                "set TIKTOKEN_CACHE_DIR to a folder holding it, or use tokenizer.backend=bytes, "
+                "or tokenizer.backend=huggingface tokenizer.name=/path/to/tokenizer.json"
             ) from None
         finally:
             tiktoken.load.read_file = original

@@ -19,14 +19,18 @@ def hub_reachable(timeout: float = _TIMEOUT_S) -> str | None:
     """None when the hub answers within `timeout` seconds, else the reason it does not."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
-    request = urllib.request.Request(hub_endpoint() + "/api/whoami-v2", method="HEAD")
+    return url_reachable(hub_endpoint() + "/api/whoami-v2", timeout)
+
+
+def url_reachable(url: str, timeout: float = _TIMEOUT_S) -> str | None:
+    """None when the server of `url` answers within `timeout` seconds, else the reason it does not."""
     try:
-        urllib.request.urlopen(request, timeout=timeout).close()
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
     except urllib.error.HTTPError:
-        return None  # any HTTP answer means the hub is there
+        return None  # any HTTP answer means the server is there
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"{hub_endpoint()} unreachable: {reason}"
+        return f"{url.split('/')[2] if '://' in url else url} unreachable: {reason}"
     return None
 
 
