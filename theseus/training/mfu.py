@@ -34,6 +34,9 @@ def chip_of(device: Any) -> Chip | None:
     return None
 
 
+MEASURED = "measured f32 matmul"
+
+
 def measure_matmul_peak(size: int = 1024, repeats: int = 10, seconds: float = 0.3) -> float:
     """FLOP/s of the fastest float32 `size`^3 matmul through XLA on the default device, out of at
     least `repeats` tries over at least `seconds` (one try is ~10 ms: too short to miss a busy
@@ -60,7 +63,7 @@ def peak_flops(devices: list[Any], process_count: int) -> tuple[float, str]:
     """
     device = devices[0]
     if device.platform == "cpu":
-        return measure_matmul_peak() * process_count, "measured f32 matmul"
+        return measure_matmul_peak() * process_count, MEASURED
     chip = chip_of(device)
     if chip is None or chip.bf16_flops is None:
         return 0.0, f"unknown chip {device.device_kind!r}"

@@ -34,7 +34,7 @@ from theseus.model.sharding import (
 )
 from theseus.training.loop import TrainingLoop
 from theseus.training.metrics import LoggingConfig, RunLog
-from theseus.training.mfu import peak_flops
+from theseus.training.mfu import MEASURED, peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
 from theseus.training.plan import (
     Plan,
@@ -512,7 +512,11 @@ class Session:
         summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
         barrier("theseus-first-step")  # compiling can take each process a different time
         try:
-            last = TrainingLoop(self, compiled, evaluate, val_batches, peak).run(stop)
+            loop = TrainingLoop(
+                self, compiled, evaluate, val_batches, peak, peak_source == MEASURED
+            )
+            last = loop.run(stop)
+            summary["peak_flops"] = loop.peak_flops
         except jax.errors.JaxRuntimeError as exc:
             if "RESOURCE_EXHAUSTED" not in str(exc):
                 raise
