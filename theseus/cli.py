@@ -192,7 +192,11 @@ def configure(
 @click.option("-j", "--job", help="the job to run (default: the one named in YAML)")
 @_run_options
 @click.option("--restore", type=click.Path(), help="start from another run's checkpoint")
-@click.option("--fresh", is_flag=True, help="start over instead of resuming an existing run")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="start over instead of resuming (a trainer with checkpoints needs training.overwrite=true)",
+)
 @_verbose
 @_load
 def run(
@@ -268,7 +272,7 @@ def _split_commas(values: tuple[str, ...]) -> list[str] | None:
 @click.option(
     "--fresh",
     is_flag=True,
-    help="start over instead of resuming (once: a requeued SLURM job resumes)",
+    help="start over instead of resuming (a trainer with checkpoints needs training.overwrite=true; once: a requeued SLURM job resumes)",
 )
 @click.option(
     "--env",

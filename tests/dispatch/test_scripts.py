@@ -303,3 +303,29 @@ def test_a_job_that_runs_as_one_process_is_not_started_as_several(
     assert main(["run", "tok", str(tokenize), str(tmp_path / "out")]) == 2
     assert "runs as one process, but this is one of several" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_submit_fresh_of_a_run_submitted_before_needs_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused here, as the trainer would refuse it on the host once it found the checkpoints."""
+    from theseus.dispatch import records
+
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    train = tmp_path / "train.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
+    root = str(tmp_path / "out")
+    dispatch = tmp_path / "d.yaml"
+    local = {"root": root, "work": str(tmp_path / "work")}
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": local}}))
+    before = records.Record("again", "local", "local", "1", "/j", root, "default", "default", "s")
+    records.save(before)
+    args = ["submit", "again", str(train), "-d", str(dispatch), "--chip", "cpu", "-n", "1"]
+    capsys.readouterr()
+    assert main([*args, "--fresh", "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --fresh: again was submitted before (to local) and may have checkpoints; add "
+        "training.overwrite=true to move them and its logs aside, or pick another run name\n"
+    )
+    assert main([*args, "--fresh", "--dry-run", "training.overwrite=true"]) == 0
+    assert main([*args, "--dry-run"]) == 0  # resuming needs nothing

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from theseus.dispatch import bootstrap, records
 from theseus.dispatch import config as dispatch_config
 from theseus.dispatch.backends import (
@@ -105,7 +107,6 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 def _refuse_relative_paths(stage: Stage) -> None:
     """A submitted job runs in its code snapshot, where a value naming a file relative to this
     folder names nothing (or something else): ask for the absolute path instead."""
-    from omegaconf import OmegaConf
 
     def walk(value: object, key: str) -> None:
         if isinstance(value, dict):
@@ -191,6 +192,15 @@ def submit(
     settings = dispatch_config.load(dispatch_file)
     local = settings.local_cluster(records.home())
     previous = _previous(name)
+    if fresh and previous is not None:
+        for stage in pipeline:
+            # what the run would refuse on the host, once its checkpoints are found there
+            if OmegaConf.select(stage.cfg, "training.overwrite") is False:
+                raise UserError(
+                    f"--fresh: {name} was submitted before (to {previous.host_name}) and may have "
+                    "checkpoints; add training.overwrite=true to move them and its logs aside, "
+                    "or pick another run name"
+                )
     if previous is not None and clusters is None:
         clusters = _clusters_with_root(settings, local, previous.root)
         if not clusters:
