@@ -320,3 +320,16 @@ def test_a_cpu_peak_measured_in_a_busy_moment_is_measured_again(
     )
     mfus = [r["mfu"] for r in read_metrics(run_dir(root, "busy") / "metrics.jsonl") if "mfu" in r]
     assert len(calls) == 2 and len(mfus) == 3 and all(0 < m < 1 for m in mfus), mfus
+
+
+def test_a_token_budget_holds_when_a_resume_changes_the_batch(root, train_yaml):
+    """10 steps of 8 x 32 tokens, then the budget doubled at batch 16: 5 more steps, not 0."""
+    first = ("training.tokens=2560", "logging.checkpoint_interval=1000")
+    assert main(cli_args("budget", train_yaml, root, *first)) == 0
+    assert (
+        main(cli_args("budget", train_yaml, root, "training.tokens=5120", "training.batch_size=16"))
+        == 0
+    )
+    records = [r for r in read_metrics(run_dir(root, "budget") / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records][-1] == 15
+    assert [r["tokens"] for r in records][9:] == [2560 + 512 * k for k in range(6)]

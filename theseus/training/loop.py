@@ -147,7 +147,7 @@ class TrainingLoop:
             "grad_norm": float(np.mean([m["grad_norm"] for m in finite])),
             "tokens_per_s": tokens_per_s,
             "mfu": tokens_per_s * s.flops_per_token / self.peak_flops if self.peak_flops else None,
-            "tokens": s.step * s.plan.tokens_per_step,
+            "tokens": s.tokens_trained(s.step),
         }
         if s.config.z_loss:
             values["z_loss"] = float(np.mean([m["z_loss"] for m in finite]))

@@ -6,6 +6,8 @@ module holds the moving parts, in the order they happen.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
@@ -147,6 +149,8 @@ class Session:
         self.opt_shardings = mirror_shardings(self.param_shardings, opt, self.mesh)
         self.opt = abstract_with(opt, self.opt_shardings)
         self.step = 0
+        # tokens trained before `resumed_at` (a checkpoint's count: its batch may differ from ours)
+        self.resumed_at, self.tokens_before = 0, 0
 
         # what can still be refused is checked before --fresh moves the run aside and before the
         # run's folders are made
@@ -194,7 +198,12 @@ class Session:
             "tokenizer": dict(self.stores[0].manifest.tokenizer),
             "config": _resolved(self.trainer.cfg),
             "spec": self.spec.as_dict(),
+            "tokens": self.tokens_trained(step),
         }
+
+    def tokens_trained(self, step: int) -> int:
+        """Tokens the run has trained on by the end of `step`."""
+        return self.tokens_before + (step - self.resumed_at) * self.plan.tokens_per_step
 
     def save(self, step: int) -> bool:
         before = len(self.checkpointer.failures)
@@ -261,7 +270,13 @@ class Session:
         self.params = params
         if not weights_only:
             self.opt = opt
-            self.step = int(meta["step"])
+            self.step = self.resumed_at = int(meta["step"])
+            # checkpoints written before the count was kept: as if at this run's batch
+            self.tokens_before = int(meta.get("tokens", self.step * self.plan.tokens_per_step))
+            if self.config.tokens is not None:  # the budget holds whatever batch got this far
+                left = max(0, self.config.tokens - self.tokens_before)
+                steps = self.step + math.ceil(left / self.plan.tokens_per_step)
+                self.plan = dataclasses.replace(self.plan, steps=steps)
         return meta
 
     def start_state(self) -> None:
