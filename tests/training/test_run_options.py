@@ -333,3 +333,10 @@ def test_a_token_budget_holds_when_a_resume_changes_the_batch(root, train_yaml):
     records = [r for r in read_metrics(run_dir(root, "budget") / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in records][-1] == 15
     assert [r["tokens"] for r in records][9:] == [2560 + 512 * k for k in range(6)]
+
+
+def test_a_run_on_other_hardware_than_its_request_says_so(root, tmp_path, capsys):
+    gpu = tmp_path / "gpu.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(gpu), "--chip", "h100", "-n", "8"]) == 0
+    assert main(cli_args("elsewhere", gpu, root, *SHORT)) == 0
+    assert "note: the config asks for 8 x h100; it runs here on 1 x cpu" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from theseus.model.sharding import (
 )
 from theseus.training.loop import TrainingLoop
 from theseus.training.metrics import LoggingConfig, RunLog
-from theseus.training.mfu import MEASURED, peak_flops
+from theseus.training.mfu import MEASURED, chip_of, peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
 from theseus.training.plan import (
     Plan,
@@ -518,6 +518,15 @@ class Session:
             f"[data {self.layout.data}, fsdp {self.layout.fsdp}, tensor {self.layout.tensor}]; "
             f"schedule {self.schedule_name}; compiled in {compile_s:.1f}s; peak {peak / 1e12:.2f} TFLOP/s ({peak_source})"
         )
+        asked, devices = self.spec.request, jax.devices()
+        here = chip_of(devices[0])
+        kind = here.name if here is not None else devices[0].platform
+        if asked.chip and (asked.chip != kind or (asked.n or len(devices)) != len(devices)):
+            log.info(
+                f"note: the config asks for {asked.n or 'some'} x {asked.chip}; it runs here on "
+                f"{len(devices)} x {kind} (the same global batch, so the same training, at "
+                "another speed)"
+            )
         if self.schedule_name != "constant" and self.optim.warmup_steps >= plan.steps:
             log.info(
                 f"warning: optimization.warmup_steps={self.optim.warmup_steps} covers the whole run "
