@@ -87,14 +87,7 @@ def test_a_validation_split_shorter_than_a_sequence_turns_validation_off(
     (corpus / "long.txt").write_text("some words here. " * 400)
     for i in range(60):
         (corpus / f"{i}.txt").write_text(f"note {i}")
-    tokenize = [
-        "data.name=files",
-        f"data.paths=[{corpus}/*.txt]",
-        "data.store=tiny-val",
-        "tokenizer.backend=bytes",
-        "data.val_pct=10",
-    ]
-    assert main(["run", "tok-tiny", str(root / "tok.yaml"), str(root), *tokenize]) == 0
+    _tokenize_files(root, root / "tok.yaml", corpus, "tiny-val", "data.val_pct=10")
     capsys.readouterr()
     args = (
         "training.dataset=[{name: tiny-val}]",
@@ -117,17 +110,9 @@ def test_a_blockwise_validation_split_of_short_rows_is_still_scored(
     corpus.mkdir()
     for i in range(12):
         (corpus / f"{i}.txt").write_text(f"note {i}")
-    tokenize = [
-        "data.name=files",
-        f"data.paths=[{corpus}/*.txt]",
-        "data.store=short-rows",
-        "tokenizer.backend=bytes",
-        "data.val_pct=25",
-        "data.seq_len=64",
-    ]
     blockwise = root / "blockwise.yaml"
     assert main(["configure", "data/tokenize_blockwise_dataset", str(blockwise)]) == 0
-    assert main(["run", "tok-short-rows", str(blockwise), str(root), *tokenize]) == 0
+    _tokenize_files(root, blockwise, corpus, "short-rows", "data.val_pct=25", "data.seq_len=64")
     store = TokenStore.open(root / "data" / "short-rows")
     assert store.n_rows("val") >= 1 and store.n_tokens("val") < 65
     args = (
@@ -143,6 +128,18 @@ def test_a_blockwise_validation_split_of_short_rows_is_still_scored(
         r for r in read_metrics(run_dir(root, "short-rows") / "metrics.jsonl") if "val_loss" in r
     ]
     assert [r["step"] for r in scored] == [1, 2]
+
+
+def _tokenize_files(root: Path, job_yaml: Path, corpus: Path, store: str, *settings: str) -> None:
+    """The .txt files of `corpus` as token store `store` (bytes tokenizer), by the job `job_yaml`."""
+    tokenize = [
+        "data.name=files",
+        f"data.paths=[{corpus}/*.txt]",
+        f"data.store={store}",
+        "tokenizer.backend=bytes",
+        *settings,
+    ]
+    assert main(["run", f"tok-{store}", str(job_yaml), str(root), *tokenize]) == 0
 
 
 def test_a_save_failing_as_the_checkpointer_closes_is_reported_not_raised(tmp_path, monkeypatch):
