@@ -262,3 +262,16 @@ def test_a_bad_file_is_one_line_on_the_command_line(tmp_path: Path, setting: str
     assert last.startswith(message.replace("BAD", str(bad)))
     assert len(before) <= 1 and not any("error" in line.lower() for line in before), before
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_a_name_lookup_that_hangs_is_no_answer_within_the_timeout(monkeypatch: pytest.MonkeyPatch):
+    """A resolver that hangs cannot be arranged for real here: a stand-in lookup sleeps."""
+    import socket
+
+    from theseus.data.datasets.hub import url_reachable
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(30))
+    start = time.perf_counter()
+    reason = url_reachable("https://example.invalid/x", timeout=1)
+    assert time.perf_counter() - start < 3
+    assert reason == "example.invalid unreachable: no answer in 1 s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import urllib.error
 import urllib.request
 
@@ -23,15 +24,29 @@ def hub_reachable(timeout: float = _TIMEOUT_S) -> str | None:
 
 
 def url_reachable(url: str, timeout: float = _TIMEOUT_S) -> str | None:
-    """None when the server of `url` answers within `timeout` seconds, else the reason it does not."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return None  # any HTTP answer means the server is there
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{url.split('/')[2] if '://' in url else url} unreachable: {reason}"
-    return None
+    """None when the server of `url` answers within `timeout` seconds, else the reason it does not.
+
+    Asked from a helper thread: urlopen's timeout does not cover the name lookup, which a
+    broken resolver can hold for minutes.
+    """
+    server = url.split("/")[2] if "://" in url else url
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            urllib.request.urlopen(request, timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # any HTTP answer means the server is there
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            answer.append(f"{server} unreachable: {getattr(exc, 'reason', exc)}")
+            return
+        answer.append(None)
+
+    asking = threading.Thread(target=ask, name="theseus-reachable", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    return answer[0] if answer else f"{server} unreachable: no answer in {timeout:.0f} s"
 
 
 def require_hub(what: str, fix: str) -> None:
