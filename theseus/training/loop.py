@@ -158,9 +158,10 @@ class TrainingLoop:
 
     def _measure_peak_again(self) -> None:
         """Training ran above the peak measured at start: the machine was busier then (a
-        shared one). The peak is measured again and the higher figure kept."""
+        shared one). The peak is measured again, once, and the higher figure kept."""
         from theseus.training.mfu import measure_matmul_peak
 
+        self.peak_measured = False
         before = self.peak_flops
         self.peak_flops = max(before, measure_matmul_peak() * self.session.process_count)
         self.session.log.info(
