@@ -15,13 +15,15 @@ import numpy as np
 from tests.training.conftest import SIX_STEPS, cli_args, free_port, losses, spawn
 
 
-def _two_processes(args: list[str], expect: int = 0) -> list[str]:
-    """Run `theseus` ARGS as processes 0 and 1 of one job, each to exit with `expect`; returns
-    their outputs."""
+def _two_processes(
+    args: list[str], expect: int = 0, *, second: list[str] | None = None
+) -> list[str]:
+    """Run `theseus` ARGS (process 1: SECOND, if given) as processes 0 and 1 of one job, each to
+    exit with `expect`; returns their outputs."""
     coordinator = f"127.0.0.1:{free_port()}"
     procs = [
         spawn(
-            args,
+            second if i == 1 and second is not None else args,
             env={
                 "THESEUS_COORDINATOR": coordinator,
                 "THESEUS_NUM_PROCESSES": "2",
@@ -77,3 +79,15 @@ def test_a_batch_the_processes_cannot_share_is_refused_in_one_line(root, train_y
             "error: the batch splits 1 way(s) (data x fsdp), which 2 processes cannot share; "
             "lower parallel.tensor so that each process holds its own batch shards"
         ), out
+
+
+def test_when_one_process_fails_the_other_says_so_in_one_line(root, train_yaml):
+    """Process 1 is refused a setting process 0 was not given: process 0, left waiting for it
+    in a collective, ends with a line that points at the other process, not a traceback."""
+    args = cli_args("half-refused", train_yaml, root, *SIX_STEPS)
+    outputs = _two_processes(args, expect=2, second=[*args, "training.dataset=[{name: nosuch}]"])
+    assert outputs[1].strip().splitlines()[-1].startswith("error: no token store 'nosuch'")
+    assert outputs[0].strip().splitlines()[-1] == (
+        "error: process 0: the other processes of this job stopped answering (one of them most "
+        "likely failed: see its output)"
+    )

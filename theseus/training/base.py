@@ -231,13 +231,27 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
 
     def run(self) -> dict[str, Any]:
         """Train to the configured step count (resuming when this run has checkpoints)."""
+        import jax
+
         from theseus.training.session import Session
 
         self.prepare_devices()
-        with self._one_writer():
-            self.session = Session(self)  # it starts the run over (--fresh) once nothing refuses
-            with StopSignals() as stop:
-                return self.session.train(stop)
+        try:
+            with self._one_writer():
+                self.session = Session(
+                    self
+                )  # it starts the run over (--fresh) once nothing refuses
+                with StopSignals() as stop:
+                    return self.session.train(stop)
+        except jax.errors.JaxRuntimeError as exc:
+            # a process that stopped (a refused setting, a crash) leaves the others waiting in a
+            # collective until it times out; their own error would name only the collective
+            if jax.process_count() > 1 and "DEADLINE_EXCEEDED" in str(exc):
+                raise UserError(
+                    f"process {jax.process_index()}: the other processes of this job stopped "
+                    "answering (one of them most likely failed: see its output)"
+                ) from None
+            raise
 
     def _one_writer(self) -> contextlib.AbstractContextManager[None]:
         """Two runs of one name would interleave their metrics and checkpoints: the second is
