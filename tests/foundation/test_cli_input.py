@@ -164,6 +164,27 @@ def test_plot_of_runs_without_losses_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_labels_runs_of_one_name_by_group_and_breaks_lines_at_nan(tmp_path, monkeypatch):
+    """Two groups' runs named alike get told apart; a non-finite loss is a gap in its line."""
+    import matplotlib.axes
+
+    from theseus.training.plot import plot_runs
+
+    drawn: list[tuple[str, list[float]]] = []
+    draw = matplotlib.axes.Axes.plot
+
+    def watched(self, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(args[1])))
+        return draw(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", watched)
+    lines = '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": "nan"}\n{"step": 3, "loss": 1.5}\n'
+    runs = [write(tmp_path / group / "run" / "metrics.jsonl", lines) for group in ("g1", "g2")]
+    plot_runs([Path(r).parent for r in runs], tmp_path / "x.png")
+    assert [label for label, _ in drawn] == ["g1/run train", "g2/run train"]
+    assert str(drawn[0][1]) == "[2.0, nan, 1.5]"
+
+
 # 5. `--load` of code that does not import.
 
 

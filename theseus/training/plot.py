@@ -41,19 +41,13 @@ def plot_runs(
     for run in runs:
         path = metrics_file(run)
         records = read_metrics(path)
-        train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
-        val = [
-            (r["step"], r["val_loss"])
-            for r in records
-            if isinstance(r.get("val_loss"), int | float)
-        ]
-        curves.append((path, train, val))
+        curves.append((path, _curve(records, "loss"), _curve(records, "val_loss")))
     if not any(train or val for _, train, val in curves):
         names = ", ".join(str(path) for path, _, _ in curves)
         raise UserError(f"plot: no losses in {names} yet; give the folders of training runs")
+    labels = labels or _names([path.parent for path, _, _ in curves])
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (path, train, val) in enumerate(curves):
-        label = labels[i] if labels else path.parent.name
+    for i, ((_, train, val), label) in enumerate(zip(curves, labels, strict=True)):
         color = f"C{i % 10}"
         if train:
             ax.plot(*zip(*train, strict=True), color=color, label=f"{label} train")
@@ -79,3 +73,25 @@ def plot_runs(
     finally:
         plt.close(fig)
     return out
+
+
+def _curve(records: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) of `key`; a non-finite value (written as "nan" or "inf") is NaN, which
+    leaves a gap in the line rather than joining its neighbours."""
+    points = []
+    for record in records:
+        value = record.get(key)
+        if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+            value = float("nan")
+        if isinstance(value, int | float):
+            points.append((record["step"], float(value)))
+    return points
+
+
+def _names(folders: list[Path]) -> list[str]:
+    """Each run's name, with as many of its parent folders (group, project) as tell runs apart."""
+    for depth in (1, 2, 3):
+        names = ["/".join(folder.parts[-depth:]) for folder in folders]
+        if len(set(names)) == len(names):
+            return names
+    return [str(folder) for folder in folders]
