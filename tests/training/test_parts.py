@@ -150,6 +150,9 @@ def test_chip_names_from_device_kind():
     assert chip_of(Device("NVIDIA H100 80GB HBM3")).name == "h100"
     assert chip_of(Device("NVIDIA A100-SXM4-80GB")).name == "a100-80gb"
     assert chip_of(Device("TPU v5 lite")).name == "tpu-v5e"
+    assert chip_of(Device("TPU v5")).name == "tpu-v5p"
+    assert chip_of(Device("NVIDIA H100 PCIe")).name == "h100-pcie"
+    assert chip_of(Device("NVIDIA H100 NVL")).name == "h100-nvl"
     assert chip_of(Device("cpu")) is None
 
 

@@ -34,6 +34,8 @@ class Chip:
 _CATALOGUE = [
     Chip("cpu", "any", 0.0, None, "host CPU (peak measured at start-up)"),
     Chip("h100", "nvidia", 80 * GB, 989.4 * TERA, "NVIDIA H100 SXM5 80GB"),
+    Chip("h100-pcie", "nvidia", 80 * GB, 756.5 * TERA, "NVIDIA H100 PCIe 80GB"),
+    Chip("h100-nvl", "nvidia", 94 * GB, 835.5 * TERA, "NVIDIA H100 NVL 94GB"),
     Chip("h200", "nvidia", 141 * GB, 989.4 * TERA, "NVIDIA H200 SXM 141GB"),
     Chip("b200", "nvidia", 180 * GB, 2250 * TERA, "NVIDIA B200 (HGX) 180GB"),
     Chip("a100-40gb", "nvidia", 40 * GB, 312 * TERA, "NVIDIA A100 SXM4 40GB"),

@@ -7,8 +7,11 @@ from typing import Any
 
 from theseus.base.chips import CHIPS, Chip
 
-# device_kind substrings per catalogue chip: any alternative matches when all its parts occur
+# device_kind substrings per catalogue chip: any alternative matches when all its parts occur;
+# the first chip that matches wins, so a variant comes before its family's plain name
 _KIND_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "h100-pcie": (("h100", "pcie"),),
+    "h100-nvl": (("h100", "nvl"),),
     "h100": (("h100",),),
     "h200": (("h200",),),
     "b200": (("b200",),),
@@ -20,7 +23,7 @@ _KIND_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "rtx5090": (("5090",),),
     "tpu-v4": (("tpu v4",),),
     "tpu-v5e": (("tpu v5 lite",), ("v5e",)),
-    "tpu-v5p": (("tpu v5p",), ("v5p",)),
+    "tpu-v5p": (("tpu v5p",), ("v5p",), ("tpu v5",)),  # v5p calls itself "TPU v5"
     "tpu-v6e": (("tpu v6",), ("v6e",)),
 }
 
