@@ -6,6 +6,7 @@ Heavy modules (JAX and friends) are imported inside commands, never at the top, 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,10 +142,11 @@ def configure(
     """Write the config of JOB to OUT_YAML, with each field's help as a comment."""
     from theseus import config as C
     from theseus.job import Request
-    from theseus.stages import Stage, override
+    from theseus.stages import Stage, override, read_parts
 
     if not out_yaml.strip():
         raise UserError("OUT_YAML is empty; give the file to write, e.g. train.yaml")
+    _refuse_setting_as_path("OUT_YAML", out_yaml, "train.yaml")
     out = Path(out_yaml).expanduser()
     in_place = previous is not None and Path(previous).expanduser().resolve() == out.resolve()
     if out.exists() and not force:
@@ -152,7 +154,7 @@ def configure(
             raise UserError(
                 f"{out} exists; pass -p {out} to carry its values over, or --force to replace it"
             )
-        written = C.read_yaml(out).get("job")
+        written = read_parts(out)[0]
         if written != job:
             raise UserError(
                 f"{out} holds the config of job {written!r}, not {job!r}; write {job} to a new "
@@ -161,16 +163,15 @@ def configure(
     _do_loads(loads)
     stage = Stage.new(job, Request(chip, n_chips, n_shards))
     if previous is not None:
-        data = C.read_yaml(previous)
-        dropped = stage.carry_over(data.get("config") or {}, data.get("job"))
+        written_by, old, values = read_parts(previous)
+        dropped = stage.carry_over(values, written_by)
         if dropped and in_place and out.exists() and not force:
             raise UserError(
                 f"updating {out} in place would drop {', '.join(dropped)} (not in the schema of "
                 f"{job} or ill-typed); fix them in {out}, write a new file (theseus configure "
                 f"{job} NEW.yaml -p {out}), or pass --force to drop them"
             )
-        if previous_request := data.get("request"):
-            old = Request.from_dict(previous_request, f"{previous}: request")
+        if old is not None:
             stage.request = Request(
                 chip or old.chip, old.n if n_chips is None else n_chips, n_shards or old.n_shards
             )
@@ -179,6 +180,8 @@ def configure(
                 f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}"
             )
     override([stage], list(overrides))
+    if in_place and out.exists() and not force:
+        _refuse_dropping_comments(out, stage.to_yaml())
     stage.save(out)  # checks the values first
     missing = C.missing_keys(stage.cfg)
     _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
@@ -216,6 +219,7 @@ def run(
     """Run the job(s) configured in YAML locally, writing under OUT."""
     if not out.strip():
         raise UserError("OUT is empty; give the output folder, e.g. ./output")
+    _refuse_setting_as_path("OUT", out, "./output")
     from theseus.job import ExecutionSpec
     from theseus.stages import Stage, override, run_stages
 
@@ -227,6 +231,31 @@ def run(
         request.n_shards = n_shards
     spec = ExecutionSpec(name, Path(out), project, group, request, fresh=fresh, restore=restore)
     run_stages(pipeline, spec)
+
+
+def _refuse_dropping_comments(path: Path, text: str) -> None:
+    """The file is written anew from its values: comment lines of the user's would be lost."""
+    written = {line.strip() for line in text.splitlines()}
+    theirs = [
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip().startswith("#") and line.strip() not in written
+    ]
+    if theirs:
+        more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
+        raise UserError(
+            f"updating {path} in place would drop your comment {theirs[0]!r}{more}; write a new "
+            f"file (theseus configure JOB NEW.yaml -p {path}), or pass --force to drop them"
+        )
+
+
+def _refuse_setting_as_path(what: str, given: str, example: str) -> None:
+    """A forgotten path argument takes the first KEY=VALUE after it: refuse that path."""
+    if re.fullmatch(r"[A-Za-z_][\w.]*\+?=.*", given, flags=re.DOTALL):
+        raise UserError(
+            f"{what} {given!r} is a KEY=VALUE setting, not a path; give {what} first "
+            f"(e.g. {example}), then the settings"
+        )
 
 
 def _first_stage(yaml_path: str, job: str | None) -> Stage:

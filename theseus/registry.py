@@ -43,7 +43,7 @@ def _indexed(decorator: str) -> list[Listing]:
     """Find `@decorator("name")` in the package's sources without importing them."""
     found = []
     for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if f"@{decorator}(" not in text:
             continue
         module = ".".join(path.relative_to(_PACKAGE_ROOT.parent).with_suffix("").parts)
@@ -175,7 +175,7 @@ dataset = DATASETS.register
 evaluation = EVALUATIONS.register
 
 
-def _import_failure(target: str, exc: SyntaxError | ImportError) -> UserError:
+def _import_failure(target: str, exc: Exception) -> UserError:
     """One line for user code that does not import: the error, where, and the -v hint.
 
     The line is the failing line of the user's own code: the SyntaxError's, else the last
@@ -217,10 +217,15 @@ def load(target: str) -> None:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except (SyntaxError, ImportError) as exc:
+        except UserError:  # said in theseus's words already (a job registered twice, say)
+            sys.modules.pop(name, None)
+            raise
+        except Exception as exc:  # the user's code, failing as it runs: any error it raises
             sys.modules.pop(name, None)
             raise _import_failure(target, exc) from exc
         return
+    if not target.strip() or target.startswith("."):
+        raise UserError(f"--load {target!r}: give a module name (my_project.models) or a .py file")
     try:
         importlib.import_module(target)
     except ModuleNotFoundError as exc:
@@ -229,5 +234,7 @@ def load(target: str) -> None:
                 f"--load {target}: no module named {exc.name!r} (give a module on sys.path or a .py file)"
             ) from None
         raise _import_failure(target, exc) from exc
-    except (SyntaxError, ImportError) as exc:
+    except UserError:
+        raise
+    except Exception as exc:  # the user's code, failing as it runs: any error it raises
         raise _import_failure(target, exc) from exc

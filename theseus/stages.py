@@ -39,21 +39,11 @@ class Stage:
     @classmethod
     def from_yaml(cls, path: str | Path, job: str | None = None) -> Stage:
         """Load a YAML written by `configure` (strict: unknown keys and bad types fail)."""
-        data = C.read_yaml(path)
-        unknown = set(data) - {"job", "request", "config"}
-        if unknown:
-            raise UserError(
-                f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected job, request, config"
-            )
-        name = job or data.get("job")
+        written_by, request, values = read_parts(path)
+        name = job or written_by
         if not name:
             raise UserError(f"{path} names no job: add `job: NAME` or pass -j JOB")
-        if not isinstance(name, str):
-            raise UserError(f"{path}: job must be a string, got {name!r}")
-        values = data.get("config") or {}
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: config must be a mapping, got {type(values).__name__}")
-        stage = cls.new(name, Request.from_dict(data.get("request"), f"{path}: request"))
+        stage = cls.new(name, request or Request())
         stage.source = str(path)
         try:
             C.merge_values(stage.schema, stage.cfg, values, strict=True)
@@ -88,6 +78,25 @@ class Stage:
 
     def instantiate(self, spec: ExecutionSpec) -> BasicJob:
         return self.cls(self.cfg, spec)
+
+
+def read_parts(path: str | Path) -> tuple[str | None, Request | None, dict[str, Any]]:
+    """The job, request and config values of a config file, each checked for its shape."""
+    data = C.read_yaml(path)
+    unknown = set(data) - {"job", "request", "config"}
+    if unknown:
+        raise UserError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
+            "expected job, request, config"
+        )
+    job = data.get("job")
+    if job is not None and not isinstance(job, str):
+        raise UserError(f"{path}: job must be a string, got {job!r}")
+    values = data.get("config") or {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: config must be a mapping, got {type(values).__name__}")
+    request = data.get("request")
+    return job, None if request is None else Request.from_dict(request, f"{path}: request"), values
 
 
 def override(stages: list[Stage], overrides: list[str]) -> None:

@@ -401,7 +401,11 @@ def test_configure_never_overwrites_a_users_file(tmp_path):
     r = theseus("configure", "toy/echo", str(out), "--load", TOYJOBS)
     assert r.returncode == 2 and "exists" in r.stderr
     assert "precious" in out.read_text()
-    r = theseus("configure", "toy/echo", str(out), "--load", TOYJOBS, "-p", str(out), "toy.tag=z")
+    update = ("configure", "toy/echo", str(out), "--load", TOYJOBS, "-p", str(out), "toy.tag=z")
+    r = theseus(*update)  # in place, the file is written anew: its comment would go
+    assert r.returncode == 2 and "would drop your comment '# my precious notes'" in r.stderr
+    assert "precious" in out.read_text()
+    r = theseus(*update, "--force")
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(out.read_text())["config"]["toy"]["tag"] == "z"
 

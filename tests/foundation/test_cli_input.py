@@ -324,3 +324,114 @@ def test_setting_a_section_as_a_whole_says_it_is_a_section(tmp_path, capsys, toy
     code, err = cli(capsys, "run", "r", config, str(tmp_path / "out"))
     one_line_error(code, err, "'toy' is a section", "toy.tag=...")
     assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "out").exists()
+
+
+# 6. Values read as written, and files kept as the user made them.
+
+
+def test_text_inside_a_list_of_records_stays_text(tmp_path, capsys, toy):
+    """YAML 1.1 would read these names as False, 493 and True; the rate still reads as a number."""
+    out = tmp_path / "t.yaml"
+    mixture = "training.dataset=[{name: no, rate: 2}, {name: 0755}, {name: on}]"
+    assert cli(capsys, "configure", "toy/echo", str(out), mixture, "toy.tag=x")[0] == 0
+    dataset = read_yaml(out)["config"]["training"]["dataset"]
+    assert dataset == [
+        {"name": "no", "rate": 2.0},
+        {"name": "0755", "rate": 1.0},
+        {"name": "on", "rate": 1.0},
+    ]
+
+
+def test_numbers_read_as_people_write_them(tmp_path, capsys, toy):
+    out = tmp_path / "t.yaml"
+    args = ("configure", "toy/echo", str(out), "toy.tag=x")
+    assert cli(capsys, *args, "logging.checkpoint_interval=0100")[0] == 0  # not octal 64
+    assert read_yaml(out)["config"]["logging"]["checkpoint_interval"] == 100
+    out.unlink()
+    code, err = cli(capsys, *args, "logging.checkpoint_interval=1:04")  # not base-60 64
+    one_line_error(code, err, "logging.checkpoint_interval: expected int, got '1:04'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["configure", "run"])
+def test_a_forgotten_path_is_not_taken_from_the_settings(
+    tmp_path, capsys, toy, command, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "t.yaml"
+    assert cli(capsys, "configure", "toy/echo", str(config), "toy.tag=x")[0] == 0
+    args = (
+        ["toy/echo", "toy.mode=slow"]
+        if command == "configure"
+        else ["n", str(config), "toy.mode=slow"]
+    )
+    code, err = cli(capsys, command, *args)
+    one_line_error(code, err, "'toy.mode=slow' is a KEY=VALUE setting, not a path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
+
+
+def test_updating_in_place_keeps_the_users_comments_or_refuses(tmp_path, capsys, toy):
+    mine = tmp_path / "mine.yaml"
+    assert cli(capsys, "configure", "toy/echo", str(mine), "toy.tag=a")[0] == 0
+    text = "# my run for the paper\n" + mine.read_text()
+    mine.write_text(text)
+    code, err = cli(capsys, "configure", "toy/echo", str(mine), "-p", str(mine), "toy.tag=b")
+    one_line_error(code, err, "would drop your comment '# my run for the paper'", "--force")
+    assert mine.read_text() == text
+    assert (
+        cli(capsys, "configure", "toy/echo", str(mine), "-p", str(mine), "toy.tag=b", "--force")[0]
+        == 0
+    )
+
+
+def test_a_linked_config_file_is_updated_where_it_lives(tmp_path, capsys, toy):
+    shared = tmp_path / "shared" / "t.yaml"
+    assert cli(capsys, "configure", "toy/echo", str(shared), "toy.tag=a")[0] == 0
+    link = tmp_path / "link.yaml"
+    link.symlink_to(shared)
+    assert cli(capsys, "configure", "toy/echo", str(link), "-p", str(link), "toy.tag=b")[0] == 0
+    assert link.is_symlink() and read_yaml(shared)["config"]["toy"]["tag"] == "b"
+
+
+@pytest.mark.parametrize(
+    ("previous", "message"),
+    [
+        ("job: toy/echo\nconfig: [1, 2]\n", "config must be a mapping, got list"),
+        ("job: [a]\nconfig: {}\n", "job must be a string, got ['a']"),
+        ("jobs: toy/echo\n", "unknown top-level key(s) jobs"),
+    ],
+)
+def test_configure_p_of_a_malformed_file_is_one_line(tmp_path, capsys, toy, previous, message):
+    old = tmp_path / "old.yaml"
+    old.write_text(previous)
+    code, err = cli(capsys, "configure", "toy/echo", str(tmp_path / "new.yaml"), "-p", str(old))
+    one_line_error(code, err, message)
+    assert not (tmp_path / "new.yaml").exists()
+
+
+def test_an_unclosed_interpolation_is_one_line(tmp_path, capsys, toy):
+    code, err = cli(capsys, "configure", "toy/echo", str(tmp_path / "t.yaml"), "toy.tag=a${b")
+    one_line_error(code, err, "toy.tag: 'a${b' holds a ${ that opens no valid interpolation")
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_a_section_emptied_by_hand_takes_its_defaults(tmp_path, capsys, toy):
+    config = tmp_path / "t.yaml"
+    config.write_text("job: toy/echo\nconfig:\n  toy: {tag: a}\n  logging:\n  optimization: {}\n")
+    assert cli(capsys, "run", "emptied", str(config), str(tmp_path / "out"))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("", "--load '': give a module name (my_project.models) or a .py file"),
+        ("..x", "--load '..x': give a module name"),
+        ("RAISES", "NameError at line 1: name 'undefined_name' is not defined"),
+    ],
+)
+def test_load_of_a_bad_name_or_of_code_that_raises_is_one_line(tmp_path, capsys, target, message):
+    raises = tmp_path / "raises.py"
+    raises.write_text("undefined_name\n")
+    target = str(raises) if target == "RAISES" else target
+    code, err = cli(capsys, "jobs", "--load", target)
+    one_line_error(code, err, message)

@@ -78,7 +78,7 @@ def test_field_without_path_is_refused():
     class Plain:
         x: int = 1
 
-    with pytest.raises(TypeError, match=r"theseus\.config\.field"):
+    with pytest.raises(UserError, match=r"Plain\.x must be declared with theseus\.config\.field"):
         C.Schema(Plain)
 
 

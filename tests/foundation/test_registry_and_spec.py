@@ -58,6 +58,8 @@ def test_chip_catalogue():
     assert {
         "cpu",
         "h100",
+        "h100-pcie",
+        "h100-nvl",
         "h200",
         "b200",
         "a100-40gb",

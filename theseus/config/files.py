@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,11 +74,29 @@ def _refuse_duplicates(constructor: yaml.constructor.BaseConstructor, node: yaml
 
 
 class StrictLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses a mapping giving the same key twice."""
+    """`yaml.SafeLoader` that refuses a mapping giving the same key twice, and reads numbers as
+    people write them: `0100` is 100 (not YAML 1.1's octal 64) and `1:30` is text (not base 60)."""
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         _refuse_duplicates(self, node)
         return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+    def construct_decimal_int(self, node: yaml.Node) -> Any:
+        text = str(self.construct_scalar(node))  # type: ignore[arg-type]
+        if ":" in text:
+            return text
+        digits = text.replace("_", "")
+        if re.fullmatch(r"[-+]?0[0-9]+", digits):
+            return int(digits, 10)
+        return self.construct_yaml_int(node)
+
+    def construct_plain_float(self, node: yaml.Node) -> Any:
+        text = str(self.construct_scalar(node))  # type: ignore[arg-type]
+        return text if ":" in text else self.construct_yaml_float(node)
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_decimal_int)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_plain_float)
 
 
 class StrictTextLoader(yaml.BaseLoader):
@@ -93,7 +112,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     errors."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -119,7 +138,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def atomic_write(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
     with atomic_output(Path(path)) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -129,6 +148,8 @@ def atomic_output(path: Path, what: str = "") -> Iterator[Path]:
     A failed write removes it and says why in one line (`what` names the writer, e.g. "plot")."""
     if path.name in ("", ".", ".."):
         raise UserError(f"cannot write {str(path)!r}: not a file name; give one, e.g. train.yaml")
+    if path.is_symlink():  # the file it links to is the one to update, the link stays
+        path = path.resolve()
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

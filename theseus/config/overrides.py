@@ -18,6 +18,7 @@ from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
     ConfigTypeError,
+    GrammarParseError,
     InterpolationResolutionError,
     OmegaConfBaseException,
     ValidationError,
@@ -115,6 +116,33 @@ def _is_text(kind: Any) -> bool:
     return typing.get_origin(kind) is dict and len(args) == 2 and _is_text(args[1])
 
 
+def _holds_text(kind: Any) -> bool:
+    """Whether some field inside a value of type `kind` is a string."""
+    kind = _optional(kind)[0]
+    if kind is str:
+        return True
+    if dataclasses.is_dataclass(kind):
+        return any(_holds_text(hint) for hint in typing.get_type_hints(kind).values())
+    return any(_holds_text(arg) for arg in typing.get_args(kind) if arg is not Ellipsis)
+
+
+def _typed(value: Any, kind: Any) -> Any:
+    """`value`, read with every scalar as text, with each scalar read by the type of its field:
+    text stays as written (a dataset named `no` is not False), the rest is read as YAML."""
+    inner, optional = _optional(kind)
+    if isinstance(value, str):
+        if optional and value in _NULLS:
+            return None
+        if inner is str:
+            return value
+        return yaml.load(value, Loader=StrictLoader) if value.strip() else None
+    if isinstance(value, list):
+        return [_typed(item, _item_type(inner, "0")) for item in value]
+    if isinstance(value, dict):
+        return {key: _typed(item, _item_type(inner, str(key))) for key, item in value.items()}
+    return value
+
+
 def _unquoted(raw: str) -> str:
     """A quoted string as YAML reads it (`'it''s'` -> `it's`); any other text as written."""
     text = raw.strip()
@@ -141,7 +169,10 @@ def _read_raw(text: str, raw: str, kind: Any) -> Any:
         return None
     text_only = _is_text(inner)
     try:
-        return yaml.load(raw, Loader=StrictTextLoader if text_only else StrictLoader)
+        if text_only or not _holds_text(inner):
+            return yaml.load(raw, Loader=StrictTextLoader if text_only else StrictLoader)
+        # records mixing text and other fields: each scalar read by the type of its field
+        return _typed(yaml.load(raw, Loader=StrictTextLoader), inner)
     except DuplicateKeyError as exc:
         raise ConfigError(
             f"bad override {text!r}: key {exc.key!r} is given twice; keep one"
@@ -332,6 +363,11 @@ def apply_override(schema: Schema, cfg: DictConfig, override: Override) -> None:
         if int(last) >= len(parent):
             raise ConfigError(f"{key}: index {last} is out of range (the list has {len(parent)})")
         del parent[int(last)]
+    except GrammarParseError:
+        raise ConfigError(
+            f"{key}: {value!r} holds a ${{ that opens no valid interpolation; write \\${{ for "
+            "a literal ${, or close it (${other.key})"
+        ) from None
     except (ValidationError, ConfigTypeError) as exc:
         raise _type_error(schema, key, value, exc) from None
     except (ConfigAttributeError, ConfigKeyError, IndexError, InterpolationResolutionError) as exc:
@@ -379,6 +415,8 @@ def merge_values(
     """
     dropped = []
     for key, value in flatten(values):
+        if value in (None, {}) and _section_keys(schema, key):
+            continue  # a section emptied by hand (`logging:`): its defaults
         if not _owned(schema, cfg, key):
             if strict:
                 raise _unknown([(schema, cfg)], key)

@@ -20,7 +20,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from theseus.errors import ConfigError, first_line
+from theseus.errors import ConfigError, UserError, first_line
 
 MISSING = "???"
 FIELD_PATH = "theseus_path"  # the metadata key of a field's place in the tree
@@ -121,13 +121,17 @@ class Schema:
         self._root = self._make_dataclass("config", sorted(self.entries))
 
     def _add(self, component: type) -> None:
+        # a job's or model's config class, often the user's own: its mistakes are theirs to fix
         if not dataclasses.is_dataclass(component):
-            raise TypeError(f"{component!r} is not a dataclass")
+            raise UserError(f"config component {component!r} is not a dataclass; decorate it")
         hints = typing.get_type_hints(component)
         owner = f"{component.__module__}.{component.__qualname__}"
         for f in dataclasses.fields(component):
             if FIELD_PATH not in f.metadata:
-                raise TypeError(f"{owner}.{f.name} must be declared with theseus.config.field()")
+                raise UserError(
+                    f'{owner}.{f.name} must be declared with theseus.config.field("section/'
+                    f'{f.name}", default=..., help=...)'
+                )
             key = f.metadata[FIELD_PATH].strip("/").replace("/", ".")
             entry = Entry(
                 key,

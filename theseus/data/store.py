@@ -409,7 +409,7 @@ class StoreWriter:
             "open": {s: asdict(o) for s, o in self.open.items()},
         }
         tmp = self.partial / (PROGRESS + ".tmp")
-        tmp.write_text(json.dumps(progress, sort_keys=True))
+        tmp.write_text(json.dumps(progress, sort_keys=True), encoding="utf-8")
         tmp.replace(self.partial / PROGRESS)
 
     def finish(self, extra_files: dict[str, Path] | None = None) -> TokenStore:
@@ -435,7 +435,7 @@ class StoreWriter:
         }
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, self.partial / name)
-        (self.partial / MANIFEST).write_text(self.manifest.to_json())
+        (self.partial / MANIFEST).write_text(self.manifest.to_json(), encoding="utf-8")
         (self.partial / PROGRESS).unlink()
         self.partial.replace(self.final)
         return TokenStore.open(

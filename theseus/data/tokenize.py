@@ -363,7 +363,7 @@ class TrainTokenizer(BasicJob[TokenizerTrainingConfig]):
         }
         record = out.with_name("settings.json")
         if out.exists() and not self.spec.fresh:
-            if record.is_file() and json.loads(record.read_text()) == settings:
+            if record.is_file() and json.loads(record.read_text(encoding="utf-8")) == settings:
                 _say(f"{out} was trained with these settings already; nothing to do")
                 return out
             raise UserError(

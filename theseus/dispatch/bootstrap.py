@@ -26,7 +26,7 @@ SIGNAL_SECONDS = 120
 
 def render(template: str, values: dict[str, str]) -> str:
     """Fill `{{NAME}}` placeholders; every name must be given (values are inserted verbatim)."""
-    text = (TEMPLATES / template).read_text()
+    text = (TEMPLATES / template).read_text(encoding="utf-8")
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 

@@ -61,7 +61,7 @@ def claimed(name: str) -> Iterator[None]:
     two submissions of one name at once would otherwise both start."""
     path = _path(name).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as lock:
+    with path.open("w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -75,7 +75,7 @@ def load(name: str) -> Record:
     if not path.exists():
         raise UserError(f"no submitted run named {name!r}; `theseus status` lists them")
     try:
-        return Record(**json.loads(path.read_text()))
+        return Record(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{path} is damaged ({exc}); delete it to forget this run") from None
 

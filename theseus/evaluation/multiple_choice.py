@@ -39,7 +39,7 @@ def read_items(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"multiple_choice: no such file {path} (eval.multiple_choice.path)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(
             f"multiple_choice: {path} is not UTF-8 text; give a JSON-lines file"

@@ -92,7 +92,9 @@ class Perplexity(Evaluation):
         source = self._source(tokenizer.identity)
         limit = self.config.max_tokens + 1
         if isinstance(source, Path):
-            tokens = np.asarray(tokenizer.encode(source.read_text())[:limit], np.int64)
+            tokens = np.asarray(
+                tokenizer.encode(source.read_text(encoding="utf-8"))[:limit], np.int64
+            )
         else:
             parts = []
             for part in source.memmaps(self.config.split):

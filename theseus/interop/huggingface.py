@@ -225,7 +225,7 @@ def _read_tensors(path: Path) -> dict[str, Array]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
-            names = set(json.loads(index.read_text())["weight_map"].values())
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         except (ValueError, KeyError, AttributeError, TypeError):
             raise UserError(f"{index} is not a safetensors index (no weight_map)") from None
         files = [path / name for name in sorted(names)]
@@ -261,7 +261,7 @@ def import_hf(path: str | Path, *, dtype: str = "float32") -> Transformer:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
-    hf = json.loads((path / "config.json").read_text())
+    hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
     kind = hf.get("model_type")
     if kind not in _LAYOUTS:
         raise UserError(
@@ -380,5 +380,7 @@ def export_hf(model: Transformer, path: str | Path, *, eot_id: int | None = None
     _safetensors().numpy.save_file(
         tensors, str(path / "model.safetensors"), metadata={"format": "pt"}
     )
-    (path / "config.json").write_text(json.dumps(_hf_config(layout, c, eot_id), indent=2) + "\n")
+    (path / "config.json").write_text(
+        json.dumps(_hf_config(layout, c, eot_id), indent=2) + "\n", encoding="utf-8"
+    )
     return path

@@ -109,7 +109,7 @@ def _wandb_id(run_dir: Path) -> str:
     path = run_dir / "wandb_id"
     if not path.is_file():
         atomic_write(path, secrets.token_hex(8))
-    return path.read_text().strip()
+    return path.read_text(encoding="utf-8").strip()
 
 
 class RunLog:
@@ -137,7 +137,7 @@ class RunLog:
         if not enabled:
             return
         with _writing(run_dir / "log.txt"):
-            self._log = (run_dir / "log.txt").open("a", buffering=1)
+            self._log = (run_dir / "log.txt").open("a", buffering=1, encoding="utf-8")
         if config.wandb:
             import wandb
 
@@ -189,7 +189,7 @@ class RunLog:
         if not self.enabled:
             return
         clean = {k: _finite(v) for k, v in values.items()}
-        with _writing(self.metrics_path), self.metrics_path.open("a") as f:
+        with _writing(self.metrics_path), self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
         step = int(values["step"])
         numbers = {k: v for k, v in values.items() if k != "step" and isinstance(v, int | float)}
