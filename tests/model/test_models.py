@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from theseus.model.layers.norms import layer_norm, rms_norm
 from theseus.model.models import GPT, Llama
-from theseus.model.sharding import RULES, make_mesh, spec_for, variable_shardings
+from theseus.model.sharding import RULES, make_mesh, spec_for, unsplit_axes, variable_shardings
 from theseus.registry import MODELS
 
 from .tiny import tiny
@@ -202,3 +202,14 @@ def test_variable_shardings_follow_the_rules():
         "fsdp", "tensor", None
     )
     assert spec_for(("batch", None), (8, 4), mesh) == P(("data", "fsdp"), None)
+
+
+def test_sizes_a_split_does_not_divide_are_reported():
+    """Those parameters stay whole: the run says so rather than claim a split it does not make.
+    Fewer key/value heads than tensor shards are not reported: their replication is by design."""
+    model = small(Llama, n_heads=4, n_kv_heads=2, d_ff=90)  # d_model 32
+    params = nnx.state(model, nnx.Param)
+    mesh = type("M", (), {"shape": {"data": 1, "fsdp": 3, "tensor": 4}})()
+    assert sorted(unsplit_axes(params, mesh)) == ["embed 32 over fsdp 3", "mlp 90 over tensor 4"]
+    fits = type("M", (), {"shape": {"data": 1, "fsdp": 2, "tensor": 4}})()
+    assert unsplit_axes(params, fits) == ["mlp 90 over tensor 4"]

@@ -81,3 +81,17 @@ def test_later_runs_of_one_process_keep_its_devices_or_say_so(root):
     assert lines["q-c"].startswith(f"q-c {needs} and this run needs 1"), lines
     assert lines["q-d"].startswith(f"q-d {needs} and this run needs 1"), lines
     assert "is ignored" not in done.stderr
+
+
+def test_a_split_the_model_sizes_do_not_divide_says_what_stays_whole(root, train_yaml):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_NUM_CPU_DEVICES": "-1"}
+    overrides = (*FLAT, "training.steps=1", "training.batch_size=6", "parallel.fsdp=3")
+    proc = spawn(cli_args("fsdp3", train_yaml, root, *overrides), env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "[data 1, fsdp 3, tensor 1]" in out
+    assert (
+        "warning: parameters stay whole on every device along these axes, whose sizes do not "
+        in out
+    )
+    assert "split: embed 32 over fsdp 3;" in out

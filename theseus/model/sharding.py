@@ -63,6 +63,22 @@ def spec_for(
     return PartitionSpec(*out)
 
 
+def unsplit_axes(state: nnx.State, mesh: Mesh) -> list[str]:
+    """The logical axes of `state`'s variables whose sizes their mesh axes do not divide, so
+    that those variables stay whole along them (see `spec_for`): `"embed 36 over fsdp 8"`, once
+    each. Key/value heads fewer than the tensor shards are left out: grouped-query attention
+    replicates them by design."""
+    found: dict[str, None] = {}
+    for variable in jax.tree.leaves(state, is_leaf=_is_variable):
+        for name, dim in zip(logical_axes(variable) or (), variable.shape, strict=False):
+            target = RULES.get(name) if name not in (None, "kv_heads") else None
+            names = (target,) if isinstance(target, str) else tuple(target or ())
+            size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+            if size > 1 and dim % size:
+                found[f"{name} {dim} over {' x '.join(names)} {size}"] = None
+    return list(found)
+
+
 def variable_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     """`state` (abstract or concrete) with each variable's value replaced by its NamedSharding on
     `mesh`, from its logical axes; variables without axes (RNG counters) are replicated."""

@@ -33,6 +33,7 @@ from theseus.model.sharding import (
     abstract_with,
     mirror_shardings,
     param_initializer,
+    unsplit_axes,
 )
 from theseus.training.loop import TrainingLoop
 from theseus.training.metrics import LoggingConfig, RunLog
@@ -518,6 +519,15 @@ class Session:
             f"[data {self.layout.data}, fsdp {self.layout.fsdp}, tensor {self.layout.tensor}]; "
             f"schedule {self.schedule_name}; compiled in {compile_s:.1f}s; peak {peak / 1e12:.2f} TFLOP/s ({peak_source})"
         )
+        if self.layout.fsdp * self.layout.tensor > 1:
+            abstract = nnx.state(nnx.eval_shape(self._create), nnx.Param)
+            unsplit = unsplit_axes(abstract, self.mesh)
+            if unsplit:
+                log.info(
+                    "warning: parameters stay whole on every device along these axes, whose "
+                    f"sizes do not split: {', '.join(unsplit)}; choose sizes the splits divide "
+                    "(or fewer parallel.fsdp / parallel.tensor shards) to shard them"
+                )
         asked, devices = self.spec.request, jax.devices()
         here = chip_of(devices[0])
         kind = here.name if here is not None else devices[0].platform
