@@ -204,7 +204,8 @@ class Layout:
         if n_devices % (fsdp * tensor):
             raise UserError(
                 f"{n_devices} devices do not split into fsdp={fsdp} x tensor={tensor}; "
-                f"choose parallel.fsdp and --n_shards whose product divides {n_devices}"
+                f"choose parallel.fsdp and parallel.tensor (or --n_shards) whose product divides "
+                f"{n_devices}, or on a CPU set parallel.cpu_devices to a multiple of {fsdp * tensor}"
             )
         return cls(n_devices // (fsdp * tensor), fsdp, tensor)
 
