@@ -181,7 +181,7 @@ def configure(
             )
     override([stage], list(overrides))
     if in_place and out.exists() and not force:
-        _refuse_dropping_comments(out, stage.to_yaml())
+        _refuse_dropping_comments(out, stage.to_yaml(), job)
     stage.save(out)  # checks the values first
     missing = C.missing_keys(stage.cfg)
     _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
@@ -233,7 +233,7 @@ def run(
     run_stages(pipeline, spec)
 
 
-def _refuse_dropping_comments(path: Path, text: str) -> None:
+def _refuse_dropping_comments(path: Path, text: str, job: str) -> None:
     """The file is written anew from its values: comment lines of the user's would be lost."""
     written = {line.strip() for line in text.splitlines()}
     theirs = [
@@ -245,7 +245,7 @@ def _refuse_dropping_comments(path: Path, text: str) -> None:
         more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
         raise UserError(
             f"updating {path} in place would drop your comment {theirs[0]!r}{more}; write a new "
-            f"file (theseus configure JOB NEW.yaml -p {path}), or pass --force to drop them"
+            f"file (theseus configure {job} NEW.yaml -p {path}), or pass --force to drop them"
         )
 
 
