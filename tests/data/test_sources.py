@@ -270,7 +270,11 @@ def test_a_name_lookup_that_hangs_is_no_answer_within_the_timeout(monkeypatch: p
 
     from theseus.data.datasets.hub import url_reachable
 
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(30))
+    def hang(*args, **kwargs):
+        time.sleep(30)
+        raise socket.gaierror("the name lookup timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
     start = time.perf_counter()
     reason = url_reachable("https://example.invalid/x", timeout=1)
     assert time.perf_counter() - start < 3

@@ -38,7 +38,7 @@ def url_reachable(url: str, timeout: float = _TIMEOUT_S) -> str | None:
             urllib.request.urlopen(request, timeout=timeout).close()
         except urllib.error.HTTPError:
             pass  # any HTTP answer means the server is there
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever stopped the request, the server did not answer
             answer.append(f"{server} unreachable: {getattr(exc, 'reason', exc)}")
             return
         answer.append(None)
