@@ -173,3 +173,28 @@ def test_submit_fresh_starts_over_once_and_a_requeued_job_resumes(
     relative = cli("submit", *args, "--restore", "output/runs/default/default/x", "--dry-run")
     assert relative.returncode == 2
     assert "--restore output/runs/default/default/x is relative to this folder" in relative.stderr
+
+
+@pytest.mark.parametrize("host", ["local", "box"])
+def test_a_finished_run_whose_process_id_is_reused_stays_finished(
+    shared: Path, home: Path, count_yaml: Path, host: str
+) -> None:
+    """Once a job has ended, its process id may be given to another process: that one is not
+    taken for the job, by `status` or by `cancel`."""
+    root, work = shared / "output", shared / "work"
+    box = write_dispatch(home.parent / "reuse.yaml", root, work, hosts=["box"])
+    name = f"reused-{host}-" + uuid.uuid4().hex[:6]
+    where = ["--cluster", "local"] if host == "local" else ["--exclude-cluster", "local"]
+    args = [name, str(count_yaml), "--load", COUNTJOB, "-d", str(box), *where, "count.steps=2"]
+    assert cli("submit", *args).returncode == 0
+    wait_state(name, ("completed",))
+    stranger = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        pid_file = Path(records.load(name).job_dir) / "pid"
+        assert len(pid_file.read_text().split()) == 2  # the id and the start time
+        pid_file.write_text(f"{stranger.pid} 1\n")  # that id, given since to another process
+        assert state_of(name) == "completed"
+        cli("cancel", name)
+        assert stranger.poll() is None, "cancel killed a process that is not the job"
+    finally:
+        stranger.kill()

@@ -2,10 +2,12 @@
 # Print the indices of GPUs that run no compute process and are not reserved by a live job.
 # $1: the folder of reservations (one file per GPU index holding the job's process id).
 set -euo pipefail
+# ours FILE: whether the process FILE names (id and start time, see launch.sh) still runs
+ours() { read -r p s <"$1" 2>/dev/null && kill -0 "$p" 2>/dev/null && { [ -z "$s" ] || [ "$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f20)" = "$s" ]; }; }
 command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found on $(hostname)" >&2; exit 3; }
 busy=$(nvidia-smi --query-compute-apps=gpu_uuid --format=csv,noheader 2>/dev/null || true)
 nvidia-smi --query-gpu=index,uuid --format=csv,noheader | while IFS=', ' read -r index uuid; do
   if printf '%s\n' "$busy" | grep -qxF "$uuid"; then continue; fi
-  if [ -s "$1/$index" ] && kill -0 "$(cat "$1/$index")" 2>/dev/null; then continue; fi
+  if [ -s "$1/$index" ] && ours "$1/$index"; then continue; fi
   echo "$index"
 done

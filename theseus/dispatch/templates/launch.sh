@@ -36,9 +36,11 @@ if [ "$N_GPUS" -gt 0 ]; then
 fi
 setsid bash {{RUN}} </dev/null >>{{LOG}} 2>&1 &
 pid=$!
-echo "$pid" >"$JOB_DIR/pid"
+# with its start time: once it has ended, its id may be given to another process
+start=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f20 || true)
+echo "$pid $start" >"$JOB_DIR/pid"
 if [ "$N_GPUS" -gt 0 ]; then
-  for gpu in ${chosen//,/ }; do echo "$pid" >"$GPU_DIR/$gpu"; done
+  for gpu in ${chosen//,/ }; do echo "$pid $start" >"$GPU_DIR/$gpu"; done
   flock -u 8
 fi
 echo "$pid"
