@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import yaml
 
 from tests.dispatch.conftest import COUNTJOB, HOSTILE, state_of, wait_state, write_dispatch
 from theseus.cli import main
+from theseus.dispatch import config as dispatch_config
 
 CLUSTER = {"root": "/shared/out", "work": "/shared/work"}
 SLURM_HOST = {
@@ -329,3 +332,117 @@ def test_submit_fresh_of_a_run_submitted_before_needs_overwrite(
     )
     assert main([*args, "--fresh", "--dry-run", "training.overwrite=true"]) == 0
     assert main([*args, "--dry-run"]) == 0  # resuming needs nothing
+
+
+def _project_repository(path: Path) -> Path:
+    """A git repository holding the files a job installs from and the count job, committed."""
+    path.mkdir()
+    (path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (path / "uv.lock").write_text("")
+    (path / "countjob.py").write_text(Path(__file__).with_name("countjob.py").read_text())
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=path, check=True
+        )
+    return path
+
+
+def test_load_files_are_checked_against_the_snapshot(tmp_path: Path, count_yaml: Path) -> None:
+    """A file given to --load must be in the code the job runs, and is named as it is there,
+    whichever folder of the repository the submit runs from."""
+    repo = _project_repository(tmp_path / "repo")
+    (repo / "sub").mkdir()
+    (repo / "untracked.py").write_text("x = 1\n")
+    (tmp_path / "outside.py").write_text("y = 1\n")
+    dispatch = tmp_path / "d.yaml"
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": {"root": "/o", "work": "/w"}}}))
+
+    def submit(*loads: str) -> subprocess.CompletedProcess:
+        args = ["submit", "c", str(count_yaml), "-d", str(dispatch), "--dry-run"]
+        for load in ("../countjob.py", *loads):
+            args += ["--load", load]
+        env = {**os.environ, "THESEUS_HOME": str(tmp_path / "home")}
+        command = [sys.executable, "-m", "theseus.cli", *args]
+        return subprocess.run(command, cwd=repo / "sub", env=env, capture_output=True, text=True)
+
+    done = submit()
+    assert done.returncode == 0, done.stderr
+    assert "--load countjob.py" in done.stdout and "../countjob.py" not in done.stdout
+    refused = submit("../untracked.py")
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: --load ../untracked.py: not a file of the snapshot of {repo} (it is untracked: "
+        "commit it, or pass --untracked)\n"
+    )
+    outside = submit(str(tmp_path / "outside.py"))
+    assert outside.returncode == 2 and "outside " in outside.stderr
+    assert "move it into the repository" in outside.stderr
+
+
+def test_submit_from_a_repository_that_is_not_a_project_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    train = tmp_path / "train.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
+    repo = tmp_path / "notes"
+    repo.mkdir()
+    (repo / "a.txt").write_text("notes")
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True
+        )
+    monkeypatch.chdir(repo)
+    dispatch = tmp_path / "d.yaml"
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": {"root": "/o", "work": "/w"}}}))
+    capsys.readouterr()
+    args = ["submit", "t", str(train), "-d", str(dispatch), "--chip", "cpu", "-n", "1"]
+    assert main([*args, "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {repo} has no pyproject.toml or uv.lock at its top, which the job installs from"
+    )
+
+
+def test_a_word_that_names_something_here_is_not_taken_for_a_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """`eval.perplexity.split: val` is a word; a folder named val here changes nothing."""
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    train = tmp_path / "train.yaml"
+    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
+    (tmp_path / "val").mkdir()
+    monkeypatch.chdir(tmp_path)
+    dispatch = tmp_path / "d.yaml"
+    local = {"root": str(tmp_path / "o"), "work": str(tmp_path / "w")}
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": local}}))
+    capsys.readouterr()
+    args = ["submit", "t", str(train), "-d", str(dispatch), "--chip", "cpu", "-n", "1", "--dry-run"]
+    code = main(args)
+    assert "is relative to this folder" not in capsys.readouterr().err
+    assert code == 2  # this folder is no repository: refused for that, not for the word
+
+
+def test_records_being_written_and_unusable_homes_are_handled(tmp_path: Path, monkeypatch) -> None:
+    from theseus.dispatch import records
+    from theseus.errors import UserError
+
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
+    runs = tmp_path / "home" / "runs"
+    runs.mkdir(parents=True)
+    (runs / ".a.tmp.json").write_text("{")  # a record half-written, or cut short by a kill
+    assert records.all_records() == []
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "afile"))
+    with (
+        pytest.raises(UserError, match="set THESEUS_HOME to a writable folder"),
+        records.claimed("a"),
+    ):
+        pass
+    for bad, why in ((b"\xff\xfe\n", "not UTF-8 text"), (None, "Is a directory")):
+        target = tmp_path / "dispatch.yaml"
+        if bad is None:
+            target.unlink()
+            target.mkdir()
+        else:
+            target.write_bytes(bad)
+        with pytest.raises(UserError, match=f"cannot read the dispatch file {target} \\({why}"):
+            dispatch_config.load(target)

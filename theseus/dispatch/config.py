@@ -281,9 +281,12 @@ def load(path: str | Path | None = None) -> DispatchConfig:
             raise UserError(f"no dispatch file {target}; see examples/dispatch.yaml for one")
         return DispatchConfig()
     try:
-        data = yaml.load(
-            target.read_text(encoding="utf-8"), Loader=StrictLoader
-        )  # refuses a key given twice
+        text = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
+        raise UserError(f"cannot read the dispatch file {target} ({why})") from None
+    try:
+        data = yaml.load(text, Loader=StrictLoader)  # refuses a key given twice
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

@@ -60,8 +60,15 @@ def claimed(name: str) -> Iterator[None]:
     """Hold run name `name` while a submission checks its previous run and records the new one:
     two submissions of one name at once would otherwise both start."""
     path = _path(name).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as lock:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(
+            f"cannot keep run records in {path.parent} ({exc.strerror or exc}); set THESEUS_HOME "
+            "to a writable folder"
+        ) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -82,5 +89,7 @@ def load(name: str) -> Record:
 
 def all_records() -> list[Record]:
     folder = home() / "runs"
-    names = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    found = folder.glob("*.json") if folder.exists() else []
+    # a dot-file is a record being written (atomic_write's temporary file), not a run
+    names = sorted(p.stem for p in found if not p.name.startswith("."))
     return sorted((load(n) for n in names), key=lambda r: r.submitted_at)

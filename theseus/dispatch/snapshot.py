@@ -87,7 +87,7 @@ def take(repo: Path, *, clean: bool = False, untracked: bool = False) -> Snapsho
             mode, kind, sha = meta.split()
             if kind != b"blob" or mode == b"120000":
                 continue
-            files[path.decode()] = (
+            files[_name(path)] = (
                 0o755 if mode == b"100755" else 0o644,
                 _git(repo, "cat-file", "blob", sha.decode()),
             )
@@ -100,7 +100,7 @@ def take(repo: Path, *, clean: bool = False, untracked: bool = False) -> Snapsho
             *(["--others", "--exclude-standard"] if untracked else []),
         )
         for raw in sorted(set(listing.split(b"\0")) - {b""}):
-            name = raw.decode()
+            name = _name(raw)
             path = repo / name
             if path.is_symlink() or not path.is_file():
                 continue  # deleted in the working tree, a submodule, or a link
@@ -110,3 +110,13 @@ def take(repo: Path, *, clean: bool = False, untracked: bool = False) -> Snapsho
         digest.update(f"{name}\0{mode:o}\0{len(content)}\0".encode())
         digest.update(content)
     return Snapshot(digest.hexdigest()[:20], files)
+
+
+def _name(raw: bytes) -> str:
+    """A repository path as text; one that is not UTF-8 cannot be named in the job's files."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{os.fsdecode(raw)!r} in the repository is not a UTF-8 file name; rename it"
+        ) from None

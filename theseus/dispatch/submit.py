@@ -115,7 +115,7 @@ def _refuse_relative_paths(stage: Stage) -> None:
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(v, f"{key}.{i}")
-        elif isinstance(value, str) and value and "://" not in value:
+        elif isinstance(value, str) and _names_a_file(value):
             path = Path(value).expanduser()
             if not path.is_absolute() and (path.exists() or glob.glob(str(path))):
                 raise UserError(
@@ -124,6 +124,14 @@ def _refuse_relative_paths(stage: Stage) -> None:
                 )
 
     walk(OmegaConf.to_container(stage.cfg, resolve=True), "")
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether a setting's text is written as a path (`data/x.txt`, `notes.jsonl`, `./x`),
+    rather than a word that happens to name something in this folder (`val`, `gelu`)."""
+    if not value or "://" in value:
+        return False
+    return "/" in value or value.startswith((".", "~")) or bool(Path(value).suffix)
 
 
 def _fits_one(
@@ -239,18 +247,19 @@ def submit(
     host = placement.host
     repo = repository_root()
     snapshot = take(repo, clean=not dirty, untracked=untracked)
-    for load in loads:
-        if not (repo / load).is_file() and "/" in load:
-            raise UserError(
-                f"--load {load}: not a file of the snapshot; give a path relative to {repo}"
-            )
+    missing = [f for f in ("pyproject.toml", "uv.lock") if f not in snapshot.files]
+    if missing:
+        raise UserError(
+            f"{repo} has no {' or '.join(missing)} at its top, which the job installs from; "
+            "submit from a checkout of the project that uses theseus"
+        )
     cluster = placement.cluster
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     run_args = ["-p", project, "-g", group]
     if restore:
         run_args += ["--restore", restore]
     for load in loads:
-        run_args += ["--load", load]
+        run_args += ["--load", _load_in_snapshot(load, repo, snapshot.files, untracked)]
     job = bootstrap.job_files(
         name=name,
         job_dir=f"{cluster.work}/jobs/{name}/{stamp}",
@@ -301,6 +310,27 @@ def submit(
         )
         records.save(record)
     return Submission(placement, job, record, sent, passed_over)
+
+
+def _load_in_snapshot(
+    load: str, repo: Path, files: dict[str, tuple[int, bytes]], untracked: bool
+) -> str:
+    """What `--load` names inside the job's copy of the code: a module name as given, a file
+    (loaded here from this folder) as its path in the snapshot, which must hold it."""
+    if not (load.endswith(".py") or "/" in load):
+        return load
+    path = Path(load).expanduser().resolve()
+    try:
+        inside = path.relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        raise UserError(
+            f"--load {load}: outside {repo}, so not in the code the job runs; move it into the "
+            "repository"
+        ) from None
+    if inside not in files:
+        hint = " (it is untracked: commit it, or pass --untracked)" if not untracked else ""
+        raise UserError(f"--load {load}: not a file of the snapshot of {repo}{hint}")
+    return inside
 
 
 def _previous(name: str) -> records.Record | None:

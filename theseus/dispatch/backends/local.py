@@ -9,13 +9,12 @@ from theseus.dispatch.backends import Backend, LaunchRefused, Shell, check, env_
 from theseus.dispatch.bootstrap import JobFiles
 from theseus.dispatch.records import Record
 
-
 # `ours FILE`: whether the process FILE names still runs, by its id and start time (launch.sh):
 # once a job has ended, its id may be given to another process, which must not pass for it
 OURS = (
-    "ours() { read -r p s <\"$1\" 2>/dev/null && kill -0 \"$p\" 2>/dev/null && "
-    "{ [ -z \"$s\" ] || [ \"$(sed 's/.*) //' \"/proc/$p/stat\" 2>/dev/null | cut -d' ' -f20)\" "
-    "= \"$s\" ]; }; }"
+    'ours() { read -r p s <"$1" 2>/dev/null && kill -0 "$p" 2>/dev/null && '
+    '{ [ -z "$s" ] || [ "$(sed \'s/.*) //\' "/proc/$p/stat" 2>/dev/null | cut -d\' \' -f20)" '
+    '= "$s" ]; }; }'
 )
 
 
