@@ -162,7 +162,7 @@ def test_a_job_killed_outright_does_not_keep_the_volume_mounted(volume, count_ya
     assert cli("submit", "jfs-last", str(count_yaml), *args, "count.steps=4").returncode == 0
     wait_until(lambda: "already mounted by theseus" in cli("logs", "jfs-last").stdout, timeout=240)
     # The job that mounted the volume dies without a chance to leave it (kill -9 of its processes).
-    pid = int(Path(records.load("jfs-killed").job_dir, "pid").read_text())
+    pid = int(Path(records.load("jfs-killed").job_dir, "pid").read_text().split()[0])
     os.killpg(pid, signal.SIGKILL)
     assert wait_state("jfs-last", ("completed", "failed")) == "completed"
     log = cli("logs", "jfs-last").stdout
