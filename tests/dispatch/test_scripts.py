@@ -314,13 +314,8 @@ def test_submit_fresh_of_a_run_submitted_before_needs_overwrite(
     """Refused here, as the trainer would refuse it on the host once it found the checkpoints."""
     from theseus.dispatch import records
 
-    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
-    train = tmp_path / "train.yaml"
-    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
-    root = str(tmp_path / "out")
-    dispatch = tmp_path / "d.yaml"
-    local = {"root": root, "work": str(tmp_path / "work")}
-    dispatch.write_text(yaml.safe_dump({"clusters": {"local": local}}))
+    train, dispatch = _local_submission(tmp_path, monkeypatch)
+    root = str(tmp_path / "o")
     before = records.Record("again", "local", "local", "1", "/j", root, "default", "default", "s")
     records.save(before)
     args = ["submit", "again", str(train), "-d", str(dispatch), "--chip", "cpu", "-n", "1"]
@@ -334,12 +329,11 @@ def test_submit_fresh_of_a_run_submitted_before_needs_overwrite(
     assert main([*args, "--dry-run"]) == 0  # resuming needs nothing
 
 
-def _project_repository(path: Path) -> Path:
-    """A git repository holding the files a job installs from and the count job, committed."""
+def _git_repository(path: Path, files: dict[str, str]) -> Path:
+    """A git repository at `path` holding `files` (name -> text), committed."""
     path.mkdir()
-    (path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    (path / "uv.lock").write_text("")
-    (path / "countjob.py").write_text(Path(__file__).with_name("countjob.py").read_text())
+    for name, text in files.items():
+        (path / name).write_text(text)
     for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
         subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=path, check=True
@@ -350,7 +344,9 @@ def _project_repository(path: Path) -> Path:
 def test_load_files_are_checked_against_the_snapshot(tmp_path: Path, count_yaml: Path) -> None:
     """A file given to --load must be in the code the job runs, and is named as it is there,
     whichever folder of the repository the submit runs from."""
-    repo = _project_repository(tmp_path / "repo")
+    countjob = Path(__file__).with_name("countjob.py").read_text()
+    project = {"pyproject.toml": "[project]\nname = 'x'\n", "uv.lock": "", "countjob.py": countjob}
+    repo = _git_repository(tmp_path / "repo", project)
     (repo / "sub").mkdir()
     (repo / "untracked.py").write_text("x = 1\n")
     (tmp_path / "outside.py").write_text("y = 1\n")
@@ -378,22 +374,23 @@ def test_load_files_are_checked_against_the_snapshot(tmp_path: Path, count_yaml:
     assert "move it into the repository" in outside.stderr
 
 
-def test_submit_from_a_repository_that_is_not_a_project_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
-) -> None:
+def _local_submission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A GPT config and a dispatch file naming only this machine (outputs under tmp_path/o)."""
     monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
     train = tmp_path / "train.yaml"
     assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
-    repo = tmp_path / "notes"
-    repo.mkdir()
-    (repo / "a.txt").write_text("notes")
-    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
-        subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True
-        )
-    monkeypatch.chdir(repo)
     dispatch = tmp_path / "d.yaml"
-    dispatch.write_text(yaml.safe_dump({"clusters": {"local": {"root": "/o", "work": "/w"}}}))
+    local = {"root": str(tmp_path / "o"), "work": str(tmp_path / "w")}
+    dispatch.write_text(yaml.safe_dump({"clusters": {"local": local}}))
+    return train, dispatch
+
+
+def test_submit_from_a_repository_that_is_not_a_project_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    train, dispatch = _local_submission(tmp_path, monkeypatch)
+    repo = _git_repository(tmp_path / "notes", {"a.txt": "notes"})
+    monkeypatch.chdir(repo)
     capsys.readouterr()
     args = ["submit", "t", str(train), "-d", str(dispatch), "--chip", "cpu", "-n", "1"]
     assert main([*args, "--dry-run"]) == 2
@@ -406,14 +403,9 @@ def test_a_word_that_names_something_here_is_not_taken_for_a_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     """`eval.perplexity.split: val` is a word; a folder named val here changes nothing."""
-    monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
-    train = tmp_path / "train.yaml"
-    assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
+    train, dispatch = _local_submission(tmp_path, monkeypatch)
     (tmp_path / "val").mkdir()
     monkeypatch.chdir(tmp_path)
-    dispatch = tmp_path / "d.yaml"
-    local = {"root": str(tmp_path / "o"), "work": str(tmp_path / "w")}
-    dispatch.write_text(yaml.safe_dump({"clusters": {"local": local}}))
     capsys.readouterr()
     args = ["submit", "t", str(train), "-d", str(dispatch), "--chip", "cpu", "-n", "1", "--dry-run"]
     code = main(args)
