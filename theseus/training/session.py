@@ -33,11 +33,10 @@ from theseus.model.sharding import (
     abstract_with,
     mirror_shardings,
     param_initializer,
-    unsplit_axes,
 )
 from theseus.training.loop import TrainingLoop
 from theseus.training.metrics import LoggingConfig, RunLog
-from theseus.training.mfu import MEASURED, chip_of, peak_flops
+from theseus.training.mfu import MEASURED, peak_flops
 from theseus.training.optimizers import OptimizerConfig, make_optimizer
 from theseus.training.plan import (
     Plan,
@@ -48,6 +47,7 @@ from theseus.training.plan import (
     step_memory,
 )
 from theseus.training.plot import plot_runs
+from theseus.training.report import start_report
 from theseus.training.schedules import make_schedule
 from theseus.training.step import make_eval_step, make_train_step
 
@@ -512,36 +512,8 @@ class Session:
     ) -> dict[str, Any]:
         log, plan = self.log, self.plan  # compiling may have lowered the per-device batch
         peak, peak_source = peak_flops(jax.devices(), self.process_count)
-        log.info(
-            f"{self.spec.name}: {plan.steps} steps x {plan.global_batch} seqs x {plan.seq_len} tokens "
-            f"(per device {plan.per_device_batch}, accumulation {plan.accumulation}) on "
-            f"{self.layout.n_devices} {jax.devices()[0].platform} device(s) "
-            f"[data {self.layout.data}, fsdp {self.layout.fsdp}, tensor {self.layout.tensor}]; "
-            f"schedule {self.schedule_name}; compiled in {compile_s:.1f}s; peak {peak / 1e12:.2f} TFLOP/s ({peak_source})"
-        )
-        if self.layout.fsdp * self.layout.tensor > 1:
-            abstract = nnx.state(nnx.eval_shape(self._create), nnx.Param)
-            unsplit = unsplit_axes(abstract, self.mesh)
-            if unsplit:
-                log.info(
-                    "warning: parameters stay whole on every device along these axes, whose "
-                    f"sizes do not split: {', '.join(unsplit)}; choose sizes the splits divide "
-                    "(or fewer parallel.fsdp / parallel.tensor shards) to shard them"
-                )
-        asked, devices = self.spec.request, jax.devices()
-        here = chip_of(devices[0])
-        kind = here.name if here is not None else devices[0].platform
-        if asked.chip and (asked.chip != kind or (asked.n or len(devices)) != len(devices)):
-            log.info(
-                f"note: the config asks for {asked.n or 'some'} x {asked.chip}; it runs here on "
-                f"{len(devices)} x {kind} (the same global batch, so the same training, at "
-                "another speed)"
-            )
-        if self.schedule_name != "constant" and self.optim.warmup_steps >= plan.steps:
-            log.info(
-                f"warning: optimization.warmup_steps={self.optim.warmup_steps} covers the whole run "
-                f"({plan.steps} steps), so the learning rate never decays; lower warmup_steps"
-            )
+        for line in start_report(self, compile_s, peak, peak_source):
+            log.info(line)
         val_batches = self._validation_batches()
         summary = {"compile_s": compile_s, "peak_flops": peak, "peak_source": peak_source}
         barrier("theseus-first-step")  # compiling can take each process a different time
