@@ -81,3 +81,21 @@ def test_unchanged_content_is_not_sent_again(repo: Path, tmp_path: Path) -> None
     changed = take(repo)
     assert backend.ship_snapshot(changed, f"{target}/{changed.id}") is True
     assert sorted(p.name for p in Path(target).iterdir()) == sorted([snap.id, changed.id])
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["working-tree", "clean"])
+def test_a_link_travels_as_the_file_it_names_and_one_leading_outside_is_refused(
+    repo: Path, tmp_path: Path, clean: bool
+) -> None:
+    (repo / "alias.py").symlink_to("a.py")
+    git(repo, "add", "alias.py")
+    git(repo, "commit", "-qm", "link")
+    assert take(repo, clean=clean).files["alias.py"] == (0o644, b"A = 1\n")
+    (tmp_path / "outside.py").write_text("B = 2\n")
+    (repo / "away.py").symlink_to(tmp_path / "outside.py")
+    git(repo, "add", "away.py")
+    git(repo, "commit", "-qm", "away")
+    with pytest.raises(
+        UserError, match=r"away\.py in .* links outside it .*commit the file itself"
+    ):
+        take(repo, clean=clean)

@@ -85,9 +85,14 @@ def take(repo: Path, *, clean: bool = False, untracked: bool = False) -> Snapsho
                 continue
             meta, path = line.split(b"\t", 1)
             mode, kind, sha = meta.split()
-            if kind != b"blob" or mode == b"120000":
+            if kind != b"blob":
                 continue
-            files[_name(path)] = (
+            name = _name(path)
+            if mode == b"120000":  # the working tree is HEAD's here: its link's file is too
+                target = _linked_file(repo, name)
+                files[name] = (_mode(target), target.read_bytes())
+                continue
+            files[name] = (
                 0o755 if mode == b"100755" else 0o644,
                 _git(repo, "cat-file", "blob", sha.decode()),
             )
@@ -102,8 +107,10 @@ def take(repo: Path, *, clean: bool = False, untracked: bool = False) -> Snapsho
         for raw in sorted(set(listing.split(b"\0")) - {b""}):
             name = _name(raw)
             path = repo / name
-            if path.is_symlink() or not path.is_file():
-                continue  # deleted in the working tree, a submodule, or a link
+            if path.is_symlink():
+                path = _linked_file(repo, name)
+            elif not path.is_file():
+                continue  # deleted in the working tree, or a submodule
             files[name] = (_mode(path), path.read_bytes())
     digest = hashlib.sha256()
     for name, (mode, content) in sorted(files.items()):
@@ -120,3 +127,22 @@ def _name(raw: bytes) -> str:
         raise UserError(
             f"{os.fsdecode(raw)!r} in the repository is not a UTF-8 file name; rename it"
         ) from None
+
+
+def _linked_file(repo: Path, name: str) -> Path:
+    """The file the link `name` points to: the snapshot holds a copy of it under the link's name,
+    which must be a file of the repository (the job's copy of the code has nothing else)."""
+    target = (repo / name).resolve()
+    try:
+        target.relative_to(repo.resolve())
+    except ValueError:
+        raise UserError(
+            f"{name} in {repo} links outside it (to {target}), where the job's copy of the code "
+            "cannot follow; commit the file itself instead of the link"
+        ) from None
+    if not target.is_file():
+        raise UserError(
+            f"{name} in {repo} links to {target}, which is not a file; link a file, or commit "
+            "the files themselves"
+        )
+    return target
