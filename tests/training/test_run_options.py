@@ -340,3 +340,22 @@ def test_a_run_on_other_hardware_than_its_request_says_so(root, tmp_path, capsys
     assert main(["configure", "gpt/train/pretrain", str(gpu), "--chip", "h100", "-n", "8"]) == 0
     assert main(cli_args("elsewhere", gpu, root, *SHORT)) == 0
     assert "note: the config asks for 8 x h100; it runs here on 1 x cpu" in capsys.readouterr().err
+
+
+def test_a_stop_signal_in_the_last_step_ends_the_run_as_done(root, train_yaml, monkeypatch, capsys):
+    """Nothing is left to resume: exit 0 with the final checkpoint, not 75 with a stop one."""
+    from theseus.base.stopping import StopSignals
+
+    enter = StopSignals.__enter__
+
+    def signalled(self):
+        entered = enter(self)
+        self.signal_name = "SIGTERM"  # as if it came while the only step ran
+        return entered
+
+    monkeypatch.setattr(StopSignals, "__enter__", signalled)
+    assert main(cli_args("last-step", train_yaml, root, "training.steps=1")) == 0
+    assert "stopped by" not in capsys.readouterr().err
+    assert sorted(p.name for p in ckpt_dir(root, "last-step").iterdir() if p.name.isdigit()) == [
+        "1"
+    ]

@@ -86,7 +86,8 @@ class TrainingLoop:
                 if evaluate_now:
                     with self._not_training():
                         self.last.update(s.run_evaluations(done))
-                if self._stop_requested(stop):
+                # a signal in the last step finds the run done: it ends as done, not stopped
+                if done < plan.steps and self._stop_requested(stop):
                     self._flush()
                     self._stop(done, stop.signal_name or "a signal")
         before = len(s.checkpointer.failures)
