@@ -31,7 +31,8 @@ def _env_int(name: str) -> int | None:
 def is_multiprocess() -> bool:
     """Whether the environment describes a job of several processes (THESEUS_NUM_PROCESSES or
     SLURM_NTASKS above 1). A coordinator alone does not: a SLURM job of one task names one too."""
-    if os.environ.get("THESEUS_COORDINATOR") and _env_int("THESEUS_NUM_PROCESSES") is None:
+    coordinated = os.environ.get("THESEUS_COORDINATOR")
+    if coordinated and None in (_env_int("THESEUS_NUM_PROCESSES"), _env_int("THESEUS_PROCESS_ID")):
         raise UserError(
             "THESEUS_COORDINATOR is set but THESEUS_NUM_PROCESSES or THESEUS_PROCESS_ID is not; set all three"
         )
@@ -145,17 +146,25 @@ def initialize_distributed() -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if coordinator:
-        if num_processes is None or process_id is None:
-            raise UserError(
-                "THESEUS_COORDINATOR is set but THESEUS_NUM_PROCESSES or THESEUS_PROCESS_ID is not; set all three"
-            )
+    if coordinator and num_processes is not None and process_id is not None:  # is_multiprocess
         if not 0 <= process_id < num_processes:
             raise UserError(f"THESEUS_PROCESS_ID={process_id} is outside 0..{num_processes - 1}")
         jax.distributed.initialize(coordinator, num_processes, process_id)
     else:
         jax.distributed.initialize()
     _initialized = True
+
+
+def gathered(flag: bool) -> Any:
+    """`flag` as each process of the job holds it (a numpy array; one process: its own)."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return np.array([flag])
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(np.array([flag]))
 
 
 def barrier(name: str, timeout_s: float = 900.0) -> None:

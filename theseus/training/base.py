@@ -238,9 +238,8 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         self.prepare_devices()
         try:
             with self._one_writer():
-                self.session = Session(
-                    self
-                )  # it starts the run over (--fresh) once nothing refuses
+                # the session starts the run over (--fresh) once nothing refuses
+                self.session = Session(self)
                 with StopSignals() as stop:
                     return self.session.train(stop)
         except jax.errors.JaxRuntimeError as exc:

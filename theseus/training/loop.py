@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from theseus.base.stopping import StoppedEarly, wait_interruptibly
+from theseus.base.topology import gathered
 from theseus.errors import UserError
 from theseus.training.metrics import summary_line
 
@@ -190,12 +191,7 @@ class TrainingLoop:
 
     def _stop_requested(self, stop: StopSignals) -> bool:
         """A signal reached this process, or (multi-process) any other: all stop together."""
-        flag = stop.signal_name is not None
-        if self.session.process_count == 1:
-            return flag
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+        return bool(gathered(stop.signal_name is not None).any())
 
     def _stop(self, step: int, reason: str) -> None:
         s = self.session

@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from theseus.base.topology import Layout, barrier
+from theseus.base.topology import Layout, barrier, gathered
 from theseus.checkpoint import FORMAT, Checkpointer, complete_steps, key_data, locate
 from theseus.config import changed_settings, configure
 from theseus.data.loader import Loader, open_mixture
@@ -365,7 +365,7 @@ class Session:
             compiled = self._compile_step(self.plan)
             compile_s = time.perf_counter() - start
             need, free, where = step_memory(compiled)
-            if self._everywhere(need <= free):
+            if gathered(need <= free).all():  # the processes must agree on one step
                 break
             smaller = smaller_per_device_batch(self.plan)
             step = f"a train step with training.per_device_batch_size={self.plan.per_device_batch}"
@@ -387,14 +387,6 @@ class Session:
             make_eval_step(self.graphdef, self.rest), out_shardings=(replicated, replicated)
         )
         return compiled, evaluate, compile_s
-
-    def _everywhere(self, holds: bool) -> bool:
-        """Whether `holds` on every process: they must agree on one plan (one compiled step)."""
-        if self.process_count == 1:
-            return holds
-        from jax.experimental import multihost_utils
-
-        return bool(np.all(multihost_utils.process_allgather(np.array([holds]))))
 
     def _compile_step(self, plan: Plan) -> Any:
         step_fn = make_train_step(
