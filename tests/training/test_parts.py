@@ -183,10 +183,11 @@ def test_cross_entropy_gradient_matches_autodiff_in_the_logits_dtype(dtype):
     )
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_step_gradient_is_the_mean_over_loss_tokens(accumulation):
+@pytest.mark.parametrize("accumulation, grad_shards", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_step_gradient_is_the_mean_over_loss_tokens(accumulation, grad_shards):
     """The step divides summed losses by the batch's positions, then rescales the reduced
-    gradients to its loss tokens: the result is the gradient of the masked mean loss."""
+    gradients to its loss tokens: the result is the gradient of the masked mean loss, whether
+    the shards' gradients are reduced by the partitioner or summed by the step."""
     model = small(GPT)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(2)
@@ -197,7 +198,14 @@ def test_step_gradient_is_the_mean_over_loss_tokens(accumulation):
         "positions": jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), shape),
         "loss_mask": jnp.asarray(rng.random(shape) > 0.6, jnp.int32),
     }
-    step = make_train_step(graphdef, rest, optax.identity(), seed=0, accumulation=accumulation)
+    step = make_train_step(
+        graphdef,
+        rest,
+        optax.identity(),
+        seed=0,
+        accumulation=accumulation,
+        grad_shards=grad_shards,
+    )
     state, metrics = jax.jit(step)({"params": params, "opt": ()}, batch, 0, 1.0)
     grads = jax.tree.map(lambda new, old: new - old, state["params"], params)
 

@@ -102,3 +102,54 @@ def test_parameters_are_created_on_their_shards_with_the_values_of_one_device():
     assert spread["shards"]["['embed']['weight'].value"] == [128, 16]
     assert one["shards"]["['embed']['weight'].value"] == [256, 64]
     assert spread["bytes"] < one["bytes"] / 4
+
+
+REDUCE_SCRIPT = """
+import json, re
+import jax, jax.numpy as jnp, optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from theseus.model.models import GPT
+from theseus.training.step import make_train_step
+mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+config = GPT.CONFIG(n_layers=2, n_heads=2, d_model=32, block_size=16, vocab_size=128)
+graphdef, params, rest = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param, ...)
+replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
+params = jax.device_put(params, replicated)
+opt = jax.device_put(optax.adamw(1e-3).init(params), replicated)
+batch = {
+    key: jax.device_put(jnp.zeros((2, 4, 16), jnp.int32), rows)
+    for key in ("inputs", "targets", "positions", "loss_mask")
+}
+step = make_train_step(graphdef, rest, optax.adamw(1e-3), seed=0, accumulation=2, grad_shards=2)
+text = jax.jit(step, out_shardings=replicated).lower(
+    {"params": params, "opt": opt}, batch, 0, 1e-3
+).compile().as_text()
+entry = text[text.index("ENTRY"):]
+reduced = [
+    (line in entry, re.findall(r"f32\\[([\\d,]*)\\]", line.split("=", 1)[1].split("all-reduce")[0]))
+    for line in text.splitlines()
+    if re.search(r"all-reduce(-start)?\\(", line)
+]
+print("REDUCED" + json.dumps({"n_params": sum(x.size for x in jax.tree.leaves(params)), "reduced": reduced}))
+"""
+
+
+def test_data_parallel_cpu_step_reduces_its_gradients_once_as_one_buffer():
+    """XLA's CPU runtime makes each reduced array a meeting of all devices, so the step sums the
+    shards' gradients itself: one all-reduce of one buffer of every parameter, after the
+    accumulation loop, besides scalar sums."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run(
+        [sys.executable, "-c", REDUCE_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("REDUCED"))
+    found = json.loads(line[len("REDUCED") :])
+    arrays = [
+        (in_entry, shape)
+        for in_entry, shapes in found["reduced"]
+        for shape in shapes
+        if shape  # scalars: the loss and z-loss sums
+    ]
+    assert arrays == [(True, str(found["n_params"]))]

@@ -99,6 +99,10 @@ class Session:
         self.layout = Layout.solve(len(devices), parallel.fsdp, trainer.tensor_shards())
         self.mesh = self.layout.mesh(devices)
         self.block_each_step = len(devices) > 1
+        # a replicated model's gradients are reduced once, as one buffer, on CPU (see sum_shards);
+        # a GPU overlaps each array's reduction with the rest of the backward pass instead
+        replicated = self.layout.fsdp == self.layout.tensor == 1
+        self.grad_shards = self.layout.data if replicated and devices[0].platform == "cpu" else 1
 
         # data
         self.stores = open_mixture(self.spec.root, self.config.dataset)
@@ -398,6 +402,7 @@ class Session:
             z_loss=self.config.z_loss,
             dropout=self.arch.dropout > 0,
             skip_nonfinite=self.config.on_nonfinite == "skip",
+            grad_shards=self.grad_shards,
         )
         state_shardings = {"params": self.param_shardings, "opt": self.opt_shardings}
         local = plan.global_batch // self.process_count
