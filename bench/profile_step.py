@@ -123,12 +123,13 @@ def profile(bench: Any, args: argparse.Namespace, out: Path) -> None:
     loader = session._loader("train", plan.global_batch)
     batches = [session.to_device(loader.batch(i), plan.accumulation) for i in range(4)]
     loader.close()
-    state = {"params": session.params, "opt": session.opt}
 
     def run(n: int) -> None:
-        nonlocal state
         for i in range(n):
-            state, metrics = compiled(state, batches[i % 4], np.int32(i), np.float32(1e-4))
+            leaves, metrics = compiled(
+                session.state.leaves, batches[i % 4], np.int32(i), np.float32(1e-4)
+            )
+            session.state.advance(leaves)
             metrics["loss"].block_until_ready()
 
     run(5)

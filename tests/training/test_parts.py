@@ -21,7 +21,7 @@ from theseus.training.mfu import chip_of
 from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
 from theseus.training.plan import solve_plan
 from theseus.training.schedules import make_schedule
-from theseus.training.step import cross_entropy, make_train_step
+from theseus.training.step import TrainState, cross_entropy, make_train_step, on_leaves
 
 
 def small(cls):
@@ -219,6 +219,35 @@ def test_step_gradient_is_the_mean_over_loss_tokens(accumulation, grad_shards):
     np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-6)
     for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-4, atol=1e-6)
+
+
+def test_steps_on_a_train_states_leaves_match_steps_on_its_tree():
+    """The loop hands the compiled step the state's flat leaves; the tree it rebuilds after
+    each step holds what stepping the tree itself gives."""
+    graphdef, params, rest = nnx.split(small(GPT), nnx.Param, ...)
+    tx = optax.adamw(1e-2)
+    step = make_train_step(graphdef, rest, tx, seed=0, accumulation=1)
+    rng = np.random.default_rng(3)
+    batch = {
+        "inputs": jnp.asarray(rng.integers(0, 128, (1, 4, 16)), jnp.int32),
+        "targets": jnp.asarray(rng.integers(0, 128, (1, 4, 16)), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (1, 4, 16)),
+        "loss_mask": jnp.ones((1, 4, 16), jnp.float32),
+    }
+    tree = {"params": params, "opt": tx.init(params)}
+    state = TrainState(params, tx.init(params))
+    on_tree, on_flat = jax.jit(step), jax.jit(on_leaves(step, state.treedef))
+    for i in range(3):
+        tree, expected = on_tree(tree, batch, i, 1.0)
+        leaves, metrics = on_flat(state.leaves, batch, i, 1.0)
+        state.advance(leaves)
+        assert float(metrics["loss"]) == float(expected["loss"])
+    assert jax.tree.structure(state.tree) == jax.tree.structure(tree)
+    for ours, theirs in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(tree["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    assert int(state.opt[0].count) == 3
 
 
 def test_default_xla_flags_before_jax_starts_and_never_over_the_users():

@@ -122,8 +122,14 @@ def test_failed_save_keeps_the_previous_checkpoint_and_reports_it(
     root, train_yaml, reference, capsys
 ):
     """A full disk, made real by lowering the running process's file-size limit (writes past
-    it fail with EFBIG) once its step-10 checkpoint is complete."""
-    overrides = ("logging.checkpoint_interval=10",)
+    it fail with EFBIG) once its step-10 checkpoint is complete. Long validations at steps 15
+    and 20 keep the step-20 checkpoint from starting before the limit is in place (the one at
+    step 5 compiles the validation step before it)."""
+    overrides = (
+        "logging.checkpoint_interval=10",
+        "logging.val_interval=5",
+        "logging.val_batches=200",
+    )
     proc = spawn(cli_args("full-disk", train_yaml, root, *STEPS, *overrides))
     directory = ckpt_dir(root, "full-disk")
     wait_for(lambda: (directory / "10" / "meta").exists() or proc.poll() is not None)

@@ -64,13 +64,13 @@ class TrainingLoop:
             for step, host_batch in s.train_loader.iterate(s.step, prefetch=4):
                 if step >= plan.steps:
                     break
-                state, metrics = self.step_fn(
-                    {"params": s.params, "opt": s.opt},
+                leaves, metrics = self.step_fn(
+                    s.state.leaves,
                     s.to_device(host_batch, plan.accumulation),
                     np.int32(step),
                     s.learning_rates[step],
                 )
-                s.params, s.opt = state["params"], state["opt"]
+                s.state.advance(leaves)
                 if s.block_each_step:
                     wait_interruptibly(metrics["loss"].block_until_ready)
                 self.pending.append((step, metrics))

@@ -49,7 +49,7 @@ from theseus.training.plan import (
 from theseus.training.plot import plot_runs
 from theseus.training.report import start_report
 from theseus.training.schedules import make_schedule
-from theseus.training.step import make_eval_step, make_train_step
+from theseus.training.step import TrainState, make_eval_step, make_train_step, on_leaves
 
 if TYPE_CHECKING:
     from theseus.base.stopping import StopSignals
@@ -122,8 +122,8 @@ class Session:
 
         # model, plan: the parameters stay abstract until `start_state` restores or initializes them
         self._create = type(trainer).model_factory(cfg, vocab_size=vocab, seed=self.config.seed)
-        self.graphdef, self.params, self.rest = abstract_on_mesh(self._create, self.mesh)
-        n_params = sum(x.size for x in jax.tree.leaves(self.params))
+        self.graphdef, params, self.rest = abstract_on_mesh(self._create, self.mesh)
+        n_params = sum(x.size for x in jax.tree.leaves(params))
         compute_bytes = jnp.dtype(self.arch.dtype).itemsize
         self.plan: Plan = solve_plan(
             global_batch=self.config.batch_size,
@@ -144,15 +144,15 @@ class Session:
                 compute_bytes=compute_bytes,
             ),
         )
-        abstract_model = nnx.merge(self.graphdef, self.params, self.rest)
+        abstract_model = nnx.merge(self.graphdef, params, self.rest)
         self.flops_per_token = float(abstract_model.flops_per_token(seq_len))
 
         # optimizer, its state abstract like the parameters
-        self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
+        self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
         self.tx = make_optimizer(self.optim)
-        opt = jax.eval_shape(self.tx.init, self.params)
+        opt = jax.eval_shape(self.tx.init, params)
         self.opt_shardings = mirror_shardings(self.param_shardings, opt, self.mesh)
-        self.opt = abstract_with(opt, self.opt_shardings)
+        self.state = TrainState(params, abstract_with(opt, self.opt_shardings))
         self.step = 0
         # tokens trained before `resumed_at` (a checkpoint's count: its batch may differ from ours)
         self.resumed_at, self.tokens_before = 0, 0
@@ -185,6 +185,22 @@ class Session:
             group=self.spec.group,
             hyperparameters=_resolved(cfg),
         )
+
+    @property
+    def params(self) -> nnx.State:
+        return self.state.params
+
+    @params.setter
+    def params(self, params: nnx.State) -> None:
+        self.state = TrainState(params, self.state.opt)
+
+    @property
+    def opt(self) -> Any:
+        return self.state.opt
+
+    @opt.setter
+    def opt(self, opt: Any) -> None:
+        self.state = TrainState(self.state.params, opt)
 
     # checkpoints ---------------------------------------------------------------------------------
 
@@ -404,7 +420,10 @@ class Session:
             skip_nonfinite=self.config.on_nonfinite == "skip",
             grad_shards=self.grad_shards,
         )
-        state_shardings = {"params": self.param_shardings, "opt": self.opt_shardings}
+        treedef = self.state.treedef
+        state_shardings = treedef.flatten_up_to(
+            {"params": self.param_shardings, "opt": self.opt_shardings}
+        )
         local = plan.global_batch // self.process_count
         example = {
             "inputs": np.zeros((local, plan.seq_len), np.int32),
@@ -416,14 +435,12 @@ class Session:
         batch_shardings = {k: v.sharding for k, v in batch.items()}
         replicated = NamedSharding(self.mesh, P())
         train = jax.jit(
-            step_fn,
+            on_leaves(step_fn, treedef),
             in_shardings=(state_shardings, batch_shardings, replicated, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
-        return train.lower(
-            {"params": self.params, "opt": self.opt}, batch, jnp.int32(0), jnp.float32(0)
-        ).compile()
+        return train.lower(self.state.leaves, batch, jnp.int32(0), jnp.float32(0)).compile()
 
     def _validation_batches(self) -> list[dict[str, np.ndarray]]:
         """This process's rows of the validation set, `val_batches` batches of the global batch

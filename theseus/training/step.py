@@ -167,6 +167,45 @@ def make_train_step(
     return step_fn
 
 
+class TrainState:
+    """Parameters and optimizer state, held as the flat list of arrays the compiled step takes
+    and returns (see `on_leaves`): flattening nnx's Variables at every call cost ~3 ms of a
+    45 ms step of a small model on CPU. The tree is rebuilt when asked for."""
+
+    def __init__(self, params: nnx.State, opt: Any) -> None:
+        tree = {"params": params, "opt": opt}
+        self.leaves, self.treedef = jax.tree.flatten(tree)
+        self._tree: dict[str, Any] | None = tree
+
+    @property
+    def tree(self) -> dict[str, Any]:
+        if self._tree is None:
+            self._tree = jax.tree.unflatten(self.treedef, self.leaves)
+        return self._tree
+
+    @property
+    def params(self) -> nnx.State:
+        return self.tree["params"]
+
+    @property
+    def opt(self) -> Any:
+        return self.tree["opt"]
+
+    def advance(self, leaves: list[jax.Array]) -> None:
+        """Take a step's new leaves (the step consumed the old ones)."""
+        self.leaves, self._tree = leaves, None
+
+
+def on_leaves(step_fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:
+    """`step_fn` taking and returning the leaves of a `TrainState` instead of its tree."""
+
+    def flat_step(leaves: list[jax.Array], *args: Any) -> tuple[list[jax.Array], Any]:
+        state, metrics = step_fn(jax.tree.unflatten(treedef, leaves), *args)
+        return treedef.flatten_up_to(state), metrics
+
+    return flat_step
+
+
 def make_eval_step(
     graphdef: Any, rest: nnx.State
 ) -> Callable[[nnx.State, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]:
