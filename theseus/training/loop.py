@@ -60,17 +60,17 @@ class TrainingLoop:
     def run(self, stop: StopSignals) -> dict[str, Any]:
         s = self.session
         plan, logging = s.plan, s.logging
-        with s.log.progress(s.step, plan.steps):
-            for step, host_batch in s.train_loader.iterate(s.step, prefetch=4):
-                if step >= plan.steps:
-                    break
+        loader = contextlib.closing(s.train_loader.iterate(s.step, prefetch=4))
+        with loader as batches, s.log.progress(s.step, plan.steps):
+            upcoming = self._to_device(batches) if s.step < plan.steps else None
+            for step in range(s.step, plan.steps):
+                batch, upcoming = upcoming, None
                 leaves, metrics = self.step_fn(
-                    s.state.leaves,
-                    s.to_device(host_batch, plan.accumulation),
-                    np.int32(step),
-                    s.learning_rates[step],
+                    s.state.leaves, batch, np.int32(step), s.learning_rates[step]
                 )
                 s.state.advance(leaves)
+                if step + 1 < plan.steps:  # the next batch goes to the devices while this step runs
+                    upcoming = self._to_device(batches)
                 if s.block_each_step:
                     wait_interruptibly(metrics["loss"].block_until_ready)
                 self.pending.append((step, metrics))
@@ -97,6 +97,10 @@ class TrainingLoop:
         if not s.checkpointer.wait() or len(s.checkpointer.failures) > before:
             raise UserError(f"the final checkpoint was not written: {s.checkpointer.failures[-1]}")
         return self.last
+
+    def _to_device(self, batches: Iterator[tuple[int, dict[str, np.ndarray]]]) -> Any:
+        _, host_batch = next(batches)
+        return self.session.to_device(host_batch, self.session.plan.accumulation)
 
     def _save(self, step: int) -> None:
         # logged up to the checkpoint: a resume from it rewrites the lines after it, and steps
