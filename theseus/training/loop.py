@@ -114,7 +114,9 @@ class TrainingLoop:
         total, count = 0.0, 0.0
         with self._not_training():
             for batch in self.val_batches:  # on the host: the set may exceed a step's batch
-                loss, n = self.eval_fn(self.session.params, self.session.to_device(batch, None))
+                loss, n = self.eval_fn(
+                    self.session.state.params, self.session.to_device(batch, None)
+                )
                 total += float(loss)
                 count += float(n)
         self.last["val_loss"] = total / max(count, 1.0)

@@ -186,22 +186,6 @@ class Session:
             hyperparameters=_resolved(cfg),
         )
 
-    @property
-    def params(self) -> nnx.State:
-        return self.state.params
-
-    @params.setter
-    def params(self, params: nnx.State) -> None:
-        self.state = TrainState(params, self.state.opt)
-
-    @property
-    def opt(self) -> Any:
-        return self.state.opt
-
-    @opt.setter
-    def opt(self, opt: Any) -> None:
-        self.state = TrainState(self.state.params, opt)
-
     # checkpoints ---------------------------------------------------------------------------------
 
     def meta(self, step: int) -> dict[str, Any]:
@@ -228,7 +212,7 @@ class Session:
 
     def save(self, step: int) -> bool:
         before = len(self.checkpointer.failures)
-        ok = self.checkpointer.save(step, self.params, self.opt, self.meta(step))
+        ok = self.checkpointer.save(step, self.state.params, self.state.opt, self.meta(step))
         for message in self.checkpointer.failures[before:]:
             self.log.info(f"warning: {message}")
         return ok
@@ -283,14 +267,15 @@ class Session:
             else Checkpointer(directory, read_only=True, asynchronous=False)
         )
         try:
-            params, opt, meta = other.restore(step, self.params, None if weights_only else self.opt)
+            params, opt, meta = other.restore(
+                step, self.state.params, None if weights_only else self.state.opt
+            )
         finally:
             if not own:
                 other.close()
         self._check_compatible(meta, f"checkpoint {directory}/{step}")
-        self.params = params
+        self.state = TrainState(params, self.state.opt if weights_only else opt)
         if not weights_only:
-            self.opt = opt
             self.step = self.resumed_at = int(meta["step"])
             # checkpoints written before the count was kept: as if at this run's batch
             self.tokens_before = int(meta.get("tokens", self.step * self.plan.tokens_per_step))
@@ -334,10 +319,12 @@ class Session:
             self.load(Path(self.spec.restore), weights_only=weights_only, own=False)
             what = "weights" if weights_only else f"full state at step {self.step}"
             self.log.info(f"restored {what} from {self.spec.restore}")
-        if _is_abstract(self.params):
-            self.params = param_initializer(self._create, self.params)()
-        if _is_abstract(self.opt):
-            self.opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
+        params, opt = self.state.params, self.state.opt
+        if _is_abstract(params):
+            params = param_initializer(self._create, params)()
+        if _is_abstract(opt):
+            opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+        self.state = TrainState(params, opt)
         self.log.keep_until(self.step)
 
     # the loop ------------------------------------------------------------------------------------
@@ -553,7 +540,7 @@ class Session:
         from theseus.evaluation import run_evaluations
         from theseus.evaluation.scoring import Scorer
 
-        model = nnx.merge(self.graphdef, self.params, self.rest)
+        model = nnx.merge(self.graphdef, self.state.params, self.rest)
         if self._scorer is None:
             self._scorer = Scorer(
                 model, self.stores[0].tokenizer(), self.plan.seq_len, self.evals.batch_size
