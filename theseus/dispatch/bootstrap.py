@@ -24,6 +24,17 @@ _DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%/+=~-]+$")
 SIGNAL_SECONDS = 120
 
 
+# Shell functions that know a job's process by its id and start time. `started PID`: the start
+# time of the process (from /proc). `ours FILE`: whether the process FILE names ("PID START", as
+# launch.sh writes it) still runs: once a job has ended, its id may go to another process,
+# which must not pass for it.
+PROCESS_FUNCTIONS = (
+    "started() { sed 's/.*) //' \"/proc/$1/stat\" 2>/dev/null | cut -d' ' -f20; }; "
+    'ours() { read -r p s <"$1" 2>/dev/null && kill -0 "$p" 2>/dev/null && '
+    '{ [ -z "$s" ] || [ "$(started "$p")" = "$s" ]; }; }'
+)
+
+
 def render(template: str, values: dict[str, str]) -> str:
     """Fill `{{NAME}}` placeholders; every name must be given (values are inserted verbatim)."""
     text = (TEMPLATES / template).read_text(encoding="utf-8")
@@ -179,7 +190,10 @@ def job_files(
         job.files["task.sh"] = (render("task.sh", common), 0o700)
     else:
         job.files["run.sh"] = (render("run.sh", common), 0o700)
-        job.files["free_gpus.sh"] = (render("free_gpus.sh", {}), 0o700)
+        job.files["free_gpus.sh"] = (
+            render("free_gpus.sh", {"PROCESS_FUNCTIONS": PROCESS_FUNCTIONS}),
+            0o700,
+        )
     job.files["launch.sh"] = (
         render(
             "launch.sh",
@@ -193,6 +207,7 @@ def job_files(
                 "FREE_GPUS": shlex.quote(job.path("free_gpus.sh")),
                 "RUN": shlex.quote(job.path("run.sh")),
                 "LOG": shlex.quote(job.log),
+                "PROCESS_FUNCTIONS": PROCESS_FUNCTIONS,
             },
         ),
         0o700,

@@ -43,6 +43,12 @@ def make_mesh(n_data: int = 1, n_fsdp: int = 1, n_tensor: int = 1, devices: Any 
     return Mesh(grid, MESH_AXES)
 
 
+def _mesh_axes(name: str | None) -> tuple[str, ...]:
+    """The mesh axes the rules map logical axis `name` to (none: replicated)."""
+    target = RULES.get(name) if name is not None else None
+    return (target,) if isinstance(target, str) else tuple(target or ())
+
+
 def spec_for(
     axes: tuple[str | None, ...], shape: tuple[int, ...] | None = None, mesh: Mesh | None = None
 ) -> PartitionSpec:
@@ -51,9 +57,7 @@ def spec_for(
     used: set[str] = set()
     out: list[str | tuple[str, ...] | None] = []
     for i, name in enumerate(axes):
-        target = RULES.get(name) if name is not None else None
-        names = (target,) if isinstance(target, str) else tuple(target or ())
-        names = tuple(n for n in names if n not in used)
+        names = tuple(n for n in _mesh_axes(name) if n not in used)
         if names and shape is not None and mesh is not None:
             size = int(np.prod([mesh.shape[n] for n in names]))
             if shape[i] % size:
@@ -71,8 +75,7 @@ def unsplit_axes(state: nnx.State, mesh: Mesh) -> list[str]:
     found: dict[str, None] = {}
     for variable in jax.tree.leaves(state, is_leaf=_is_variable):
         for name, dim in zip(logical_axes(variable) or (), variable.shape, strict=False):
-            target = RULES.get(name) if name not in (None, "kv_heads") else None
-            names = (target,) if isinstance(target, str) else tuple(target or ())
+            names = _mesh_axes(name) if name != "kv_heads" else ()
             size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
             if size > 1 and dim % size:
                 found[f"{name} {dim} over {' x '.join(names)} {size}"] = None

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import jax
-from flax import nnx
 
 from theseus.model.sharding import unsplit_axes
 from theseus.training.mfu import chip_of
@@ -28,7 +27,7 @@ def start_report(session: Session, compile_s: float, peak: float, source: str) -
         f"peak {peak / 1e12:.2f} TFLOP/s ({source})"
     )
     if layout.fsdp * layout.tensor > 1:
-        unsplit = unsplit_axes(nnx.state(nnx.eval_shape(s._create), nnx.Param), s.mesh)
+        unsplit = unsplit_axes(s.state.params, s.mesh)
         if unsplit:
             yield (
                 "warning: parameters stay whole on every device along these axes, whose sizes "

@@ -6,16 +6,8 @@ import shlex
 import subprocess
 
 from theseus.dispatch.backends import Backend, LaunchRefused, Shell, check, env_stream
-from theseus.dispatch.bootstrap import JobFiles
+from theseus.dispatch.bootstrap import PROCESS_FUNCTIONS, JobFiles
 from theseus.dispatch.records import Record
-
-# `ours FILE`: whether the process FILE names still runs, by its id and start time (launch.sh):
-# once a job has ended, its id may be given to another process, which must not pass for it
-OURS = (
-    'ours() { read -r p s <"$1" 2>/dev/null && kill -0 "$p" 2>/dev/null && '
-    '{ [ -z "$s" ] || [ "$(sed \'s/.*) //\' "/proc/$p/stat" 2>/dev/null | cut -d\' \' -f20)" '
-    '= "$s" ]; }; }'
-)
 
 
 class LocalShell:
@@ -49,7 +41,7 @@ class ProcessBackend(Backend):
 
     def state_commands(self, record: Record) -> list[str]:
         q = shlex.quote(record.job_dir)
-        return [f"cat {q}/status", f"{OURS}; ours {q}/pid && echo alive"]
+        return [f"cat {q}/status", f"{PROCESS_FUNCTIONS}; ours {q}/pid && echo alive"]
 
     def interpret(self, record: Record, values: list[str]) -> tuple[str, str]:
         status, *code = values[0].split() or ["starting"]
@@ -68,5 +60,5 @@ class ProcessBackend(Backend):
     def cancel(self, record: Record) -> None:
         q = shlex.quote(record.job_dir)
         # The job leads its own process group (setsid): signal the whole group.
-        command = f'{OURS}; ours {q}/pid && kill -TERM -- -"$p" 2>/dev/null || true'
+        command = f'{PROCESS_FUNCTIONS}; ours {q}/pid && kill -TERM -- -"$p" 2>/dev/null || true'
         check(self.shell.run(command, timeout=60), "cancelling the job", self.shell.where)

@@ -2,8 +2,7 @@
 # Print the indices of GPUs that run no compute process and are not reserved by a live job.
 # $1: the folder of reservations (one file per GPU index holding the job's process id).
 set -euo pipefail
-# ours FILE: whether the process FILE names (id and start time, see launch.sh) still runs
-ours() { read -r p s <"$1" 2>/dev/null && kill -0 "$p" 2>/dev/null && { [ -z "$s" ] || [ "$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f20)" = "$s" ]; }; }
+{{PROCESS_FUNCTIONS}}
 command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found on $(hostname)" >&2; exit 3; }
 busy=$(nvidia-smi --query-compute-apps=gpu_uuid --format=csv,noheader 2>/dev/null || true)
 nvidia-smi --query-gpu=index,uuid --format=csv,noheader | while IFS=', ' read -r index uuid; do

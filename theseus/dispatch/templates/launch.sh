@@ -10,6 +10,7 @@ NEEDS_JUICEFS={{NEEDS_JUICEFS}}
 BACKEND={{BACKEND}}
 N_GPUS={{N_GPUS}}
 GPU_DIR={{GPU_DIR}}
+{{PROCESS_FUNCTIONS}}
 fail() { echo "$1" >&2; exit 3; }
 # The job's log is private like its folder (the job may print what it was given).
 (umask 077 && : >>{{LOG}})
@@ -37,7 +38,7 @@ fi
 setsid bash {{RUN}} </dev/null >>{{LOG}} 2>&1 &
 pid=$!
 # with its start time: once it has ended, its id may be given to another process
-start=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f20 || true)
+start=$(started "$pid" || true)
 echo "$pid $start" >"$JOB_DIR/pid"
 if [ "$N_GPUS" -gt 0 ]; then
   for gpu in ${chosen//,/ }; do echo "$pid $start" >"$GPU_DIR/$gpu"; done
