@@ -62,15 +62,14 @@ class TrainingLoop:
         plan, logging = s.plan, s.logging
         loader = contextlib.closing(s.train_loader.iterate(s.step, prefetch=4))
         with loader as batches, s.log.progress(s.step, plan.steps):
-            upcoming = self._to_device(batches) if s.step < plan.steps else None
+            batch = self._to_device(batches) if s.step < plan.steps else None
             for step in range(s.step, plan.steps):
-                batch, upcoming = upcoming, None
                 leaves, metrics = self.step_fn(
                     s.state.leaves, batch, np.int32(step), s.learning_rates[step]
                 )
                 s.state.advance(leaves)
                 if step + 1 < plan.steps:  # the next batch goes to the devices while this step runs
-                    upcoming = self._to_device(batches)
+                    batch = self._to_device(batches)
                 if s.block_each_step:
                     wait_interruptibly(metrics["loss"].block_until_ready)
                 self.pending.append((step, metrics))
