@@ -95,3 +95,53 @@ def test_a_split_the_model_sizes_do_not_divide_says_what_stays_whole(root, train
         in out
     )
     assert "split: embed 32 over fsdp 3;" in out
+
+
+QUEUE_ORDER = """
+import sys
+
+import theseus.training.loop as loop
+import theseus.training.session as session
+from theseus.quick import quick
+
+events, step_of = [], {}
+
+
+class RecordingLoop(session.TrainingLoop):
+    def __init__(self, owner, step_fn, *args, **kwargs):
+        def step(leaves, batch, index, lr):
+            leaves, metrics = step_fn(leaves, batch, index, lr)
+            step_of[id(metrics["loss"])] = int(index)
+            events.append(f"run {int(index)}")
+            return leaves, metrics
+
+        super().__init__(owner, step, *args, **kwargs)
+
+
+wait = loop.wait_interruptibly
+
+
+def recording_wait(blocking):
+    events.append(f"wait {step_of[id(blocking.__self__)]}")
+    return wait(blocking)
+
+
+session.TrainingLoop, loop.wait_interruptibly = RecordingLoop, recording_wait
+root, tiny = sys.argv[1], sys.argv[2:]
+with quick("gpt/train/pretrain", root, "queue") as j:
+    j.override(*tiny, "training.steps=6", "logging.interval=100", "parallel.cpu_devices=2")
+    j()
+print(" ".join(events))
+"""
+
+
+def test_two_devices_run_one_step_queued_behind_the_running_one(root):
+    """The next step is dispatched before the loop waits for the running one (hiding the
+    dispatch), and never more than one: step k waits for step k - 1."""
+    command = [sys.executable, "-c", QUEUE_ORDER, str(root), *TINY, *FLAT]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, **AUTOMATIC}
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = "run 0 run 1 wait 0 run 2 wait 1 run 3 wait 2 run 4 wait 3 run 5 wait 4 wait 5"
+    assert done.stdout.splitlines()[-1] == expected

@@ -70,9 +70,11 @@ class TrainingLoop:
                 s.state.advance(leaves)
                 if step + 1 < plan.steps:  # the next batch goes to the devices while this step runs
                     batch = self._to_device(batches)
-                if s.block_each_step:
-                    wait_interruptibly(metrics["loss"].block_until_ready)
                 self.pending.append((step, metrics))
+                if s.steps_ahead is not None and len(self.pending) > s.steps_ahead:
+                    wait_interruptibly(
+                        self.pending[-1 - s.steps_ahead][1]["loss"].block_until_ready
+                    )
                 s.step = done = step + 1
                 if done % logging.interval == 0 or done == plan.steps:
                     self._flush()
