@@ -64,16 +64,16 @@ def test_grouped_query_attention_equals_repeated_kv_heads():
     np.testing.assert_allclose(expected, np.asarray(mha(x)), rtol=1e-5, atol=1e-5)
 
 
-def test_stacked_qkv_projection_equals_three_projections():
-    """The CPU path (one matmul against stacked kernels) and the GPU path give the same q, k, v."""
+def test_joined_qkv_projection_equals_three_projections():
+    """The CPU path (one matmul against the joined kernels) and the GPU path give the same q, k, v."""
     attn = small(GPT, dtype="float32").blocks[0].attn
     for name in ("q_bias", "k_bias", "v_bias"):  # non-zero, so the biases' order is checked too
         bias = getattr(attn, name)
         bias.set_value(jax.random.normal(jax.random.key(len(name)), bias.shape))
     x = jax.random.normal(jax.random.key(2), (2, T, 32))
-    stacked = attn._project_stacked(x)
+    joined = attn._project_joined(x)
     separate = [attn._project(x, getattr(attn, n), getattr(attn, f"{n}_bias")) for n in "qkv"]
-    for a, b in zip(stacked, separate, strict=True):
+    for a, b in zip(joined, separate, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
