@@ -100,7 +100,7 @@ class Session:
         self.mesh = self.layout.mesh(devices)
         # steps dispatched past the one the loop waits for (None: it waits once per logging
         # interval). Several devices in one process keep one step queued behind the running one,
-        # which hides the dispatch (~3% of a small model's step on CPU) and bounds XLA's queue of
+        # which hides the dispatch (2% of a small model's step on CPU) and bounds XLA's queue of
         # executions with collectives. Several processes wait for each step: the stop check
         # between steps is a collective of its own, which must not run beside a step's.
         self.steps_ahead = None if len(devices) == 1 else 1 if self.process_count == 1 else 0

@@ -125,15 +125,15 @@ class Attention(nnx.Module):
 
     def _project_joined(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q, k and v from one matmul against the kernels joined along the head width (the heads
-        axis, which tensor parallelism shards, stays aligned), so each head's q, k and v are
-        neighbours in the result.
+        axis, which tensor parallelism shards, stays aligned; each head's q, k and v are
+        neighbours in the result).
 
         Only on CPU, where XLA runs each dot on one core and one larger dot beats three (nanoGPT's
-        CPU example: +8% tokens/s; joined along the head width rather than stacked on a new
-        leading axis, 4% more, as the result then needs no transpose). On a GPU a joined result
-        must be copied apart for the attention kernel and back together for the weight gradient:
-        those copies took 4.5 ms of a 74 ms GPT-2 small step on an H100, and three matmuls ran
-        3.6% faster."""
+        CPU example: +8% tokens/s with the kernels stacked on a new leading axis, and 4% more
+        joined this way, whose result needs no transpose). On a GPU one matmul's result must be
+        copied apart for the attention kernel and back together for the weight gradient: with
+        stacked kernels those copies took 4.5 ms of a 74 ms GPT-2 small step on an H100, and
+        three matmuls ran 3.6% faster."""
         kernel = jnp.concatenate([self.q[...], self.k[...], self.v[...]], axis=-1)
         qkv = jnp.einsum("btd,dnx->btnx", x, kernel.astype(self.dtype))
         if self.q_bias is not None:
