@@ -44,6 +44,7 @@ def test_a_device_count_in_xla_flags_wins_and_says_so(root, train_yaml):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "warning: parallel.cpu_devices=2 is ignored" in out and "on 1 cpu device(s)" in out
+    assert "flagged: 1 step x 8 seqs" in out
 
 
 QUICK_RUNS = """

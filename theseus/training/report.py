@@ -18,8 +18,9 @@ def start_report(session: Session, compile_s: float, peak: float, source: str) -
     """The lines logged before the first step."""
     s, plan, layout = session, session.plan, session.layout
     devices = jax.devices()
+    steps = f"{plan.steps} step{'' if plan.steps == 1 else 's'}"
     yield (
-        f"{s.spec.name}: {plan.steps} steps x {plan.global_batch} seqs x {plan.seq_len} tokens "
+        f"{s.spec.name}: {steps} x {plan.global_batch} seqs x {plan.seq_len} tokens "
         f"(per device {plan.per_device_batch}, accumulation {plan.accumulation}) on "
         f"{layout.n_devices} {devices[0].platform} device(s) "
         f"[data {layout.data}, fsdp {layout.fsdp}, tensor {layout.tensor}]; "
@@ -45,5 +46,5 @@ def start_report(session: Session, compile_s: float, peak: float, source: str) -
     if s.schedule_name != "constant" and s.optim.warmup_steps >= plan.steps:
         yield (
             f"warning: optimization.warmup_steps={s.optim.warmup_steps} covers the whole run "
-            f"({plan.steps} steps), so the learning rate never decays; lower warmup_steps"
+            f"({steps}), so the learning rate never decays; lower warmup_steps"
         )
