@@ -36,8 +36,10 @@ PROCESS_FUNCTIONS = (
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill `{{NAME}}` placeholders; every name must be given (values are inserted verbatim)."""
+    """Fill `{{NAME}}` placeholders; every name must be given (values are inserted verbatim),
+    except `PROCESS_FUNCTIONS`, which every template may use."""
     text = (TEMPLATES / template).read_text(encoding="utf-8")
+    values = {"PROCESS_FUNCTIONS": PROCESS_FUNCTIONS, **values}
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
@@ -190,10 +192,7 @@ def job_files(
         job.files["task.sh"] = (render("task.sh", common), 0o700)
     else:
         job.files["run.sh"] = (render("run.sh", common), 0o700)
-        job.files["free_gpus.sh"] = (
-            render("free_gpus.sh", {"PROCESS_FUNCTIONS": PROCESS_FUNCTIONS}),
-            0o700,
-        )
+        job.files["free_gpus.sh"] = (render("free_gpus.sh", {}), 0o700)
     job.files["launch.sh"] = (
         render(
             "launch.sh",
@@ -207,7 +206,6 @@ def job_files(
                 "FREE_GPUS": shlex.quote(job.path("free_gpus.sh")),
                 "RUN": shlex.quote(job.path("run.sh")),
                 "LOG": shlex.quote(job.log),
-                "PROCESS_FUNCTIONS": PROCESS_FUNCTIONS,
             },
         ),
         0o700,

@@ -73,9 +73,7 @@ def probe(name: str, host: Host, placement: Placement) -> bool:
         if not placement.gpus_per_node:
             backend.shell.run("true", timeout=60)  # raises if the host cannot be reached
             return True
-        script = bootstrap.render(
-            "free_gpus.sh", {"PROCESS_FUNCTIONS": bootstrap.PROCESS_FUNCTIONS}
-        )
+        script = bootstrap.render("free_gpus.sh", {})
         # PATH is the one host setting the probe uses (it may name where nvidia-smi lives).
         path = f"export PATH={shlex.quote(host.env['PATH'])}\n" if "PATH" in host.env else ""
         result = backend.shell.run(

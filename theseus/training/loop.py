@@ -62,7 +62,7 @@ class TrainingLoop:
         plan, logging = s.plan, s.logging
         loader = contextlib.closing(s.train_loader.iterate(s.step, prefetch=4))
         with loader as batches, s.log.progress(s.step, plan.steps):
-            batch = self._to_device(batches) if s.step < plan.steps else None
+            batch = self._to_device(batches)
             for step in range(s.step, plan.steps):
                 leaves, metrics = self.step_fn(
                     s.state.leaves, batch, np.int32(step), s.learning_rates[step]

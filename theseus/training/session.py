@@ -103,7 +103,9 @@ class Session:
         # which hides the dispatch (2% of a small model's step on CPU) and bounds XLA's queue of
         # executions with collectives. Several processes wait for each step: the stop check
         # between steps is a collective of its own, which must not run beside a step's.
-        self.steps_ahead = None if len(devices) == 1 else 1 if self.process_count == 1 else 0
+        self.steps_ahead: int | None = None
+        if len(devices) > 1:
+            self.steps_ahead = 1 if self.process_count == 1 else 0
         # a replicated model's gradients are reduced once, as one buffer, on CPU (see sum_shards);
         # a GPU overlaps each array's reduction with the rest of the backward pass instead
         replicated = self.layout.fsdp == self.layout.tensor == 1
