@@ -94,6 +94,40 @@ def test_mounts_when_not_mounted_and_leaves_a_foreign_mount_alone(
     assert (runs / "jfs-b" / "metrics.jsonl").read_text().count("\n") == 2
 
 
+def test_a_password_in_the_mount_url_reaches_juicefs_only_in_its_environment(
+    volume, count_yaml: Path, lab, home: Path
+) -> None:
+    # The reference system's form: the password in the URL, none in env; a size with a unit.
+    mount_point, dispatch, _, _ = volume
+    password = lab["META_PASSWORD"]
+    data = yaml.safe_load(dispatch.read_text())
+    cluster = data["clusters"]["local"]
+    del cluster["env"]["META_PASSWORD"]
+    cluster["mount"] = lab["THESEUS_TESTCLUSTER_META_URL"].replace("://", f"://:{password}@", 1)
+    cluster["cache_size"] = "1G"
+    dispatch.write_text(yaml.safe_dump(data))
+    project = "p" + uuid.uuid4().hex[:8]
+    args = ["-d", str(dispatch), "-p", project, "--load", COUNTJOB, "count.steps=2"]
+    dry = cli("submit", "jfs-pw", str(count_yaml), *args, "--dry-run")
+    assert dry.returncode == 0 and password not in dry.stdout + dry.stderr, dry.stderr
+    watch = ArgvWatch(password.encode())
+    try:
+        assert cli("submit", "jfs-pw", str(count_yaml), *args).returncode == 0
+        assert wait_state("jfs-pw", ("completed", "failed")) == "completed"
+    finally:
+        watch.stop()
+    log = cli("logs", "jfs-pw").stdout
+    # mounted (redis refuses a client without the password) and unmounted at the end
+    assert f"mounting JuiceFS at {mount_point}" in log and f"unmounted {mount_point}" in log, log
+    assert watch.scans > 10 and not watch.hits, "the password must not be on any command line"
+    job_dir = Path(records.load("jfs-pw").job_dir)
+    assert "JUICEFS_MOUNT_OPTIONS=(--cache-size 1024 " in (job_dir / "lib.sh").read_text()
+    # nor in anything written: the job's scripts, configs and log, the run records
+    written = [f for folder in (job_dir, home) for f in folder.rglob("*") if f.is_file()]
+    assert job_dir / "output.log" in written and home / "runs" / "jfs-pw.json" in written
+    assert not [f for f in written if password.encode() in f.read_bytes()]
+
+
 def test_missing_juicefs_is_a_one_line_error(volume, count_yaml: Path) -> None:
     mount_point, dispatch, _, _ = volume
     data = yaml.safe_load(dispatch.read_text())

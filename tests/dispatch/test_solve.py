@@ -51,6 +51,34 @@ def test_chip_type_and_count() -> None:
         pick(config(), Request("a100-80gb", 8))
 
 
+def test_a_chip_under_another_name_is_the_same_chip() -> None:
+    # a request written with the reference system's name finds the host listing the chip
+    assert pick(config(), Request("a100-sxm4-80gb", 2)).chip == "a100-80gb"
+    # and a host listing it by that name (with its gres) is found by the catalogue's name
+    hosts = {
+        "gpu": {
+            "type": "slurm",
+            "cluster": "a",
+            "chips": {"A100-SXM4-80GB": 8},
+            "gres": {"a100-sxm4-80gb": "gpu:a100"},
+        }
+    }
+    cfg = parse({"clusters": {"a": {"root": "/a", "work": "/w"}}, "hosts": hosts}, "test")
+    assert cfg.hosts["gpu"].chips == {"a100-80gb": 8}
+    assert cfg.hosts["gpu"].gres == {"a100-80gb": "gpu:a100"}
+    assert pick(cfg, Request("a100-80gb", 8)).host_name == "gpu"
+    with pytest.raises(
+        UserError, match=r"'a100-sxm4-80gb' and 'a100-80gb' are both a100-80gb; give its count once"
+    ):
+        parse(
+            {
+                "clusters": {"a": {"root": "/a", "work": "/w"}},
+                "hosts": {"gpu": {**hosts["gpu"], "chips": {"a100-sxm4-80gb": 8, "a100-80gb": 8}}},
+            },
+            "test",
+        )
+
+
 def test_request_bigger_than_a_node_becomes_several_nodes() -> None:
     placement = pick(config(), Request("h100", 16))
     assert (

@@ -54,6 +54,18 @@ def test_configure_writes_commented_yaml_with_request(tmp_path):
     assert "# peak learning rate\n    # after warm-up\n    lr: 0.0003" in text
 
 
+def test_chip_takes_the_reference_systems_names(tmp_path):
+    out = tmp_path / "t.yaml"
+    args = ["configure", "toy/echo", str(out), "--load", TOYJOBS, "--chip"]
+    r = theseus(*args, "a100-sxm4-80gb", "-n", "8")
+    assert r.returncode == 0, r.stderr
+    # recorded under the catalogue's name, which hosts list their chips by
+    assert yaml.safe_load(out.read_text())["request"]["chip"] == "a100-80gb"
+    r = theseus(*args, "a100-sxm5")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: unknown chip 'a100-sxm5'; known chips:"), r.stderr
+
+
 def test_configure_reports_required_values_left(tmp_path):
     r = theseus("configure", "toy/echo", str(tmp_path / "t.yaml"), "--load", TOYJOBS)
     assert r.returncode == 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from theseus.base.chips import CHIPS, get_chip
+from theseus.base.chips import CHIPS, GB, GIB, TERA, get_chip
 from theseus.errors import UserError
 from theseus.job import ExecutionSpec, Request
 from theseus.registry import Registry
@@ -64,10 +64,16 @@ def test_chip_catalogue():
         "b200",
         "a100-40gb",
         "a100-80gb",
+        "a100-pcie-40gb",
         "l40s",
+        "l40",
         "a6000",
+        "ada6000",
         "rtx4090",
         "rtx5090",
+        "gb10",
+        "tpu-v2",
+        "tpu-v3",
         "tpu-v4",
         "tpu-v5e",
         "tpu-v5p",
@@ -77,6 +83,35 @@ def test_chip_catalogue():
     assert all(c.bf16_flops and c.memory_bytes > 0 for c in CHIPS.values() if c.name != "cpu")
     with pytest.raises(UserError, match="known chips: cpu, h100"):
         get_chip("v100")
+
+
+# The reference system's chip names: (catalogue name, memory, dense bf16 peak per chip).
+REFERENCE_CHIPS = {
+    "a100-sxm4-80gb": ("a100-80gb", 80 * GB, 312 * TERA),
+    "a100-pcie-40gb": ("a100-pcie-40gb", 40 * GB, 312 * TERA),
+    "l40": ("l40", 48 * GB, 181.05 * TERA),
+    "ada6000": ("ada6000", 48 * GB, 364.2 * TERA),
+    "gb10": ("gb10", 128 * GB, 62.5 * TERA),
+    "tpu-v2": ("tpu-v2", 16 * GIB, 45 * TERA),
+    "tpu-v3": ("tpu-v3", 32 * GIB, 123 * TERA),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CHIPS))
+def test_reference_chip_names_resolve(name):
+    canonical, memory, flops = REFERENCE_CHIPS[name]
+    chip = get_chip(name)
+    assert (chip.name, chip.memory_bytes, chip.bf16_flops) == (canonical, memory, flops)
+    # an alias is the very entry of the chip it names, in any case
+    assert get_chip(name.upper()) is chip is CHIPS[canonical]
+
+
+def test_an_unknown_chip_is_one_line_listing_the_known_ones():
+    with pytest.raises(UserError) as error:
+        get_chip("a100-sxm5")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("unknown chip 'a100-sxm5'; known chips: cpu")
+    assert all(name in message for name in ("a100-pcie-40gb", "l40", "ada6000", "gb10", "tpu-v3"))
 
 
 def test_request_validation():

@@ -40,10 +40,23 @@ _CATALOGUE = [
     Chip("b200", "nvidia", 180 * GB, 2250 * TERA, "NVIDIA B200 (HGX) 180GB"),
     Chip("a100-40gb", "nvidia", 40 * GB, 312 * TERA, "NVIDIA A100 SXM4 40GB"),
     Chip("a100-80gb", "nvidia", 80 * GB, 312 * TERA, "NVIDIA A100 SXM4 80GB"),
+    Chip("a100-pcie-40gb", "nvidia", 40 * GB, 312 * TERA, "NVIDIA A100 PCIe 40GB"),
     Chip("l40s", "nvidia", 48 * GB, 362.05 * TERA, "NVIDIA L40S 48GB"),
+    Chip("l40", "nvidia", 48 * GB, 181.05 * TERA, "NVIDIA L40 48GB"),
     Chip("a6000", "nvidia", 48 * GB, 154.8 * TERA, "NVIDIA RTX A6000 48GB"),
+    # NVIDIA's Ada pro-visualization whitepaper lists 364.2 TFLOP/s dense bf16 (728.5 sparse),
+    # as the datasheet's 1,457 TFLOP/s (FP8, sparse) implies; the ~182 often quoted scales the
+    # RTX 4090's half-rate FP32 accumulation to this card, which NVIDIA's figures do not show.
+    Chip("ada6000", "nvidia", 48 * GB, 364.2 * TERA, "NVIDIA RTX 6000 Ada Generation 48GB"),
     Chip("rtx4090", "nvidia", 24 * GB, 165.2 * TERA, "NVIDIA GeForce RTX 4090 24GB"),
     Chip("rtx5090", "nvidia", 32 * GB, 209.5 * TERA, "NVIDIA GeForce RTX 5090 32GB"),
+    # NVIDIA gives only "1 PFLOP FP4 with sparsity". Its GPU is an RTX 5070's (6,144 cores,
+    # sm_12x), on which dense bf16 with FP32 accumulation runs at 1/16 of sparse FP4 (RTX 5090:
+    # 3,352 -> 209.5), hence 62.5 TFLOP/s.
+    Chip("gb10", "nvidia", 128 * GB, 62.5 * TERA, "NVIDIA GB10 (DGX Spark) 128GB unified"),
+    # v2 and v3 chips hold two TensorCores, each its own JAX device; figures are per chip.
+    Chip("tpu-v2", "google", 16 * GIB, 45 * TERA, "Google Cloud TPU v2 (16 GiB HBM)"),
+    Chip("tpu-v3", "google", 32 * GIB, 123 * TERA, "Google Cloud TPU v3 (32 GiB HBM)"),
     Chip("tpu-v4", "google", 32 * GIB, 275 * TERA, "Google Cloud TPU v4 (32 GiB HBM)"),
     Chip("tpu-v5e", "google", 16 * GIB, 197 * TERA, "Google Cloud TPU v5e (16 GiB HBM)"),
     Chip("tpu-v5p", "google", 95 * GIB, 459 * TERA, "Google Cloud TPU v5p (95 GiB HBM)"),
@@ -52,10 +65,16 @@ _CATALOGUE = [
 
 CHIPS: dict[str, Chip] = {chip.name: chip for chip in _CATALOGUE}
 
+# The names the system theseus follows gives to chips of this catalogue, so that its commands
+# and configs work as written.
+ALIASES: dict[str, str] = {"a100-sxm4-80gb": "a100-80gb"}
+
 
 def get_chip(name: str) -> Chip:
-    """The catalogue entry for `name`; an unknown name is an error listing the known ones."""
-    chip = CHIPS.get(name.lower())
+    """The catalogue entry for `name` or an alias of it; an unknown name is an error listing the
+    known ones."""
+    key = name.lower()
+    chip = CHIPS.get(ALIASES.get(key, key))
     if chip is None:
         raise UserError(f"unknown chip {name!r}; known chips: {', '.join(CHIPS)}")
     return chip

@@ -2,16 +2,18 @@
 
 Validated with pydantic: unknown keys and wrong types are refused with the path of the key.
 Values may be `${oc.env:VAR}` (resolved from this machine's environment when the file is read),
-which is how secrets such as `META_PASSWORD` stay out of the file.
+which is how secrets such as `META_PASSWORD` stay out of the file. A password written in a
+cluster's JuiceFS URL is moved to `META_PASSWORD` in its env as the file is read.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 import yaml
 from omegaconf import OmegaConf
@@ -26,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from theseus.base.chips import CHIPS
+from theseus.base.chips import get_chip
 from theseus.config.files import StrictLoader
 from theseus.errors import UserError
 
@@ -35,7 +37,12 @@ DEFAULT_PATH = Path("~/.theseus.yaml")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SIZE = re.compile(r"^[0-9]+[KMGT]?$")
+# K to P are powers of 1024, as JuiceFS and SLURM read them; B and iB may follow.
+_CACHE_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGTP])(?:i?B)?$", re.IGNORECASE)
 _PASSWORD_PARAM = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+# The engines whose password `juicefs mount` takes from META_PASSWORD: redis (and its unix-socket
+# form) when the URL has none, mysql and postgres in place of an empty one (`user:@`).
+_META_PASSWORD_SCHEMES = ("redis", "rediss", "unix", "mysql", "postgres")
 _SLURM_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 
 Name = Annotated[str, Field(pattern=_NAME.pattern, max_length=64)]
@@ -46,20 +53,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _password_in(url: str) -> str | None:
-    """Where a JuiceFS metadata URL carries a password, if it does (never the password itself)."""
+def _userinfo(url: str) -> str:
+    """The `user:password` part of a JuiceFS metadata URL ("" if none); mysql writes its host
+    as `(host:port)`, whose colon is not a password's."""
     rest = url.partition("://")[2]
     authority = re.split(r"[/?#]", rest.split(")", 1)[0] if "(" in rest else rest, maxsplit=1)[0]
-    if "@" in authority:
-        userinfo = authority.rpartition("@")[0]
-        if re.search(r":.", userinfo):
-            return "user:password@"
+    return authority.rpartition("@")[0]
+
+
+def _password_in(url: str) -> str | None:
+    """Where a JuiceFS metadata URL carries a password, if it does (never the password itself)."""
+    if re.search(r":.", _userinfo(url)):
+        return "user:password@"
+    rest = url.partition("://")[2]
     query = rest.partition("?")[2].partition("#")[0]
     for pair in re.split(r"[&;]", query):
         name = unquote_plus(pair.partition("=")[0])
         if _PASSWORD_PARAM.search(name):
             return f"query parameter {name}"
     return None
+
+
+def _split_password(url: str) -> tuple[str, str | None]:
+    """`url` with the password of its `user:password@` emptied, and that password, for the
+    engines that read META_PASSWORD instead; `(url, None)` when there is none to move."""
+    scheme, _, rest = url.partition("://")
+    user, colon, password = _userinfo(url).partition(":")
+    if scheme.lower() not in _META_PASSWORD_SCHEMES or not password:
+        return url, None
+    # Go's URL parser hands the drivers the password percent-decoded; META_PASSWORD is used as is.
+    return f"{scheme}://{user}{colon}{rest[len(user) + 1 + len(password) :]}", unquote(password)
+
+
+def _cache_mib(value: Any) -> int:
+    """A JuiceFS cache size in MiB, as `--cache-size` takes it: a number is MiB already."""
+    text = str(value).strip() if type(value) in (int, str) else ""
+    if re.fullmatch(r"[0-9]+", text):
+        mib = int(text)
+    elif match := _CACHE_SIZE.match(text):
+        power = "KMGTP".index(match[2].upper()) - 1
+        mib = int(Fraction(match[1]) * Fraction(1024) ** power)
+    else:
+        raise ValueError(
+            f"expected a size such as 100G, 512M or 1.5T (or a number of MiB), got {value!r}"
+        )
+    if mib < 1:
+        raise ValueError(f"must be at least 1 MiB (1M), got {value!r}")
+    return mib
+
+
+def _catalogue_name(chip: str) -> str:
+    """The catalogue's name for `chip` (which may be an alias); an unknown name as it is."""
+    try:
+        return get_chip(chip).name
+    except UserError:
+        return chip
 
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
@@ -78,9 +126,26 @@ class Cluster(_Strict):
     root: str
     work: str
     mount: str | None = None
-    cache_size: Annotated[int, Field(gt=0)] | None = None
+    cache_size: int | None = None  # MiB
     cache_dir: str | None = None
     env: Env = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_to_env(cls, data: Any) -> Any:
+        """The URL is written into the job's scripts and shown by --dry-run; its password goes
+        to `juicefs mount` only as META_PASSWORD, in the environment the launcher reads on stdin."""
+        if not isinstance(data, dict) or not isinstance(data.get("mount"), str):
+            return data
+        env = data.get("env", {})
+        url, password = _split_password(data["mount"])
+        if password is None or not isinstance(env, dict):
+            return data
+        if env.get("META_PASSWORD", password) != password:
+            raise ValueError(
+                "mount holds a password and env sets another META_PASSWORD; give it in one place"
+            )
+        return {**data, "mount": url, "env": {**env, "META_PASSWORD": password}}
 
     @field_validator("root", "work", "cache_dir")
     @classmethod
@@ -100,11 +165,17 @@ class Cluster(_Strict):
             )
         if value is not None and (where := _password_in(value)):
             raise ValueError(
-                f"holds a password ({where}): leave it out of the URL and set META_PASSWORD in"
-                " the cluster's env, e.g. META_PASSWORD: ${oc.env:JUICEFS_META_PASSWORD}"
-                " as in examples/dispatch.yaml"
+                f"holds a password ({where}) that JuiceFS cannot take from META_PASSWORD, so it"
+                " would be on `juicefs mount`'s command line: write it as user:PASSWORD@ in a"
+                f" {', '.join(s + '://' for s in _META_PASSWORD_SCHEMES)} URL, or leave it out"
+                " and set META_PASSWORD in the cluster's env (see examples/dispatch.yaml)"
             )
         return value
+
+    @field_validator("cache_size", mode="before")
+    @classmethod
+    def _cache_size(cls, value: Any) -> int | None:
+        return None if value is None else _cache_mib(value)
 
 
 class Host(_Strict):
@@ -134,12 +205,30 @@ class Host(_Strict):
     @field_validator("chips")
     @classmethod
     def _known_chips(cls, chips: dict[str, int]) -> dict[str, int]:
-        for chip in chips:
-            if chip not in CHIPS:
-                raise ValueError(f"unknown chip {chip!r}; known chips: {', '.join(CHIPS)}")
-        if not chips:
+        """Keyed by catalogue name, so that a request under another name of a chip finds it."""
+        named: dict[str, int] = {}
+        given: dict[str, str] = {}
+        for chip, count in chips.items():
+            try:
+                name = get_chip(chip).name
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+            if name in named:
+                raise ValueError(
+                    f"{given[name]!r} and {chip!r} are both {name}; give its count once"
+                )
+            named[name], given[name] = count, chip
+        if not named:
             raise ValueError("name at least one chip, e.g. {h100: 8}")
-        return chips
+        return named
+
+    @field_validator("gres", "partitions")
+    @classmethod
+    def _chip_keys(cls, value: Any) -> Any:
+        """Looked up by the catalogue name of the chip a job asks for."""
+        if not isinstance(value, dict):
+            return value
+        return {_catalogue_name(chip): item for chip, item in value.items()}
 
     @field_validator("time")
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from theseus.base.chips import usable_cores
+from theseus.base.chips import get_chip, usable_cores
 from theseus.dispatch.config import LOCAL, Cluster, DispatchConfig, Host
 from theseus.errors import UserError
 from theseus.job import Request
@@ -36,7 +36,7 @@ class Placement:
 
 
 def _wanted(request: Request) -> tuple[str, int]:
-    chip = (request.chip or "cpu").lower()
+    chip = get_chip(request.chip or "cpu").name
     n = request.n if request.n else 1
     if request.n == 0:
         chip = "cpu"

@@ -16,11 +16,17 @@ _KIND_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "h200": (("h200",),),
     "b200": (("b200",),),
     "a100-80gb": (("a100", "80gb"),),
+    "a100-pcie-40gb": (("a100", "pcie"),),
     "a100-40gb": (("a100",),),
     "l40s": (("l40s",),),
+    "l40": (("l40",),),
+    "ada6000": (("6000", "ada"),),
     "a6000": (("a6000",),),
     "rtx4090": (("4090",),),
     "rtx5090": (("5090",),),
+    "gb10": (("gb10",),),
+    "tpu-v2": (("tpu v2",),),
+    "tpu-v3": (("tpu v3",),),
     "tpu-v4": (("tpu v4",),),
     "tpu-v5e": (("tpu v5 lite",), ("v5e",)),
     "tpu-v5p": (("tpu v5p",), ("v5p",), ("tpu v5",)),  # v5p calls itself "TPU v5"
@@ -70,4 +76,6 @@ def peak_flops(devices: list[Any], process_count: int) -> tuple[float, str]:
     chip = chip_of(device)
     if chip is None or chip.bf16_flops is None:
         return 0.0, f"unknown chip {device.device_kind!r}"
-    return chip.bf16_flops * len(devices), f"{chip.name} bf16 datasheet"
+    # a TPU v2 or v3 chip is two JAX devices (one per TensorCore); the catalogue is per chip
+    per_chip = 2 if chip.name in ("tpu-v2", "tpu-v3") else 1
+    return chip.bf16_flops * len(devices) / per_chip, f"{chip.name} bf16 datasheet"
