@@ -279,3 +279,38 @@ def test_a_name_lookup_that_hangs_is_no_answer_within_the_timeout(monkeypatch: p
     reason = url_reachable("https://example.invalid/x", timeout=1)
     assert time.perf_counter() - start < 3
     assert reason == "example.invalid unreachable: no answer in 1 s"
+
+
+def test_val_paths_are_held_out_whole_into_the_validation_split(tmp_path: Path):
+    """nanoGPT's split: the end of a corpus as a file of its own, all of it validation."""
+    (tmp_path / "train.txt").write_text("the first ninety percent " * 40)
+    (tmp_path / "val.txt").write_text("the last ten percent " * 8)
+    done = configure_and_run(
+        tmp_path,
+        "data/tokenize_variable_dataset",
+        "tok",
+        "data.name=files",
+        f"data.paths=[{tmp_path / 'train.txt'}]",
+        f"data.val_paths=[{tmp_path / 'val.txt'}]",
+        "data.val_pct=0",
+        "tokenizer.backend=bytes",
+        "data.store=split",
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out" / "data" / "split" / "manifest.json").read_text())
+    # each split holds its file's bytes and one end-of-text
+    assert manifest["splits"]["train"]["n_tokens"] == 25 * 40 + 1
+    assert manifest["splits"]["val"]["n_tokens"] == 21 * 8 + 1
+    assert manifest["source"]["val_files"][0]["path"] == str(tmp_path / "val.txt")
+
+
+def test_val_paths_that_cannot_be_held_out_are_one_line_errors(tmp_path: Path):
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n')
+    a, b = str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")
+    with pytest.raises(UserError, match=r"is in data\.paths too"):
+        documents(name="files", paths=[a], val_paths=[a])
+    with pytest.raises(UserError, match=r"is not a \.txt file"):
+        documents(name="files", paths=[a], val_paths=[b])
+    with pytest.raises(UserError, match=r"data\.val_paths is read by data\.name=files only"):
+        documents(name="pystdlib", val_paths=[a])

@@ -30,7 +30,7 @@ import numpy as np
 from theseus.base.chips import usable_cores
 from theseus.base.stopping import EXIT_STOPPED, StoppedEarly, StopSignals
 from theseus.data.chat import example, segments
-from theseus.data.datasets.base import Document, Source
+from theseus.data.datasets.base import Document, HeldOut, Source
 from theseus.data.store import StoreWriter
 from theseus.data.tokenizers import Tokenizer
 from theseus.errors import UserError
@@ -60,7 +60,10 @@ class Plan:
 
 
 def is_val(document: Document, val_pct: float) -> bool:
-    """Held out for validation: a stable function of the document's content, not of run order."""
+    """Held out for validation: a stable function of the document's content, not of run order
+    (or held out by its source: `data.val_paths`)."""
+    if isinstance(document, HeldOut):
+        return True
     if val_pct <= 0:
         return False
     key = (

@@ -5,13 +5,19 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from theseus.config import field
 from theseus.errors import UserError
 
 #: A document: plain text, or a chat as a list of {"role", "content"} messages.
 Document = str | list[dict[str, str]]
+
+
+class HeldOut(str):
+    """A text document that goes to the validation split whatever `data.val_pct` draws."""
+
+    __slots__ = ()
 
 
 @dataclass
@@ -45,6 +51,12 @@ class SourceConfig:
         default="messages",
         help="column holding a chat (a list of {role, content})",
     )
+    val_paths: list[str] = field(
+        "data/val_paths",
+        default_factory=list,
+        help="files: .txt paths or globs held out whole for validation (e.g. the end of a corpus, "
+        "as nanoGPT splits); data.val_pct still draws from data.paths",
+    )
     separator: str | None = field(
         "data/separator",
         default=None,
@@ -57,6 +69,8 @@ class SourceConfig:
 
 class Source:
     """Documents in a fixed order. Subclasses implement `documents()`; `check()` fails fast."""
+
+    reads_val_paths: ClassVar[bool] = False  # whether `data.val_paths` means anything to it
 
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
@@ -151,5 +165,10 @@ def open_source(config: SourceConfig) -> Source:
     if not (isinstance(cls, type) and issubclass(cls, Source)):
         raise UserError(f"dataset {config.name!r} is not a Source subclass")
     source = cls(config)
+    if config.val_paths and not source.reads_val_paths:
+        raise UserError(
+            f"data.val_paths is read by data.name=files only, not {config.name!r}; drop it, or "
+            "hold out a share with data.val_pct"
+        )
     source.check()
     return source

@@ -12,7 +12,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from theseus.data.datasets.base import Document, Source, table_documents
+from theseus.data.datasets.base import Document, HeldOut, Source, table_documents
 from theseus.errors import UserError, first_line
 from theseus.registry import dataset
 
@@ -101,18 +101,35 @@ def _layout(path: Path) -> tuple[str, tuple[str, ...] | str]:
 
 @dataset("files")
 class LocalFiles(Source):
-    """Local text, JSON lines, JSON, Parquet or CSV files named by data.paths."""
+    """Local text, JSON lines, JSON, Parquet or CSV files named by data.paths (and .txt files
+    held out for validation by data.val_paths)."""
+
+    reads_val_paths = True
 
     def check(self) -> None:
         self.files = expand(self.config.paths, "data.name=files")
+        self.val_files = (
+            expand(self.config.val_paths, "data.val_paths") if self.config.val_paths else []
+        )
+        for path in self.val_files:
+            if path.suffix.lower() != ".txt":
+                raise UserError(
+                    f"data.val_paths: {path} is not a .txt file; only text is held out whole"
+                )
+            if path in self.files:
+                raise UserError(
+                    f"data.val_paths: {path} is in data.paths too; a file is for training or for "
+                    "validation, not both"
+                )
 
     def describe(self) -> dict[str, Any]:
+        def stat(p: Path) -> dict[str, Any]:
+            return {"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+
         return {
             "name": self.config.name,
-            "files": [
-                {"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                for p in self.files
-            ],
+            "files": [stat(p) for p in self.files],
+            **({"val_files": [stat(p) for p in self.val_files]} if self.val_files else {}),
             "text_column": self.config.text_column,
             "chat_column": self.config.chat_column,
             "separator": self.config.separator,
@@ -120,7 +137,7 @@ class LocalFiles(Source):
 
     def size_hint(self) -> int | None:
         if self.config.separator is None and all(p.suffix.lower() == ".txt" for p in self.files):
-            return len(self.files)
+            return len(self.files) + len(self.val_files)
         return None
 
     def documents(self) -> Iterator[Document]:
@@ -132,6 +149,9 @@ class LocalFiles(Source):
                     yield from text_documents(path, self.config.separator)
             else:
                 yield from self._table_documents(builder, paths, columns)
+        for path in self.val_files:
+            for text in text_documents(path, self.config.separator):
+                yield HeldOut(text)
 
     def _table_documents(
         self, builder: str, paths: list[Path], columns: tuple[str, ...] | str
