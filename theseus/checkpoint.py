@@ -348,7 +348,10 @@ def _load(
         meta = checkpointer.meta(step)
         trainer = JOBS[meta["job"]]
         create = trainer.model_factory(
-            _config(meta), vocab_size=int(meta["vocab_size"]), seed=int(meta["seed"])
+            _config(meta),
+            vocab_size=int(meta["vocab_size"]),
+            vocab_used=meta.get("vocab_used"),  # absent: written before padding was masked
+            seed=int(meta["seed"]),
         )
         from flax import nnx
 

@@ -145,3 +145,22 @@ def test_unsupported_inputs_are_user_errors(tmp_path):
         import_hf(tmp_path)
     with pytest.raises(UserError, match="cannot export"):
         export_hf(randomized(GPT, positions="rope"), tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("cls", "hf_class"),
+    [(GPT, transformers.GPT2LMHeadModel), (Llama, transformers.LlamaForCausalLM)],
+    ids=["gpt2", "llama"],
+)
+def test_a_padded_vocabulary_exports_its_real_ids_only(tmp_path, cls, hf_class):
+    """Padding ids have no probability in theseus; the exported model has no padding at all, so
+    Hugging Face gives the real ids the same distribution."""
+    used = V - 16
+    model = randomized(cls, vocab_used=used)
+    export_hf(model, tmp_path, eot_id=used - 1)
+    loaded = hf_class.from_pretrained(tmp_path).eval()
+    assert loaded.config.vocab_size == used
+    x = tokens(2) % used
+    ours = np.asarray(model(x))
+    np.testing.assert_allclose(hf_logits(loaded, x), ours[..., :used], atol=1e-4, rtol=0)
+    assert np.all(ours[..., used:] == -np.inf)

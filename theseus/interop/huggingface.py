@@ -325,7 +325,7 @@ def _hf_config(layout: str, c: Any, eot_id: int | None) -> dict[str, Any]:
             "n_embd": c.d_model,
             "n_inner": c.hidden,
             "n_positions": c.block_size,
-            "vocab_size": c.vocab_size,
+            "vocab_size": c.vocab_used or c.vocab_size,
             "layer_norm_epsilon": c.norm_eps,
             "activation_function": "gelu_new",
             "tie_word_embeddings": c.tie_embeddings,
@@ -344,7 +344,7 @@ def _hf_config(layout: str, c: Any, eot_id: int | None) -> dict[str, Any]:
         "head_dim": c.d_model // c.n_heads,
         "intermediate_size": c.hidden,
         "max_position_embeddings": c.block_size,
-        "vocab_size": c.vocab_size,
+        "vocab_size": c.vocab_used or c.vocab_size,
         "rms_norm_eps": c.norm_eps,
         "rope_theta": c.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
@@ -374,6 +374,12 @@ def export_hf(model: Transformer, path: str | Path, *, eot_id: int | None = None
         ] = value
     for name, parts in fused.items():
         tensors["transformer." + name] = np.concatenate(parts, axis=-1)
+    if c.vocab_used and c.vocab_used < c.vocab_size:
+        # the padding ids have no probability here; a Hugging Face model has no such mask, so
+        # it gets the real ids only (and the same distribution over them)
+        for name in ("transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
+            if name in tensors:
+                tensors[name] = tensors[name][: c.vocab_used]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: np.ascontiguousarray(value) for name, value in tensors.items()}

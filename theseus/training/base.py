@@ -190,10 +190,16 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
         return "cosine"
 
     @classmethod
-    def model_factory(cls, cfg: DictConfig, *, vocab_size: int, seed: int) -> Callable[[], M]:
-        """A function building the model of `cfg`, its vocabulary set, initialized from `seed`
-        (trace it under `jax.jit` or `nnx.eval_shape`: `theseus.model.sharding` does both)."""
-        config = dataclasses.replace(configure(cls.MODEL.CONFIG, cfg), vocab_size=vocab_size)
+    def model_factory(
+        cls, cfg: DictConfig, *, vocab_size: int, seed: int, vocab_used: int | None = None
+    ) -> Callable[[], M]:
+        """A function building the model of `cfg`, its vocabulary set (`vocab_used` of its
+        `vocab_size` ids predicted; None: all), initialized from `seed` (trace it under `jax.jit`
+        or `nnx.eval_shape`: `theseus.model.sharding` does both)."""
+        config = configure(cls.MODEL.CONFIG, cfg)
+        config = dataclasses.replace(
+            config, vocab_size=vocab_size, vocab_used=vocab_used or config.vocab_used
+        )
 
         def create() -> M:
             return cls.MODEL(config, rngs=nnx.Rngs(seed))

@@ -121,6 +121,12 @@ class Session:
                 f"architecture.vocab_size={vocab} is smaller than the token store's vocabulary ({store_vocab})"
             )
         self.vocab_size = vocab
+        self.vocab_used = self.arch.vocab_used or store_vocab
+        if not store_vocab <= self.vocab_used <= vocab:
+            raise UserError(
+                f"architecture.vocab_used={self.vocab_used} must lie between the token store's "
+                f"vocabulary ({store_vocab}) and architecture.vocab_size ({vocab}); leave it null"
+            )
         seq_len = self.config.seq_len or self.arch.block_size
         if seq_len > self.arch.block_size and self.arch.positions == "learned":
             raise UserError(
@@ -128,7 +134,9 @@ class Session:
             )
 
         # model, plan: the parameters stay abstract until `start_state` restores or initializes them
-        self._create = type(trainer).model_factory(cfg, vocab_size=vocab, seed=self.config.seed)
+        self._create = type(trainer).model_factory(
+            cfg, vocab_size=vocab, vocab_used=self.vocab_used, seed=self.config.seed
+        )
         self.graphdef, params, self.rest = abstract_on_mesh(self._create, self.mesh)
         n_params = sum(x.size for x in jax.tree.leaves(params))
         compute_bytes = jnp.dtype(self.arch.dtype).itemsize
@@ -207,6 +215,7 @@ class Session:
             "job": JOBS.name_of(trainer),
             "trainer": f"{trainer.__module__}:{trainer.__qualname__}",
             "vocab_size": self.vocab_size,
+            "vocab_used": self.vocab_used,
             "tokenizer": dict(self.stores[0].manifest.tokenizer),
             "config": _resolved(self.trainer.cfg),
             "spec": self.spec.as_dict(),

@@ -54,6 +54,13 @@ class TransformerConfig:
         default=None,
         help="vocabulary size (null = the training store's, padded up to a multiple of 128)",
     )
+    vocab_used: int | None = field(
+        "architecture/vocab_used",
+        minimum=1,
+        default=None,
+        help="ids the model predicts (null = the training store's vocabulary); ids from here up "
+        "to vocab_size only pad the embedding for speed and get no probability",
+    )
     dropout: float = field(
         "architecture/dropout",
         minimum=0,
@@ -112,6 +119,11 @@ class TransformerConfig:
             raise ConfigError(
                 f"architecture.n_heads={self.n_heads} does not split into "
                 f"n_kv_heads={self.kv_heads} groups; choose n_kv_heads dividing n_heads"
+            )
+        if self.vocab_used and self.vocab_size and self.vocab_used > self.vocab_size:
+            raise ConfigError(
+                f"architecture.vocab_used={self.vocab_used} is above architecture.vocab_size="
+                f"{self.vocab_size}; raise vocab_size or lower vocab_used"
             )
         head_dim = self.d_model // self.n_heads
         if self.positions == "rope" and head_dim % 2:
@@ -221,7 +233,13 @@ class Transformer(nnx.Module):
 
     def _head(self, x: jax.Array) -> jax.Array:
         x = self.final_norm(x)
-        return self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        used = self.config.vocab_used
+        if used is None or used >= logits.shape[-1]:
+            return logits
+        # padding ids are no outcome: -inf takes them out of every softmax (training,
+        # validation, scoring, sampling) and gives their rows of the head no gradient
+        return jnp.where(jnp.arange(logits.shape[-1]) < used, logits, -jnp.inf)
 
     def __call__(
         self, tokens: jax.Array, positions: jax.Array | None = None, *, deterministic: bool = True
