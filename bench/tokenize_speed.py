@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TEXT = "/work/shared/data/tinyshakespeare.txt"
+# Tiny Shakespeare, where a checkout sits beside a shared data folder; else give the text
+DEFAULT_TEXT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt")
 MODELS = {
     "tiny": {"n_layers": 2, "n_heads": 4, "d_model": 128, "dtype": "float32"},
     "small": {"n_layers": 12, "n_heads": 12, "d_model": 768, "dtype": "bfloat16"},
@@ -191,6 +193,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
+    if not Path(args.text).is_file():
+        sys.exit(f"error: no text at {args.text}; give a .txt file to tokenize as the argument")
     print(f"cores: {os.cpu_count()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

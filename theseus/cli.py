@@ -182,8 +182,14 @@ def configure(
     override([stage], list(overrides))
     if in_place and out.exists() and not force:
         _refuse_dropping_comments(out, stage.to_yaml(), job)
+    new_folder = next((p for p in reversed(out.parents) if not p.exists()), None)
     stage.save(out)  # checks the values first
     missing = C.missing_keys(stage.cfg)
+    if new_folder is not None:
+        _echo(
+            f"created the folder {new_folder}"
+            + (" and those below it" if new_folder != out.parent else "")
+        )
     _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
 
 

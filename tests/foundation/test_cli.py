@@ -72,6 +72,17 @@ def test_configure_reports_required_values_left(tmp_path):
     assert "still required: toy.tag" in r.stderr
 
 
+def test_configure_says_which_folders_it_creates(tmp_path):
+    deep = tmp_path / "new" / "deeper" / "t.yaml"
+    r = theseus("configure", "toy/echo", str(deep), "--load", TOYJOBS, "toy.tag=a")
+    assert r.returncode == 0 and deep.is_file()
+    assert f"created the folder {tmp_path / 'new'} and those below it" in r.stderr
+    r = theseus("configure", "toy/echo", str(tmp_path / "other" / "t.yaml"), "--load", TOYJOBS)
+    assert f"created the folder {tmp_path / 'other'}\n" in r.stderr
+    r = theseus("configure", "toy/echo", str(tmp_path / "t.yaml"), "--load", TOYJOBS)
+    assert "created" not in r.stderr
+
+
 def test_run_applies_overrides_and_writes_the_output_layout(tmp_path):
     cfg = tmp_path / "t.yaml"
     assert (
