@@ -4,11 +4,14 @@
     python bench/train.py --preset gpt2-gpu [--steps 60] [KEY=VALUE ...]  # GPT-2 small, bf16, ctx 1024
 
 `cpu` (nanoGPT's "baby GPT" on CPU): Tiny Shakespeare (--text, default
-../shared/data/tinyshakespeare.txt) with the bytes tokenizer, paragraphs as documents and 10%
-of them held out for validation; 4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW lr
-1e-3 (beta2 0.99) with 100 warmup steps and cosine decay to 1e-4 at 2000 steps, no dropout,
-float32. `gpt2-gpu`: GPT-2 small (124M parameters, vocabulary 50304), bf16 compute with f32
-master weights, context 1024, batch 64, on the Python standard library's source (no download).
+../shared/data/tinyshakespeare.txt) with the bytes tokenizer, split as nanoGPT splits it (the last
+10% of the characters held out for validation); 4 layers, 4 heads, 128 wide, context 64, batch
+12, AdamW lr 1e-3 (beta2 0.99) with 100 warmup steps and cosine decay to 1e-4 at 2000 steps, no
+dropout, float32. With torch installed, the PyTorch reference of nanoGPT's semantics
+(bench/reference.py, its own initialization) then trains on the same batches, and its
+validation loss on the same validation batches is printed beside ours. `gpt2-gpu`: GPT-2 small
+(124M parameters, vocabulary 50304), bf16 compute with f32 master weights, context 1024, batch
+64, on the Python standard library's source (no download).
 
 Prints the validation loss at the end, tokens/s (median over log intervals, validation
 excluded), MFU against the peak measured in the same process (CPU: an f32 matmul) or the chip's
@@ -139,9 +142,11 @@ def benchmark(args: argparse.Namespace, out: Path) -> None:
         started = time.perf_counter()
         summary = _run_fresh(job)
         wall = time.perf_counter() - started
+    reference_val = None
     if references:
         references += torch_reference(Path(args.text))
-    report(out, job, summary, wall, steps, references)
+        reference_val = reference_validation(job, out, steps)
+    report(out, job, summary, wall, steps, references, reference_val)
 
 
 def preset_overrides(preset: str, store: str) -> list[str]:
@@ -161,11 +166,12 @@ def prepare_data(preset: str, out: Path, text: Path) -> str:
         if not text.is_file():
             sys.exit(f"error: no text at {text}; give the Tiny Shakespeare file with --text")
         store = "shakespeare-bytes"
+        train, val = split_like_nanogpt(text, out / "corpus")
         data = [
-            "data.name=tinyshakespeare",
-            f"data.paths=[{text}]",
-            'data.separator="\\n\\n"',
-            "data.val_pct=10",
+            "data.name=files",
+            f"data.paths=[{train}]",
+            f"data.val_paths=[{val}]",
+            "data.val_pct=0",
         ]
     else:
         store = "stdlib-bytes"
@@ -191,6 +197,18 @@ def prepare_data(preset: str, out: Path, text: Path) -> str:
     return store
 
 
+def split_like_nanogpt(text: Path, folder: Path) -> tuple[Path, Path]:
+    """The text's first 90% of characters (training) and last 10% (validation), as two files in
+    `folder`: nanoGPT's split, so that validation losses compare with its."""
+    content = text.read_text(encoding="utf-8")
+    cut = int(len(content) * 0.9)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, val = folder / "train.txt", folder / "val.txt"
+    train.write_text(content[:cut], encoding="utf-8")
+    val.write_text(content[cut:], encoding="utf-8")
+    return train, val
+
+
 def _run_fresh(job) -> dict:
     """Run the benchmark from step 0, moving an earlier run of the same name aside."""
     job.override("training.overwrite=true")
@@ -213,7 +231,29 @@ def torch_reference(text: Path) -> list[float]:
     return [float(done.stdout.split()[0])]
 
 
-def report(out: Path, job, summary: dict, wall: float, steps: int, references: list[float]) -> None:
+def reference_validation(job, out: Path, steps: int) -> float:
+    """Validation loss of the PyTorch reference (nanoGPT's init and weight-decay rule) trained
+    on this run's batches, on this run's validation batches."""
+    from reference import GPT, Run, evaluate, nanogpt_init, train
+
+    started = time.perf_counter()
+    run = Run("gpt/train/pretrain", job.config, out)
+    model = nanogpt_init(GPT(run.reference(decay_embeddings=True)), run.training.seed)
+    train(model, run.batches("train", steps))
+    loss = evaluate(model, run.batches("val", job.config.logging.val_batches))
+    print(f"reference         trained in {time.perf_counter() - started:.0f}s", flush=True)
+    return loss
+
+
+def report(
+    out: Path,
+    job,
+    summary: dict,
+    wall: float,
+    steps: int,
+    references: list[float],
+    reference_val: float | None,
+) -> None:
     from theseus.training.metrics import read_metrics
 
     records = read_metrics(out / "runs" / "default" / "default" / job.name / "metrics.jsonl")
@@ -228,7 +268,8 @@ def report(out: Path, job, summary: dict, wall: float, steps: int, references: l
         f"final train loss  {intervals[-1]['loss']:.4f} (mean of the last {job.config.logging.interval} steps)"
     )
     if val:
-        print(f"val loss          {val[-1]:.4f} (step {steps})")
+        beside = "" if reference_val is None else f"; PyTorch reference {reference_val:.4f}"
+        print(f"val loss          {val[-1]:.4f} (step {steps}{beside})")
     print(f"tokens/s          {tokens_per_s:,.0f} (median of log intervals after the first)")
     if references:
         reference = statistics.mean(references)

@@ -15,9 +15,10 @@ import optax
 import pytest
 from flax import nnx
 
+from theseus.base.chips import CHIPS
 from theseus.errors import UserError
 from theseus.model.models import GPT, Llama
-from theseus.training.mfu import chip_of
+from theseus.training.mfu import chip_of, peak_flops
 from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
 from theseus.training.plan import solve_plan
 from theseus.training.schedules import make_schedule
@@ -67,6 +68,21 @@ def test_weight_decay_skips_norms_biases_and_embeddings(cls):
     assert all("embed" not in k and "norm" not in k and "bias" not in k for k in decayed)
     assert any("embed" in k for k in kept) and any("norm" in k for k in kept)
     assert any("'q'" in k for k in decayed) and any("kernel" in k for k in decayed)
+
+
+@pytest.mark.parametrize("cls", [GPT, Llama])
+def test_decay_embeddings_adds_the_embeddings_and_nothing_else(cls):
+    params = nnx.state(small(cls), nnx.Param)
+
+    def decayed(**options):
+        mask = decay_mask(params, **options)
+        return {
+            jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_flatten_with_path(mask)[0] if v
+        }
+
+    added = decayed(embeddings=True) - decayed()
+    assert added and all("embed" in k for k in added)
+    assert decayed() <= decayed(embeddings=True)
 
 
 def test_schedules():
@@ -153,7 +169,18 @@ def test_chip_names_from_device_kind():
     assert chip_of(Device("TPU v5")).name == "tpu-v5p"
     assert chip_of(Device("NVIDIA H100 PCIe")).name == "h100-pcie"
     assert chip_of(Device("NVIDIA H100 NVL")).name == "h100-nvl"
+    assert chip_of(Device("NVIDIA A100-PCIE-40GB")).name == "a100-pcie-40gb"
+    assert chip_of(Device("NVIDIA L40S")).name == "l40s"
+    assert chip_of(Device("NVIDIA L40")).name == "l40"
+    assert chip_of(Device("NVIDIA RTX 6000 Ada Generation")).name == "ada6000"
+    assert chip_of(Device("NVIDIA RTX A6000")).name == "a6000"
+    assert chip_of(Device("NVIDIA GB10")).name == "gb10"
+    assert chip_of(Device("TPU v3")).name == "tpu-v3"
     assert chip_of(Device("cpu")) is None
+    # a v3 chip is two devices: eight devices are four chips' peak
+    tpu = Device("TPU v3")
+    tpu.platform = "tpu"
+    assert peak_flops([tpu] * 8, 1)[0] == 4 * CHIPS["tpu-v3"].bf16_flops
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

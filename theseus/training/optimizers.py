@@ -1,4 +1,4 @@
-"""Optimizers: AdamW (weight decay masked off norms, biases and embeddings) and Muon.
+"""Optimizers: AdamW (weight decay masked off norms, biases and, by default, embeddings) and Muon.
 
 Both return an optax transformation whose updates still have to be multiplied by the learning
 rate: the train step does that with the schedule evaluated at the step it is given, so the rate
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from theseus.config import field
@@ -65,7 +66,12 @@ class OptimizerConfig:
         "optimization/weight_decay",
         minimum=0,
         default=0.1,
-        help="decoupled weight decay; never applied to norms, biases or embeddings",
+        help="decoupled weight decay; never applied to norms or biases",
+    )
+    decay_embeddings: bool = field(
+        "optimization/decay_embeddings",
+        default=False,
+        help="weight decay on the token and position embeddings too (nanoGPT's rule)",
     )
     clip_norm: float | None = field(
         "optimization/clip_norm",
@@ -111,19 +117,21 @@ def _path_names(path: tuple[Any, ...]) -> list[str]:
     return names
 
 
-def decays(path: tuple[Any, ...], leaf: Any) -> bool:
-    """Whether weight decay applies to the parameter at `path`: not to norms, biases, embeddings."""
+def decays(path: tuple[Any, ...], leaf: Any, *, embeddings: bool = False) -> bool:
+    """Whether weight decay applies to the parameter at `path`: matrices only, never norms or
+    biases, embeddings only when `embeddings`."""
     names = _path_names(path)
-    if any(marker in name for name in names for marker in _NO_DECAY):
+    markers = _NO_DECAY if not embeddings else tuple(m for m in _NO_DECAY if m != "embed")
+    if any(marker in name for name in names for marker in markers):
         return False
     return getattr(leaf, "ndim", 2) >= 2
 
 
-def decay_mask(params: Any) -> Any:
+def decay_mask(params: Any, *, embeddings: bool = False) -> Any:
     """A pytree of bools shaped like `params`: True where weight decay applies."""
     import jax
 
-    return jax.tree_util.tree_map_with_path(decays, params)
+    return jax.tree_util.tree_map_with_path(partial(decays, embeddings=embeddings), params)
 
 
 def _muon_dim(path: tuple[Any, ...], leaf: Any) -> Any:
@@ -153,13 +161,16 @@ def _muon_dims(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(_muon_dim, params)
 
 
-def _adam_part_decay_mask(params: Any) -> Any:
+def _adam_part_decay_mask(params: Any, *, embeddings: bool = False) -> Any:
     """True where Muon hands a parameter to Adam and weight decay applies to it (an untied
-    output head; never norms, biases or embeddings)."""
+    output head, embeddings when `embeddings`; never norms or biases)."""
     import jax
 
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _muon_dim(path, leaf) is None and decays(path, leaf), params
+        lambda path, leaf: (
+            _muon_dim(path, leaf) is None and decays(path, leaf, embeddings=embeddings)
+        ),
+        params,
     )
 
 
@@ -179,7 +190,7 @@ def make_optimizer(config: OptimizerConfig) -> Any:
                 b2=config.b2,
                 eps=config.eps,
                 weight_decay=config.weight_decay,
-                mask=decay_mask,
+                mask=partial(decay_mask, embeddings=config.decay_embeddings),
             )
         )
     elif config.optimizer == "muon":
@@ -194,7 +205,7 @@ def make_optimizer(config: OptimizerConfig) -> Any:
                 beta=config.muon_momentum,
                 eps=config.eps,
                 weight_decay=config.weight_decay,
-                weight_decay_mask=decay_mask,
+                weight_decay_mask=partial(decay_mask, embeddings=config.decay_embeddings),
                 adam_b1=config.b1,
                 adam_b2=config.b2,
                 adam_weight_decay=0.0,
@@ -204,7 +215,8 @@ def make_optimizer(config: OptimizerConfig) -> Any:
         # optax's muon decays all of its Adam part or none of it: decay the part that takes
         # weight decay here. Muon's updates already carry the descent sign (its learning rate 1
         # is applied as -1), hence the negative factor: u - wd * p, as AdamW does.
-        parts.append(optax.add_decayed_weights(-config.weight_decay, mask=_adam_part_decay_mask))
+        adam_part = partial(_adam_part_decay_mask, embeddings=config.decay_embeddings)
+        parts.append(optax.add_decayed_weights(-config.weight_decay, mask=adam_part))
     else:
         raise UserError(
             f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
