@@ -247,18 +247,27 @@ class GPT(nn.Module):
         return (nll * mask).sum(), mask.sum()
 
 
+def nanogpt_std(name: str, n_layers: int) -> float | None:
+    """The standard deviation nanoGPT draws parameter `name` from; None for norms (ones) and
+    biases (zeros)."""
+    if "norm" in name or name.endswith("bias"):
+        return None
+    if name.endswith(("attn.o.weight", "mlp.down.weight")):  # into the residual stream
+        return 0.02 / math.sqrt(2 * n_layers)
+    return 0.02
+
+
 def nanogpt_init(model: GPT, seed: int) -> GPT:
     """nanoGPT's initialization, drawn from torch's generator seeded with `seed`."""
     torch.manual_seed(seed)
-    residual_std = 0.02 / math.sqrt(2 * model.r.n_layers)
     for name, p in model.named_parameters():
-        if "norm" in name:
-            nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
+        std = nanogpt_std(name, model.r.n_layers)
+        if std is not None:
+            nn.init.normal_(p, 0.0, std)
+        elif "norm" in name and name.endswith("weight"):
+            nn.init.ones_(p)
         else:
-            into_residual = name.endswith(("attn.o.weight", "mlp.down.weight"))
-            nn.init.normal_(p, 0.0, residual_std if into_residual else 0.02)
+            nn.init.zeros_(p)
     return model
 
 

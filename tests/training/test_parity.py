@@ -118,3 +118,32 @@ def test_vocab_used_outside_the_store_and_the_vocabulary_is_refused(root, train_
     assert "architecture.vocab_used=300 is above architecture.vocab_size=256" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("job", ["gpt/train/pretrain", "llama/train/pretrain"])
+def test_initial_weights_follow_nanogpts_rules(job):
+    """Same weights prove the step; this proves the start: each matrix drawn at nanoGPT's scale
+    (0.02, projections into the residual stream 0.02 / sqrt(2 * layers), embeddings included),
+    norms at one, biases at zero. A position embedding at 0.01 once cost 0.17 nats."""
+    from flax import nnx
+
+    from theseus.registry import JOBS
+
+    with quick(job, "/nonexistent", "init") as j:
+        j.override("architecture.n_layers=4", "architecture.d_model=256", "architecture.n_heads=4")
+        j.override("architecture.block_size=256", "architecture.dtype=float32")
+        ref = reference.Reference.of_config(
+            j.config, vocab_size=384, vocab_used=257, job_schedule="cosine"
+        )
+        create = JOBS[job].model_factory(j.config, vocab_size=384, vocab_used=257, seed=0)
+    params = reference.flat_params(nnx.state(create(), nnx.Param))
+    model = reference.load_theseus(reference.GPT(ref), params)
+    for name, p in model.named_parameters():
+        value = p.detach().numpy()
+        std = reference.nanogpt_std(name, ref.n_layers)
+        if std is None:
+            expected = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            assert (value == expected).all(), name
+        else:
+            assert abs(value.mean()) < 0.1 * std, name
+            assert value.std() == pytest.approx(std, rel=0.05), name
