@@ -162,10 +162,12 @@ def prepare_data(preset: str, out: Path, text: Path) -> str:
     """Tokenize the preset's corpus into OUT/data once; returns the token store's name."""
     from theseus.cli import main as theseus
 
+    store = "shakespeare-bytes" if preset == "cpu" else "stdlib-bytes"
+    if (out / "data" / store / "manifest.json").exists():
+        return store
     if preset == "cpu":
         if not text.is_file():
             sys.exit(f"error: no text at {text}; give the Tiny Shakespeare file with --text")
-        store = "shakespeare-bytes"
         train, val = split_like_nanogpt(text, out / "corpus")
         data = [
             "data.name=files",
@@ -174,10 +176,7 @@ def prepare_data(preset: str, out: Path, text: Path) -> str:
             "data.val_pct=0",
         ]
     else:
-        store = "stdlib-bytes"
         data = ["data.name=pystdlib", "data.max_tokens=20000000"]
-    if (out / "data" / store / "manifest.json").exists():
-        return store
     tokenize_yaml = out / "tokenize.yaml"
     if theseus(["configure", "data/tokenize_variable_dataset", str(tokenize_yaml), "--force"]):
         sys.exit("error: could not configure the tokenize job")
