@@ -3,7 +3,7 @@
     python bench/profile_step.py [--preset cpu|gpt2-gpu] [--steps 20] [--no-trace] [KEY=VALUE ...]
 
 Uses `bench/train.py`'s presets and data (tokenized into --out on first use), builds the
-trainer's session, compiles its step, runs a few warm-up steps, then traces `--steps` steps.
+trainer's run steps (mesh, data, state), compiles its step, runs a few warm-up steps, then traces `--steps` steps.
 Prints the wall time per step, how much of it the device threads were busy, and the ops with
 the most time per step (fusions grouped by kind, and the largest single ops with their shapes).
 """
@@ -106,30 +106,37 @@ def profile(bench: Any, args: argparse.Namespace, out: Path) -> None:
     import jax
     import numpy as np
 
+    from theseus.parallel.placement import to_device
     from theseus.quick import quick
-    from theseus.training.session import Session
+    from theseus.training import run as train_run
+    from theseus.training.data import TrainingData
+    from theseus.training.settings import Settings
 
     with quick("gpt/train/pretrain", out, f"profile-{args.preset}") as job:
         job.override(*bench.preset_overrides(args.preset, store), *args.overrides)
         trainer = job._stage.instantiate(job.spec())
-        trainer.prepare_devices()
-        session = Session(trainer)
-        session.start_state()
-    compiled, _, compile_s = session._compile()
-    plan = session.plan
+    settings = Settings.read(type(trainer), trainer.cfg)
+    trainer.prepare_devices(settings)
+    mesh, layout = train_run.make_mesh(settings, trainer.tensor_shards(settings))
+    data = TrainingData.open(trainer.spec.root, settings)
+    state = train_run.build_state(trainer, settings, mesh, layout, data)
+    with train_run.Outputs(trainer, settings, state) as outputs:
+        state.start(trainer.spec, outputs.log, weights_only=False)
+        compiled, compile_s = train_run.compile_steps(settings, mesh, layout, state, outputs)
+    plan = state.plan
     print(
         f"{plan}; compiled in {compile_s:.1f}s on {jax.device_count()} {jax.devices()[0].device_kind} device(s)"
     )
-    loader = session._loader("train", plan.global_batch)
-    batches = [session.to_device(loader.batch(i), plan.accumulation) for i in range(4)]
+    loader = data.loader("train", plan)
+    batches = [to_device(loader.batch(i), mesh, plan.accumulation) for i in range(4)]
     loader.close()
 
     def run(n: int) -> None:
         for i in range(n):
             leaves, metrics = compiled(
-                session.state.leaves, batches[i % 4], np.int32(i), np.float32(1e-4)
+                state.state.leaves, batches[i % 4], np.int32(i), np.float32(1e-4)
             )
-            session.state.advance(leaves)
+            state.state.advance(leaves)
             metrics["loss"].block_until_ready()
 
     run(5)

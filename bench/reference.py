@@ -377,7 +377,8 @@ class Run:
         from theseus.data.loader import open_mixture
         from theseus.model.models.transformer import TransformerConfig
         from theseus.registry import JOBS
-        from theseus.training.base import BaseTrainerConfig, padded_vocab
+        from theseus.training.base import BaseTrainerConfig
+        from theseus.training.data import padded_vocab
 
         self.trainer, self.cfg = JOBS[job], cfg
         self.training = configure(BaseTrainerConfig, cfg)

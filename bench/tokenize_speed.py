@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -122,19 +123,21 @@ def loader_ratio(root: Path, store: str, model: str, seq_len: int, batch: int) -
 
     from theseus.data.loader import Loader
     from theseus.data.store import TokenStore
-    from theseus.model.models.gpt import GPT, GPTConfig
+    from theseus.model.models import GPT2, Transformer
 
     opened = TokenStore.open(root / "data" / store)
     loader = Loader([opened], [1.0], seq_len, batch, seed=0)
-    config = GPTConfig(**MODELS[model], block_size=seq_len, vocab_size=opened.manifest.vocab_size)
-    net = GPT(config, rngs=nnx.Rngs(0))
+    config = dataclasses.replace(
+        GPT2, **MODELS[model], block_size=seq_len, vocab_size=opened.manifest.vocab_size
+    )
+    net = Transformer(config, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(net, optax.adamw(3e-4), wrt=nnx.Param)
 
     @nnx.jit
     def step(
-        net: GPT, optimizer: nnx.Optimizer, inputs: jax.Array, targets: jax.Array
+        net: Transformer, optimizer: nnx.Optimizer, inputs: jax.Array, targets: jax.Array
     ) -> jax.Array:
-        def loss_fn(net: GPT) -> jax.Array:
+        def loss_fn(net: Transformer) -> jax.Array:
             logits = net(inputs).astype(jnp.float32)
             return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 

@@ -5,14 +5,18 @@ atomically: it is written under a temporary name and renamed when complete, so a
 save never becomes the latest). It holds three items: `params`, `opt` (the optimizer state) and
 `meta` (step, seed, the full RNG key, the resolved config, the job and its spec, the vocabulary
 size and the training store's tokenizer identity). With the deterministic loader that is all a
-run needs to resume bitwise.
+run needs to resume bitwise. Orbax's own `metrics` item holds the validation loss of the step,
+when the run validated at it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,8 @@ class Checkpointer:
     """Save and restore train states under one run's checkpoint folder.
 
     Keeps the last `keep_last` checkpoints plus every one whose step is a multiple of
-    `keep_every`. A save that fails is reported and leaves the earlier checkpoints as they were.
+    `keep_every`, and with `keep_best` the one with the lowest validation loss among those that
+    recorded one. A save that fails is reported and leaves the earlier checkpoints as they were.
     """
 
     def __init__(
@@ -38,14 +43,18 @@ class Checkpointer:
         *,
         keep_last: int = 3,
         keep_every: int | None = None,
+        keep_best: bool = False,
         asynchronous: bool = True,
         read_only: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else keep_last,
             save_interval_steps=0 if read_only else 1,
-            keep_period=keep_every,
+            preservation_policy=None if read_only else _retention(keep_last, keep_every, keep_best),
+            # Orbax writes a step's metrics only with a best_fn; every run records them, so that
+            # one resumed with keep_best turned on knows the best of its earlier checkpoints
+            best_fn=_val_loss,
+            best_mode="min",
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=not read_only,
             create=not read_only,
@@ -75,12 +84,24 @@ class Checkpointer:
         self._manager.reload()
         return list(self._manager.all_steps())
 
-    def save(self, step: int, params: Any, opt: Any, meta: dict[str, Any]) -> bool:
-        """Start writing a checkpoint of `step`; False (and a report) if it could not be written.
+    def save(
+        self,
+        step: int,
+        params: Any,
+        opt: Any,
+        meta: dict[str, Any],
+        val_loss: float | None = None,
+    ) -> bool:
+        """Start writing a checkpoint of `step` (`val_loss`: the validation loss at that step,
+        if the run validated at it); False (and a report) if it could not be written.
 
         An error of an earlier asynchronous save surfaces here too and is reported the same way.
         """
         self._collect_errors()
+        # empty rather than absent when there is none: Orbax warns at each save without metrics
+        recorded = (
+            {"val_loss": val_loss} if val_loss is not None and math.isfinite(val_loss) else {}
+        )
         try:
             self._manager.save(
                 step,
@@ -89,6 +110,7 @@ class Checkpointer:
                     opt=ocp.args.StandardSave(opt),
                     meta=ocp.args.JsonSave(meta),
                 ),
+                metrics=recorded,
                 force=True,
             )
         except Exception as exc:
@@ -209,6 +231,32 @@ class Checkpointer:
             self._fail(self._pending, exc)
 
 
+def _val_loss(metrics: dict[str, Any]) -> float:
+    return float(metrics.get("val_loss", math.inf))
+
+
+def _retention(
+    keep_last: int, keep_every: int | None, keep_best: bool
+) -> ocp.checkpoint_managers.PreservationPolicy:
+    """The checkpoints a save leaves on disk: the newest `keep_last`, every multiple of
+    `keep_every`, and (`keep_best`) the one with the lowest recorded validation loss. Orbax's
+    own `best_fn` retention would replace the newest-N rotation rather than add to it."""
+    policies: list[ocp.checkpoint_managers.PreservationPolicy] = [
+        ocp.checkpoint_managers.LatestN(n=keep_last)
+    ]
+    if keep_every is not None:
+        policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
+    if keep_best:
+        # checkpoints without a validation loss rank last (inf): the best is one that has one,
+        # unless none has, and then it is the newest, which LatestN keeps anyway
+        policies.append(
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False
+            )
+        )
+    return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+
+
 @contextlib.contextmanager
 def _absl_level(level: int) -> Iterator[None]:
     logger = logging.getLogger("absl")
@@ -272,6 +320,25 @@ def complete_steps(directory: Path) -> list[int]:
     )
 
 
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    step: int
+    written: datetime  # when its write completed (UTC)
+    size: int  # bytes, all its files together
+
+
+def stored_checkpoints(directory: Path) -> list[StoredCheckpoint]:
+    """The complete checkpoints of a checkpoint folder, oldest first."""
+    name_format = ocp.path.step.standard_name_format()
+    found = []
+    for step in complete_steps(directory):
+        folder = directory / str(step)
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        written = name_format.find_step(directory, step).commit_timestamp
+        found.append(StoredCheckpoint(step, written, size))
+    return found
+
+
 def locate(path: str | Path) -> tuple[Path, int]:
     """(checkpoint folder, step) for a run folder, checkpoint folder or step folder."""
     path = checkpoint_dir_of(path)
@@ -283,83 +350,3 @@ def locate(path: str | Path) -> tuple[Path, int]:
             f"no complete checkpoint under {path}; give a run folder or a checkpoint folder"
         )
     return path, steps[-1]
-
-
-def trained_context(model: Any, cfg: Any) -> int:
-    """The sequence length a loaded model was trained on (training.seq_len, else its block size)."""
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.select(cfg, "training.seq_len") or model.config.block_size)
-
-
-def load_model(
-    run_or_checkpoint_path: str | Path, root: str | Path | None = None
-) -> tuple[Any, Any, dict[str, Any] | None]:
-    """Build a trained model from a run or checkpoint folder: `(model, cfg, tokenizer identity)`.
-
-    `root`, when given, resolves a relative path against the output folder.
-    """
-    model, meta = _load(run_or_checkpoint_path, root)
-    return model, _config(meta), meta.get("tokenizer")
-
-
-def load_trained(run_or_checkpoint_path: str | Path) -> tuple[Any, Any, Any]:
-    """`(model, cfg, tokenizer)` of a run or checkpoint folder. A Hugging Face tokenizer file that
-    is gone since training is read from the copy its training store keeps."""
-    from theseus.data.tokenizers import load_tokenizer
-
-    model, meta = _load(run_or_checkpoint_path, None)
-    identity = meta.get("tokenizer")
-    if not identity:
-        raise UserError(
-            f"{run_or_checkpoint_path}: the checkpoint does not record its tokenizer, so text "
-            "cannot be encoded for it"
-        )
-    cfg = _config(meta)
-    return model, cfg, load_tokenizer(identity, fallback=_store_tokenizer_copy(meta))
-
-
-def _store_tokenizer_copy(meta: dict[str, Any]) -> Path | None:
-    """Where the first training store keeps its copy of the tokenizer file, if the run had one."""
-    root = meta.get("spec", {}).get("root")
-    datasets = meta.get("config", {}).get("training", {}).get("dataset") or []
-    if not root or not datasets or not datasets[0].get("name"):
-        return None
-    return Path(root) / "data" / datasets[0]["name"] / "tokenizer.json"
-
-
-def _config(meta: dict[str, Any]) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(meta["config"])
-
-
-def _load(
-    run_or_checkpoint_path: str | Path, root: str | Path | None
-) -> tuple[Any, dict[str, Any]]:
-    from theseus.registry import JOBS
-
-    path = Path(run_or_checkpoint_path)
-    if root is not None and not path.is_absolute():
-        path = Path(root) / path
-    directory, step = locate(path)
-    checkpointer = Checkpointer(directory, read_only=True, asynchronous=False)
-    try:
-        meta = checkpointer.meta(step)
-        trainer = JOBS[meta["job"]]
-        create = trainer.model_factory(
-            _config(meta),
-            vocab_size=int(meta["vocab_size"]),
-            vocab_used=meta.get("vocab_used"),  # absent: written before padding was masked
-            seed=int(meta["seed"]),
-        )
-        from flax import nnx
-
-        from theseus.model.sharding import abstract_on_mesh, make_mesh
-
-        graphdef, params, rest = abstract_on_mesh(create, make_mesh(devices=jax.devices()[:1]))
-        params, _, _ = checkpointer.restore(step, params, None)
-        model = nnx.merge(graphdef, params, rest)
-    finally:
-        checkpointer.close()
-    return model, meta

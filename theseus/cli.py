@@ -10,14 +10,11 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from theseus.errors import UserError
-
-if TYPE_CHECKING:
-    from theseus.stages import Stage
 
 _VERBOSE_FLAGS = ("-v", "--verbose")
 
@@ -140,57 +137,18 @@ def configure(
     loads: tuple[str, ...],
 ) -> None:
     """Write the config of JOB to OUT_YAML, with each field's help as a comment."""
-    from theseus import config as C
     from theseus.job import Request
-    from theseus.stages import Stage, override, read_parts
+    from theseus.schema_cache import SchemaCache
+    from theseus.stages import ConfigUpdate
 
     if not out_yaml.strip():
         raise UserError("OUT_YAML is empty; give the file to write, e.g. train.yaml")
     _refuse_setting_as_path("OUT_YAML", out_yaml, "train.yaml")
-    out = Path(out_yaml).expanduser()
-    in_place = previous is not None and Path(previous).expanduser().resolve() == out.resolve()
-    if out.exists() and not force:
-        if not in_place:
-            raise UserError(
-                f"{out} exists; pass -p {out} to carry its values over, or --force to replace it"
-            )
-        written = read_parts(out)[0]
-        if written != job:
-            raise UserError(
-                f"{out} holds the config of job {written!r}, not {job!r}; write {job} to a new "
-                f"file (theseus configure {job} NEW.yaml -p {out}), or pass --force to replace it"
-            )
-    _do_loads(loads)
-    stage = Stage.new(job, Request(chip, n_chips, n_shards))
-    if previous is not None:
-        written_by, old, values = read_parts(previous)
-        dropped = stage.carry_over(values, written_by)
-        if dropped and in_place and out.exists() and not force:
-            raise UserError(
-                f"updating {out} in place would drop {', '.join(dropped)} (not in the schema of "
-                f"{job} or ill-typed); fix them in {out}, write a new file (theseus configure "
-                f"{job} NEW.yaml -p {out}), or pass --force to drop them"
-            )
-        if old is not None:
-            stage.request = Request(
-                chip or old.chip, old.n if n_chips is None else n_chips, n_shards or old.n_shards
-            )
-        if dropped:
-            _echo(
-                f"dropped from {previous} (not in the schema of {job} or ill-typed): {', '.join(dropped)}"
-            )
-    override([stage], list(overrides))
-    if in_place and out.exists() and not force:
-        _refuse_dropping_comments(out, stage.to_yaml(), job)
-    new_folder = next((p for p in reversed(out.parents) if not p.exists()), None)
-    stage.save(out)  # checks the values first
-    missing = C.missing_keys(stage.cfg)
-    if new_folder is not None:
-        _echo(
-            f"created the folder {new_folder}"
-            + (" and those below it" if new_folder != out.parent else "")
-        )
-    _echo(f"wrote {out}" + (f"; still required: {', '.join(missing)}" if missing else ""))
+    update = ConfigUpdate(job, Path(out_yaml), previous, force)
+    update.refuse_replacing()
+    # the job's schema from the cache when it holds it: the job (and the --load code) is
+    # imported only to build it
+    update.write(Request(chip, n_chips, n_shards), overrides, _echo, SchemaCache(loads))
 
 
 @cli.command()
@@ -230,29 +188,13 @@ def run(
     from theseus.stages import Stage, override, run_stages
 
     _do_loads(loads)
-    pipeline = [_first_stage(yaml_path, job)] + [Stage.from_yaml(s) for s in stages]
+    pipeline = [Stage.from_yaml(yaml_path, job)] + [Stage.from_yaml(s) for s in stages]
     override(pipeline, list(overrides))
     request = pipeline[0].request
     if n_shards is not None:
         request.n_shards = n_shards
     spec = ExecutionSpec(name, Path(out), project, group, request, fresh=fresh, restore=restore)
     run_stages(pipeline, spec)
-
-
-def _refuse_dropping_comments(path: Path, text: str, job: str) -> None:
-    """The file is written anew from its values: comment lines of the user's would be lost."""
-    written = {line.strip() for line in text.splitlines()}
-    theirs = [
-        line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip().startswith("#") and line.strip() not in written
-    ]
-    if theirs:
-        more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
-        raise UserError(
-            f"updating {path} in place would drop your comment {theirs[0]!r}{more}; write a new "
-            f"file (theseus configure {job} NEW.yaml -p {path}), or pass --force to drop them"
-        )
 
 
 def _refuse_setting_as_path(what: str, given: str, example: str) -> None:
@@ -264,126 +206,81 @@ def _refuse_setting_as_path(what: str, given: str, example: str) -> None:
         )
 
 
-def _first_stage(yaml_path: str, job: str | None) -> Stage:
-    """The stage of YAML, run as `job` when -j names one; a mismatch says whose file it is."""
-    from theseus import config as C
-    from theseus.stages import Stage
+# The options `submit` and `bootstrap` share: the request, where it may go, what it ships.
+_SUBMISSION_OPTIONS = [
+    click.option("--chip", callback=_chip, help="chip type (default: the YAML's, else cpu)"),
+    click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips"),
+    _run_options,
+    click.option("--cluster", "clusters", multiple=True, help="only these clusters (a,b,...)"),
+    click.option("--exclude-cluster", "exclude_clusters", multiple=True, help="never these"),
+    click.option("--dirty/--clean", default=True, help="ship uncommitted changes too (default)"),
+    click.option("--untracked", is_flag=True, help="also ship untracked (not ignored) files"),
+    click.option("--restore", help="start from another run's checkpoint (a path on the host)"),
+    click.option(
+        "--fresh",
+        is_flag=True,
+        help="start over instead of resuming (a trainer with checkpoints needs training.overwrite=true; once: a requeued SLURM job resumes)",
+    ),
+    click.option("--mem", metavar="SIZE", help="memory per node, e.g. 64G (SLURM hosts)"),
+    click.option("--cpus", type=int, metavar="N", help="CPUs per task (SLURM hosts)"),
+    click.option("--target", "targets", multiple=True, metavar="GROUP", help="uv group to add"),
+    click.option(
+        "-d",
+        "--dispatch-config",
+        "--dispatch",
+        "dispatch_file",
+        type=click.Path(dir_okay=False),
+        help="dispatch file (default ~/.theseus.yaml)",
+    ),
+    _verbose,
+    _load,
+]
 
-    try:
-        return Stage.from_yaml(yaml_path, job)
-    except UserError as exc:
-        written = C.read_yaml(yaml_path).get("job") if job else None
-        if not written or written == job:
-            raise
-        problem = str(exc).removeprefix(f"{yaml_path}: ")
-        raise UserError(
-            f"{yaml_path} was written for job {written!r} and -j asks for {job!r}: {problem} "
-            f"(drop -j, or carry its values over: theseus configure {job} NEW.yaml -p {yaml_path})"
-        ) from None
 
-
-def _split_commas(values: tuple[str, ...]) -> list[str] | None:
-    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    return names or None
+def _submission_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_SUBMISSION_OPTIONS):
+        f = option(f)
+    return f
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("name")
 @click.argument("yaml_path", metavar="YAML", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--chip", callback=_chip, help="chip type (default: the YAML's request, else cpu)")
-@click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips")
-@_run_options
-@click.option("--cluster", "clusters", multiple=True, help="only these clusters (comma-separated)")
-@click.option("--exclude-cluster", "exclude_clusters", multiple=True, help="never these clusters")
-@click.option(
-    "--dirty/--clean",
-    default=True,
-    show_default=True,
-    help="include uncommitted changes, or ship HEAD only",
-)
-@click.option("--untracked", is_flag=True, help="also ship untracked (not ignored) files")
-@click.option("--restore", help="start from another run's checkpoint (a path on the host)")
-@click.option(
-    "--fresh",
-    is_flag=True,
-    help="start over instead of resuming (a trainer with checkpoints needs training.overwrite=true; once: a requeued SLURM job resumes)",
-)
-@click.option(
-    "--env",
-    "env",
-    multiple=True,
-    metavar="K=V",
-    help="environment variable for the job (repeatable)",
-)
-@click.option(
-    "-d",
-    "--dispatch",
-    "dispatch_file",
-    type=click.Path(dir_okay=False),
-    help="dispatch file (default ~/.theseus.yaml)",
-)
+@_submission_options
+@click.option("--env", multiple=True, metavar="K=V", help="the job's environment (repeatable)")
 @click.option("--dry-run", is_flag=True, help="print the scripts it would run; change nothing")
-@_verbose
-@_load
-def submit(
-    name: str,
-    yaml_path: str,
-    overrides: tuple[str, ...],
-    chip: str | None,
-    n_chips: int | None,
-    n_shards: int | None,
-    project: str,
-    group: str,
-    clusters: tuple[str, ...],
-    exclude_clusters: tuple[str, ...],
-    dirty: bool,
-    untracked: bool,
-    stages: tuple[str, ...],
-    restore: str | None,
-    fresh: bool,
-    env: tuple[str, ...],
-    dispatch_file: str | None,
-    dry_run: bool,
-    loads: tuple[str, ...],
-) -> None:
+def submit(**given: Any) -> None:
     """Run the job(s) in YAML on a host from the dispatch file (or this machine), detached."""
+    from theseus.dispatch.submit import SubmitOptions
     from theseus.dispatch.submit import submit as do_submit
 
-    _do_loads(loads)
-    done = do_submit(
-        name,
-        yaml_path,
-        overrides=list(overrides),
-        stages=list(stages),
-        chip=chip,
-        n=n_chips,
-        n_shards=n_shards,
-        project=project,
-        group=group,
-        clusters=_split_commas(clusters),
-        exclude_clusters=_split_commas(exclude_clusters),
-        dirty=dirty,
-        untracked=untracked,
-        restore=restore,
-        fresh=fresh,
-        env=list(env),
-        loads=list(loads),
-        dispatch_file=dispatch_file,
-        dry_run=dry_run,
-    )
-    if dry_run:
+    options = SubmitOptions(**given)  # each argument and option is named as its field
+    _do_loads(options.loads)
+    done = do_submit(options)
+    if options.dry_run:
         click.echo(done.describe())
         return
-    record = done.record
-    assert record is not None
-    queued = " (queued: no host is free now)" if done.placement.queued else ""
     for reason in done.passed_over:
         _echo(f"passed over: {reason}")
-    _echo(
-        f"submitted {name} to {record.host_name} ({record.backend} id {record.backend_id}){queued}; "
-        f"code {record.snapshot} ({'sent' if done.snapshot_sent else 'already there'}); log: {record.log}"
-    )
+    _echo(done.summary())
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("name")
+@click.argument("yaml_path", metavar="YAML", type=click.Path(dir_okay=False))
+@click.argument("out_script", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@_submission_options
+def bootstrap(out_script: str, **given: Any) -> None:
+    """Write OUT_SCRIPT: what `submit` would run, code included, to start with bash or sbatch."""
+    from theseus.dispatch.standalone import write_script
+    from theseus.dispatch.submit import SubmitOptions
+
+    _refuse_setting_as_path("OUT_SCRIPT", out_script, "my-run.sh")
+    options = SubmitOptions(**given)
+    _do_loads(options.loads)
+    _echo(write_script(options, Path(out_script)).summary())
 
 
 @cli.command()
@@ -392,7 +289,7 @@ def submit(
 def status(name: str | None) -> None:
     """Show the state of submitted runs (all, or NAME) with their last metrics line."""
     from theseus.dispatch import records
-    from theseus.dispatch.submit import observe
+    from theseus.dispatch.control import observe
 
     chosen = [records.load(name)] if name else records.all_records()
     if not chosen:
@@ -411,7 +308,7 @@ def status(name: str | None) -> None:
 def logs(name: str, follow: bool) -> None:
     """Print the log of a submitted run."""
     from theseus.dispatch import records
-    from theseus.dispatch.submit import logs as run_logs
+    from theseus.dispatch.control import logs as run_logs
 
     def write(chunk: bytes) -> None:
         click.echo(chunk.decode(errors="replace"), nl=False)
@@ -426,7 +323,7 @@ def logs(name: str, follow: bool) -> None:
 def cancel(name: str) -> None:
     """Stop a submitted run (it saves a checkpoint first when it can)."""
     from theseus.dispatch import records
-    from theseus.dispatch.submit import cancel as run_cancel
+    from theseus.dispatch.control import cancel as run_cancel
 
     record = records.load(name)
     run_cancel(record)
@@ -499,6 +396,17 @@ def plot(runs: tuple[str, ...], out: str) -> None:
     from theseus.training.plot import plot_runs
 
     _echo(f"wrote {plot_runs(list(runs), out)}")
+
+
+@cli.command()
+@click.argument("run_folder", metavar="RUN", type=click.Path())
+@_verbose
+def checkpoints(run_folder: str) -> None:
+    """List the checkpoints of RUN (OUT/runs/PROJECT/GROUP/NAME, or its checkpoint folder): step,
+    time written, size, train and validation loss, the latest and the best (lowest val_loss)."""
+    from theseus.training.checkpoint_table import checkpoint_table
+
+    click.echo(checkpoint_table(run_folder))
 
 
 @cli.command()

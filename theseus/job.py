@@ -1,12 +1,11 @@
 """Jobs: a typed config plus an execution spec, and a `run()` that does the work.
 
-`BasicJob` runs once. `CheckpointedJob` saves progress under its checkpoint folder and picks it up
-when run again. `RestoreableJob` can also start from another run's checkpoint.
+`BasicJob` runs once. `CheckpointedJob` resumes from its own checkpoints when its run is started
+again. `RestoreableJob` also accepts `--restore`, starting from another run's checkpoint.
 """
 
 from __future__ import annotations
 
-import abc
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from omegaconf import DictConfig
 
-from theseus.config import Schema, configuration, configure
+from theseus.config import Schema, configure
 from theseus.errors import UserError
 
 C = TypeVar("C")
@@ -66,6 +65,15 @@ class Request:
         request.check(source)
         return request
 
+    def over(self, written: Request) -> Request:
+        """This request where it says something, else what `written` says: the command line's
+        request over a config file's."""
+        return Request(
+            written.chip if self.chip is None else self.chip,
+            written.n if self.n is None else self.n,
+            written.n_shards if self.n_shards is None else self.n_shards,
+        )
+
     def check(self, source: str = "request") -> None:
         from theseus.base.chips import get_chip
 
@@ -108,7 +116,8 @@ class ExecutionSpec:
 
     Output layout under `root`: `data/<dataset>/` token stores,
     `checkpoints/<project>/<group>/<name>/` checkpoints, `runs/<project>/<group>/<name>/` the
-    run's config, metrics, logs and plots. Folders are created when first asked for.
+    run's config, metrics, logs and plots. Asking where a folder is creates nothing: whoever
+    writes there makes it.
     """
 
     name: str
@@ -125,25 +134,17 @@ class ExecutionSpec:
         check_name("project", self.project)
         check_name("group", self.group)
 
-    def _dir(self, *parts: str) -> Path:
-        path = self.root.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def place(self, kind: str) -> Path:
-        """Where this run's `kind` folder ("runs", "checkpoints") is, without creating it."""
+        """Where this run's `kind` folder ("runs", "checkpoints") is."""
         return self.root / kind / self.project / self.group / self.name
 
     @property
     def run_dir(self) -> Path:
-        return self._dir("runs", self.project, self.group, self.name)
+        return self.place("runs")
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self._dir("checkpoints", self.project, self.group, self.name)
-
-    def data_dir(self, dataset: str) -> Path:
-        return self._dir("data", check_name("dataset", dataset))
+        return self.place("checkpoints")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +179,13 @@ class BasicJob(Generic[C]):
     def schema(cls) -> Schema:
         return Schema(*cls.components())
 
+    @classmethod
+    def fresh_start_refusal(cls, cfg: DictConfig) -> str | None:
+        """How to let a run of this job configured by `cfg` start over (`--fresh`) although it
+        has checkpoints, when the job would refuse that as configured; None when it would not.
+        Dispatch asks before it submits a run again, so the refusal comes before the job leaves."""
+        return None
+
     def run(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement run()")
 
@@ -190,32 +198,14 @@ class BasicJob(Generic[C]):
         return to_yaml(self.cfg if cfg is None else cfg, self.schema(), header)
 
     def __call__(self) -> Any:
-        with configuration(self.cfg):
-            return self.run()
+        return self.run()
 
 
-class CheckpointedJob(BasicJob[C], abc.ABC):
-    """A job that saves its progress under `spec.checkpoint_dir` and resumes from it.
-
-    Running a name that already has a complete checkpoint resumes it; `spec.fresh` starts over.
-    """
-
-    @abc.abstractmethod
-    def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint of this run, or None."""
-
-    @abc.abstractmethod
-    def save(self) -> Path:
-        """Write a checkpoint of the current state; returns where it went."""
-
-    @abc.abstractmethod
-    def load(self, path: Path) -> None:
-        """Replace the current state with the checkpoint at `path`."""
+class CheckpointedJob(BasicJob[C]):
+    """A job that resumes from its own checkpoints (under `spec.checkpoint_dir`) when its run is
+    started again, and starts over with `spec.fresh`. How it saves and resumes is its own."""
 
 
-class RestoreableJob(CheckpointedJob[C], abc.ABC):
-    """A checkpointed job that can also start from another run's checkpoint (`spec.restore`)."""
-
-    @abc.abstractmethod
-    def restore(self, path: Path, weights_only: bool = False) -> None:
-        """Start from the checkpoint at `path`: full state, or only the weights."""
+class RestoreableJob(CheckpointedJob[C]):
+    """A checkpointed job that also accepts `--restore`: it can start from another run's
+    checkpoint (`spec.restore`). The runner refuses `--restore` for a run with no such job."""

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from theseus.job import ExecutionSpec, Request
-from theseus.stages import Stage, override, run_stages
+from theseus.stages import Stage, override, run_stages, save_config
 
 
 class QuickJob:
@@ -76,8 +76,7 @@ class QuickJob:
         request = Request(get_chip(chip).name if chip else None, n_chips, n_shards)
         request.check("save()")
         # the file's request only: the job run here keeps its own
-        dataclasses.replace(self._stage, request=request).save(path)
-        return Path(path).expanduser()
+        return save_config(dataclasses.replace(self._stage, request=request), path)
 
 
 @contextlib.contextmanager

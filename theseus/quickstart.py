@@ -16,8 +16,9 @@ from rich.console import Console
 from theseus.errors import UserError
 
 RUN = "quickstart-gpt"
+STORE = "pystdlib"  # named by both steps: training's default store, fineweb, needs the network
 TOKENIZE = [
-    "data.name=pystdlib",
+    f"data.name={STORE}",
     "tokenizer.backend=bytes",
     "data.max_tokens=4000000",
     "data.val_pct=2",
@@ -57,6 +58,7 @@ def quickstart(out: Path, steps: int, cli_main: Callable[[list[str]], int]) -> l
             "gpt/train/pretrain",
             train_yaml,
             "--force",
+            f"training.dataset=[{{name: {STORE}}}]",
             f"training.steps={steps}",
             *MODEL,
         ],

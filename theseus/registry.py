@@ -1,4 +1,4 @@
-"""Name -> class registries for jobs, models, datasets and evaluations.
+"""Name -> class registries for jobs, datasets and evaluations.
 
 Entries are added by decorators (`@job("gpt/train/pretrain")`). Listing must stay fast and must
 not import JAX, so the built-in modules are indexed by reading their source (the decorator calls
@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import sys
 import traceback
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +142,19 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def unknown(self, name: str) -> str:
-        import difflib
+        return unknown_name(self.kind, name, self.names())
 
-        names = self.names()
-        near = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
-        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(names)}."
-        return (
-            f"unknown {self.kind} {name!r}; {hint} "
-            "If your own code defines it, add --load FILE.py (or --load MODULE)"
-        )
+
+def unknown_name(kind: str, name: str, names: list[str]) -> str:
+    """The error for `name`, which is not among the `names` registered as `kind`."""
+    import difflib
+
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(names)}."
+    return (
+        f"unknown {kind} {name!r}; {hint} "
+        "If your own code defines it, add --load FILE.py (or --load MODULE)"
+    )
 
 
 def _qualname(obj: Any) -> str:
@@ -165,12 +170,13 @@ def _where(obj: Any) -> str:
 
 
 JOBS: Registry[Any] = Registry("job", "job")
-MODELS: Registry[Any] = Registry("model", "model")
 DATASETS: Registry[Any] = Registry("dataset", "dataset")
 EVALUATIONS: Registry[Any] = Registry("evaluation", "evaluation")
 
+# by kind: what a setting declared with `field(..., registry=KIND)` names
+REGISTRIES: dict[str, Registry[Any]] = {r.kind: r for r in (JOBS, DATASETS, EVALUATIONS)}
+
 job = JOBS.register
-model = MODELS.register
 dataset = DATASETS.register
 evaluation = EVALUATIONS.register
 
@@ -209,7 +215,8 @@ def load(target: str) -> None:
         path = Path(target).expanduser().resolve()
         if not path.is_file():
             raise UserError(f"--load {target}: no such file")
-        name = f"theseus_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        # the same name in every process: a cached schema names the module its classes are in
+        name = f"theseus_user_{path.stem}_{zlib.crc32(str(path).encode()):08x}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise UserError(f"--load {target}: not a Python file")

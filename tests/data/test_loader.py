@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from tests.data.conftest import write_stream_store
 from theseus.data.chat import example
 from theseus.data.loader import DatasetMix, Loader, mixture_table, open_mixture
+from theseus.data.shuffle import permute, round_keys
 from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
 from theseus.errors import UserError
 
@@ -104,12 +104,32 @@ def test_every_window_once_per_epoch_reshuffled_each_epoch(stores):
     assert epochs[0] != epochs[1] != epochs[2]
 
 
-def test_any_step_is_found_directly(stores):
+def test_any_step_is_found_directly(stores, monkeypatch):
+    """Step 10**12 costs what step 0 costs: its rows' windows come from the permutation of its
+    own epoch alone, evaluated once at those rows, with no earlier epoch or step computed."""
+    from theseus.data import loader as loader_module
+
+    keys_for, permuted = [], []
+
+    def spy_keys(*path):
+        keys_for.append(path)
+        return round_keys(*path)
+
+    def spy_permute(index, n, keys):
+        permuted.append(len(index))
+        return permute(index, n, keys)
+
+    monkeypatch.setattr(loader_module, "round_keys", spy_keys)
+    monkeypatch.setattr(loader_module, "permute", spy_permute)
     loader = Loader([stores[0]], [1.0], SEQ, 8, seed=0)
-    start = time.perf_counter()
+    loader.batch(0)
+    assert (keys_for, permuted) == ([(0, 0, 0)], [8])
+    keys_for.clear()
+    permuted.clear()
     far = loader.batch(10**12)
-    assert time.perf_counter() - start < 0.5
     epoch = (10**12 * 8) // N_WINDOWS
+    assert (10**12 * 8) % N_WINDOWS + 8 <= N_WINDOWS  # all 8 rows fall in that one epoch
+    assert (keys_for, permuted) == ([(0, 0, epoch)], [8])
     first = (epoch * N_WINDOWS) // 8  # a step that starts that epoch
     served = [w for s in range(first, first + 12) for w in windows_of(loader.batch(s))]
     assert sorted(served) == [i * SEQ for i in range(N_WINDOWS)] and windows_of(far)[0] in served
@@ -156,22 +176,35 @@ def test_validation_split_and_bad_requests(stores):
 
 
 def test_prefetch_stays_bounded_and_matches_direct_batches(stores):
-    calls = []
+    """With a queue of 2, the producer computes step s only once s - 2 batches past the start
+    have been taken (the queue full, the batch after it waiting to be put): checked at each
+    call, whatever the threads' timing, and it does run that far ahead."""
+    calls, taken, too_early = [], [0], []
+    reached = threading.Event()
 
     class Counting(Loader):
         def batch(self, step: int) -> dict:
+            if step > 7 + taken[0] + 2:
+                too_early.append((step, taken[0]))
             calls.append(step)
+            if len(calls) == 1 + 2 + 1:  # the one taken, a full queue, one waiting to be put
+                reached.set()
             return super().batch(step)
 
     loader = Counting([stores[0]], [1.0], SEQ, 8, seed=5)
     stream = loader.iterate(start_step=7, prefetch=2)
+    taken[0] = 1  # counted before the take: a batch computed after it is allowed
     step, batch = next(stream)
     assert step == 7 and np.array_equal(
         batch["inputs"], Loader([stores[0]], [1.0], SEQ, 8, seed=5).batch(7)["inputs"]
     )
-    time.sleep(0.3)
-    assert len(calls) <= 1 + 2 + 1  # the one taken, a full queue, one waiting to be put
-    assert [next(stream)[0] for _ in range(3)] == [8, 9, 10]
+    assert reached.wait(timeout=60)
+    assert calls == [7, 8, 9, 10]
+    steps = []
+    for _ in range(3):
+        taken[0] += 1
+        steps.append(next(stream)[0])
+    assert steps == [8, 9, 10] and too_early == []
     loader.close()
     stream.close()
     assert not any(t.name == "theseus-loader" and t.is_alive() for t in threading.enumerate())

@@ -236,6 +236,7 @@ def test_chat_content_in_text_parts_is_joined_and_other_content_refused(tmp_path
         documents(name="files", paths=[str(tmp_path / "chats.jsonl")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -268,7 +269,7 @@ def test_a_name_lookup_that_hangs_is_no_answer_within_the_timeout(monkeypatch: p
     """A resolver that hangs cannot be arranged for real here: a stand-in lookup sleeps."""
     import socket
 
-    from theseus.data.datasets.hub import url_reachable
+    from theseus.data.hub import url_reachable
 
     def hang(*args, **kwargs):
         time.sleep(30)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def stream_documents(store: TokenStore, split: str) -> list[str]:
     return [tokenizer.decode(tokens[a:b].tolist()) for a, b in zip(starts, cuts, strict=True)]
 
 
+@pytest.mark.slow
 def test_pystdlib_bytes_store_is_valid_and_a_rerun_does_nothing(tmp_path: Path):
     args = (
         "data.name=pystdlib",
@@ -102,6 +104,7 @@ def _kill_when(process: subprocess.Popen, progress: Path, docs: int) -> int:
     pytest.fail(f"the run ended (rc={process.poll()}) before {docs} documents were committed")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_gives_a_byte_identical_store(tmp_path: Path):
     args = (
         "data.name=pystdlib",
@@ -306,10 +309,33 @@ def test_bad_settings_fail_before_writing(tmp_path: Path, setting: str, message:
     assert not (tmp_path / "data").exists()
 
 
-def test_worker_processes_and_threads_write_the_same_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """Linux encodes in forked processes; elsewhere threads do it. Both must give the same bytes."""
+ENCODE_PATH = """
+import json, os, sys
+os.sched_setaffinity(0, json.loads(sys.argv[1]))
+from theseus.cli import main
+from theseus.data import encoding
+taken = []
+enter = encoding.EncodeWorkers.__enter__
+def recorded(self):
+    entered = enter(self)
+    taken.append({"workers": self.workers, "processes": self.pool is not None})
+    return entered
+encoding.EncodeWorkers.__enter__ = recorded
+code = main(sys.argv[2:])
+print("TAKEN" + json.dumps(taken))
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_worker_processes_and_threads_write_the_same_store(tmp_path: Path):
+    """Linux encodes in forked processes, one per core the process may run on (its CPU
+    affinity); on one core, threads do it. Both must give the same bytes. Each run is a fresh
+    process: once JAX has started in a process, it never forks."""
+    cores = sorted(os.sched_getaffinity(0))
+    assert len(cores) >= 2, "this test needs a machine with at least two cores"
+    yaml_path = tmp_path / "tok.yaml"
+    assert main(["configure", "data/tokenize_variable_dataset", str(yaml_path)]) == 0
     common = (
         "data.name=pystdlib",
         "tokenizer.backend=bytes",
@@ -317,13 +343,22 @@ def test_worker_processes_and_threads_write_the_same_store(
         "data.batch_docs=3",
         "data.val_pct=20",
     )
-    forked = run_job(
-        tmp_path, "data/tokenize_variable_dataset", "forked", *common, "data.store=forked"
-    )
-    monkeypatch.setattr("theseus.data.pipeline.os.cpu_count", lambda: 1)
-    threaded = run_job(
-        tmp_path, "data/tokenize_variable_dataset", "threaded", *common, "data.store=threaded"
-    )
+
+    def tokenize(store: str, cpus: list[int]) -> list[dict]:
+        args = ["run", store, str(yaml_path), str(tmp_path), *common, f"data.store={store}"]
+        result = subprocess.run(
+            [sys.executable, "-c", ENCODE_PATH, json.dumps(cpus), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        line = next(x for x in result.stdout.splitlines() if x.startswith("TAKEN"))
+        return json.loads(line[len("TAKEN") :])
+
+    assert tokenize("forked", cores) == [{"workers": len(cores), "processes": True}]
+    assert tokenize("threaded", cores[:1]) == [{"workers": 1, "processes": False}]
+    forked, threaded = tmp_path / "data" / "forked", tmp_path / "data" / "threaded"
     assert store_bytes(forked) == store_bytes(threaded)
 
 

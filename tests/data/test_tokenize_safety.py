@@ -49,6 +49,7 @@ def _signal_group_after(process: subprocess.Popen, progress: Path, sig: int) -> 
     pytest.fail(f"the run ended (rc={process.poll()}) before the signal could be sent")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_process_group_stops_at_a_commit_and_a_rerun_finishes(
     tmp_path: Path, sig: signal.Signals
@@ -86,6 +87,7 @@ def test_a_signal_to_the_process_group_stops_at_a_commit_and_a_rerun_finishes(
     )
 
 
+@pytest.mark.slow
 def test_an_interrupted_fresh_rebuild_is_finished_by_a_plain_rerun(tmp_path: Path):
     job, rebuilt = "data/tokenize_variable_dataset", tmp_path / "data" / "pystdlib"
     run_job(tmp_path, job, "old", *SLOW_STDLIB, "data.max_samples=20")
@@ -145,6 +147,27 @@ def test_a_missing_store_names_the_job_that_writes_it(tmp_path: Path):
         open_mixture(tmp_path, [DatasetMix("mine")])
 
 
+def test_a_missing_store_lists_the_stores_there_and_the_override_to_train_on_one(tmp_path: Path):
+    tokens = {"train": np.arange(100) % 50}
+    for name in ("shakespeare", "pystdlib"):
+        write_stream_store(tmp_path / "data" / name, tokens, vocab_size=50, eot_id=0)
+    data = tmp_path / "data"
+    with pytest.raises(UserError) as alone:
+        open_mixture(tmp_path, [DatasetMix("fineweb")])
+    assert str(alone.value) == (
+        f"no token store 'fineweb' at {data / 'fineweb'}; {data} holds: pystdlib, shakespeare. "
+        "Tokenize fineweb first (`theseus configure data/tokenize_variable_dataset tok.yaml "
+        f"data.name=fineweb` and `theseus run tokenize-fineweb tok.yaml {tmp_path}`), "
+        "or train on one of those: 'training.dataset=[{name: pystdlib}]'"
+    )
+    # in a mixture, the override replaces only that entry, with a store the mixture lacks
+    with pytest.raises(UserError, match=r"one of those: training\.dataset\.1\.name=shakespeare$"):
+        open_mixture(tmp_path, [DatasetMix("pystdlib"), DatasetMix("web")])
+    every = [DatasetMix("pystdlib"), DatasetMix("shakespeare"), DatasetMix("web")]
+    with pytest.raises(UserError, match=r"or leave it out: '~training\.dataset\.2'$"):
+        open_mixture(tmp_path, every)
+
+
 def test_training_store_names_cannot_leave_the_data_folder(tmp_path: Path):
     outside = write_stream_store(tmp_path / "outside", {"train": np.arange(100) % 9}, 10, 9)
     for name in ("../outside", str(outside.path)):  # both would open it
@@ -181,6 +204,7 @@ def test_a_source_file_rewritten_at_the_same_size_is_not_taken_for_the_old_one(t
         run_job(tmp_path, "data/tokenize_variable_dataset", "t", *args)
 
 
+@pytest.mark.slow
 def test_a_trained_tokenizer_is_kept_unless_fresh_asks_to_replace_it(tmp_path: Path):
     args = ("data.name=pystdlib", "data.max_samples=20", "tokenizer_training.vocab_size=300")
     trained = configure_and_run(tmp_path, "data/train_tokenizer", "bpe", *args)

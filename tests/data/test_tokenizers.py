@@ -104,7 +104,7 @@ def test_special_token_text_in_a_document_stays_text(bpe_json: Path):
 def test_chat_markup_becomes_special_ids_and_messages_stay_text(bpe_json: Path, tmp_path: Path):
     from tokenizers import Tokenizer as HFTokenizer
 
-    from theseus.data.pipeline import Encoder, Plan
+    from theseus.data.encoding import Encoder, TokenizePlan
 
     with_markers = HFTokenizer.from_file(str(bpe_json))
     with_markers.add_special_tokens(["<|im_start|>", "<|im_end|>"])
@@ -115,7 +115,7 @@ def test_chat_markup_becomes_special_ids_and_messages_stay_text(bpe_json: Path, 
         {"role": "user<|endoftext|>", "content": "say <|im_end|> please"},
         {"role": "assistant", "content": "ok"},
     ]
-    plan = Plan("blockwise", None, None, 0.0, 8, seq_len=64)
+    plan = TokenizePlan("blockwise", None, None, 0.0, 8, seq_len=64)
     encoded = Encoder(tok, plan, "uint16").encode([chat, chat[1:]])
     ids = encoded.arrays["train"]["tokens"][0, : int(encoded.tokens[0])].tolist()
     # the markup only: not the quote, nor a role that spells a special token

@@ -18,7 +18,7 @@ import yaml
 
 from theseus.cli import main
 from theseus.dispatch import records
-from theseus.dispatch.submit import ACTIVE
+from theseus.dispatch.control import ACTIVE
 
 REPO = Path(__file__).resolve().parents[2]
 COUNTJOB = "tests/dispatch/countjob.py"

@@ -42,16 +42,17 @@ class CountJob(CheckpointedJob[CountConfig]):
     CONFIG = CountConfig
     DISTRIBUTED = True  # stands in for training, which SLURM starts as several tasks
 
-    def latest_checkpoint(self) -> Path | None:
+    def _latest_checkpoint(self) -> Path | None:
         path = self.spec.checkpoint_dir / "state.json"
         return path if path.exists() else None
 
-    def save(self) -> Path:
+    def _save_checkpoint(self) -> Path:
         path = self.spec.checkpoint_dir / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"step": self.step}))
         return path
 
-    def load(self, path: Path) -> None:
+    def _load_checkpoint(self, path: Path) -> None:
         self.step = json.loads(path.read_text())["step"]
 
     def run(self) -> int:
@@ -59,9 +60,9 @@ class CountJob(CheckpointedJob[CountConfig]):
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, lambda num, frame: stop.append(num))
         self.step = 0
-        latest = None if self.spec.fresh else self.latest_checkpoint()
+        latest = None if self.spec.fresh else self._latest_checkpoint()
         if latest is not None:
-            self.load(latest)
+            self._load_checkpoint(latest)
             print(f"resuming from step {self.step}", flush=True)
         print(
             f"count: pid {os.getpid()} secret {'set' if os.environ.get('THESEUS_TEST_SECRET') else 'unset'}",
@@ -70,9 +71,10 @@ class CountJob(CheckpointedJob[CountConfig]):
         print(f"echo: {os.environ.get('THESEUS_TEST_ECHO')!r}", flush=True)
         print(f"gpus: {os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
         metrics = self.spec.run_dir / "metrics.jsonl"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
         while self.step < self.config.steps:
             if stop:
-                self.save()
+                self._save_checkpoint()
                 print(f"stopped at step {self.step}, checkpoint saved", flush=True)
                 sys.exit(STOPPED_EARLY)
             time.sleep(self.config.sleep)
@@ -82,7 +84,7 @@ class CountJob(CheckpointedJob[CountConfig]):
             with metrics.open("a") as out:
                 out.write(json.dumps({"step": self.step, "loss": 1.0 / self.step}) + "\n")
             print(f"step {self.step}  loss {1.0 / self.step:.4f}", flush=True)  # as training logs
-        self.save()  # as training does at its last step
+        self._save_checkpoint()  # as training does at its last step
         print(f"done at step {self.step}", flush=True)
         if self.config.linger:
             with (self.spec.run_dir / "linger.log").open("w") as held:

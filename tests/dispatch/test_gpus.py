@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.dispatch.conftest import COUNTJOB, cli, wait_state, wait_until, write_dispatch
+
+# they submit to the test cluster (SLURM, sshd, JuiceFS) that scripts/testcluster/up.sh starts
+pytestmark = pytest.mark.cluster
 
 FAKE_NVIDIA_SMI = """#!/bin/sh
 case "$*" in

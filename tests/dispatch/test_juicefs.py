@@ -15,6 +15,9 @@ import yaml
 from tests.dispatch.conftest import COUNTJOB, ArgvWatch, cli, theseus, wait_state, wait_until
 from theseus.dispatch import records
 
+# they submit to the test cluster (SLURM, sshd, JuiceFS) that scripts/testcluster/up.sh starts
+pytestmark = pytest.mark.cluster
+
 
 def is_mounted(path: Path) -> bool:
     return subprocess.run(["mountpoint", "-q", str(path)]).returncode == 0

@@ -15,8 +15,12 @@ import pytest
 from tests.dispatch.conftest import cli, theseus, wait_until, write_dispatch
 from theseus.cli import main
 
+# it submits to the test cluster (scripts/testcluster/up.sh) a job of two JAX processes
+pytestmark = [pytest.mark.cluster, pytest.mark.multiprocess]
+
 STEPS = 60
 TINY = [
+    "training.dataset=[{name: pystdlib}]",  # the store of the `train` fixture
     "architecture.n_layers=2",
     "architecture.d_model=32",
     "architecture.n_heads=4",

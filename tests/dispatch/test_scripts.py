@@ -145,6 +145,7 @@ def test_hostile_run_names_are_refused(
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.cluster  # its `home` fixture brings the test cluster up (scripts/testcluster/up.sh)
 def test_hostile_paths_and_values_run_literally(
     shared: Path, home: Path, count_yaml: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,7 +13,10 @@ import yaml
 from tests.dispatch.conftest import COUNTJOB, cli, wait_state, wait_until, write_dispatch
 from theseus.dispatch import records
 from theseus.dispatch.backends import Backend
-from theseus.dispatch.submit import observe
+from theseus.dispatch.control import observe
+
+# they submit to the test cluster (SLURM, sshd, JuiceFS) that scripts/testcluster/up.sh starts
+pytestmark = pytest.mark.cluster
 
 
 def submit(name: str, count_yaml: Path, project: str, *args: str):

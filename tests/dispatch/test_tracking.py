@@ -22,6 +22,9 @@ from tests.dispatch.conftest import (
 )
 from theseus.dispatch import records
 
+# they submit to the test cluster (SLURM, sshd, JuiceFS) that scripts/testcluster/up.sh starts
+pytestmark = pytest.mark.cluster
+
 
 def files_holding(needle: bytes, *folders: Path) -> list[str]:
     found = []

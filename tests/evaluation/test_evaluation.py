@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shlex
@@ -10,12 +11,12 @@ import tracemalloc
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from tests.stores import write_bpe_store
-from theseus.checkpoint import load_model
 from theseus.cli import main
 from theseus.config import read_yaml
 from theseus.data.store import TokenStore
@@ -25,11 +26,13 @@ from theseus.evaluation import check_evaluations, run_evaluations
 from theseus.evaluation.multiple_choice import MultipleChoice, MultipleChoiceConfig
 from theseus.evaluation.perplexity import Perplexity, PerplexityConfig
 from theseus.evaluation.scoring import Scorer
+from theseus.inference import load_model
 from theseus.stages import Stage, override
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 TINY = [
+    "training.dataset=[{name: pystdlib}]",  # the store of the `trained` fixture
     "architecture.n_layers=2",
     "architecture.d_model=64",
     "architecture.n_heads=4",
@@ -478,6 +481,19 @@ def test_check_evaluations_accepts_good_settings(trained, tmp_path):
     check_evaluations(["perplexity", "multiple_choice"], stage.cfg, BytesTokenizer(), 64)
 
 
+_forward = nnx.jit(lambda model, tokens: model(tokens))  # compiled: eager ops compile one by one
+
+
+def _summed_nll(model, rows: np.ndarray) -> float:
+    """-log p(next token) summed over rows [n, k + 1] of tokens, from the model's logits."""
+    logits = np.asarray(_forward(model, jnp.asarray(rows[:, :-1])), np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_z = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+    chosen = np.take_along_axis(logits, rows[:, 1:, None].astype(np.int64), -1)[..., 0]
+    return float((log_z - chosen).sum())
+
+
+@pytest.mark.slow
 def test_evaluations_run_during_training_and_are_logged(trained, tmp_path):
     out, _ = trained
     train = tmp_path / "train.yaml"
@@ -502,9 +518,22 @@ def test_evaluations_run_during_training_and_are_logged(trained, tmp_path):
         if "eval/perplexity/perplexity" in r
     ]
     assert [step for step, _ in evals] == [3, 6]
-    assert all(1.0 < ppl < 512 for _, ppl in evals)
+    # each equals exp of the mean next-token loss of that step's weights (its checkpoint) over
+    # the first 2000 scored tokens of the val split, in windows of the 64 trained positions
+    tokens = np.concatenate(TokenStore.open(store).memmaps("val"))[:2001].astype(np.int32)
+    checkpoints = out / "checkpoints" / "default" / "default" / "with-eval"
+    windows = [
+        np.stack([tokens[i : i + 65] for i in range(0, 1984, 64)]),  # 31 windows of 64
+        tokens[1984:][None],  # and the 16 tokens left
+    ]
+    for step, logged in evals:
+        model, _, _ = load_model(checkpoints / str(step))
+        total = sum(_summed_nll(model, rows) for rows in windows)
+        assert logged == pytest.approx(math.exp(total / 2000), rel=1e-5), step
+    assert evals[1][1] < evals[0][1]  # three more steps of training lowered it
 
 
+@pytest.mark.slow
 def test_evaluate_scores_in_windows_of_the_training_length(trained, tmp_path, training_text):
     """A model trained on training.seq_len=16 of its 64 learned positions is scored on windows
     of 16: positions it never saw would make its loss meaningless."""

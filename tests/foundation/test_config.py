@@ -354,18 +354,31 @@ def test_integer_fields_take_floats_that_are_whole_numbers():
         C.apply_overrides([(s, cfg)], ["x.n=many"])
 
 
-def test_configure_reads_typed_dataclasses_inside_configuration():
+def test_configure_reads_typed_dataclasses():
     s = schema()
     cfg = s.tree()
     C.apply_overrides([(s, cfg)], ["data.name=web", "architecture.block_size=128"])
-    with C.configuration(cfg):
-        data = C.configure(Data)
-        mixture = C.configure(Mixture)
+    data = C.configure(Data, cfg)
+    mixture = C.configure(Mixture, cfg)
     assert data == Data(block_size=128, name="web", rates=[1.0])
     assert mixture.dataset == [Entry()] and isinstance(mixture.dataset[0], Entry)
     assert mixture.doubled == 128  # interpolation resolved
-    with pytest.raises(RuntimeError, match="no active configuration"):
-        C.configure(Data)
+
+
+def test_a_tree_written_before_a_setting_existed_reads_its_default():
+    """Checkpoints and config files keep the tree they were written with: a setting added
+    since reads as its default, a preset's value for a preset; a required one stays required."""
+    old = OmegaConf.create({"architecture": {"n_layers": 2}})
+    assert C.configure(Model, old) == Model(n_layers=2)
+    assert C.configure(Model(d_model=64), old) == Model(n_layers=2, d_model=64)
+    with pytest.raises(ConfigError, match=r"required config value missing: data\.name"):
+        C.configure(Data, old)
+
+
+def test_a_preset_instance_sets_the_schema_defaults():
+    s = C.Schema(Model(d_model=64), Data)
+    assert s.entries["architecture.d_model"].default == 64
+    assert C.configure(Model, s.tree()).d_model == 64
 
 
 def test_yaml_has_help_comments_and_round_trips():

@@ -39,13 +39,12 @@ def test_load_registers_user_jobs(toy):
     assert JOBS["toy/echo"].__name__ == "Echo"
 
 
-def test_spec_creates_layout_on_demand(tmp_path):
+def test_spec_names_its_folders_without_creating_them(tmp_path):
     root = tmp_path / "not" / "yet"
     spec = ExecutionSpec("run-1", root, "proj", "grp")
-    assert not root.exists()
-    assert spec.run_dir == root / "runs" / "proj" / "grp" / "run-1" and spec.run_dir.is_dir()
+    assert spec.run_dir == root / "runs" / "proj" / "grp" / "run-1"
     assert spec.checkpoint_dir == root / "checkpoints" / "proj" / "grp" / "run-1"
-    assert spec.data_dir("fineweb") == root / "data" / "fineweb"
+    assert not root.exists()
 
 
 @pytest.mark.parametrize("name", ["", "..", "a/b", "-x", ".hidden", "a b", "x\ny"])

@@ -47,6 +47,7 @@ class Echo(BasicJob[ToyConfig]):
             "mode": self.config.mode,
             "request": self.spec.request.as_dict(),
         }
+        self.spec.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.spec.run_dir / "result.jsonl").open("a") as f:
             f.write(json.dumps(result) + "\n")
         return result

@@ -12,9 +12,12 @@ from flax import nnx
 
 from theseus.errors import UserError
 from theseus.inference import generate, sample_logits
-from theseus.model.models import GPT, Llama
+from theseus.model.models import GPT2, LLAMA
 
 from .tiny import tiny
+
+# each test compiles generation loops of tiny models (2 to 13 s each)
+pytestmark = pytest.mark.slow
 
 V = 64
 PROMPTS = [[5, 9, 2, 33, 7, 1, 40], [3], [11, 12, 13, 14]]
@@ -49,20 +52,20 @@ def recompute(model, prompts, max_new, *, seed=0, **sampling):
 @pytest.mark.parametrize(
     ("cls", "sampling"),
     [
-        (GPT, {"temperature": 0.0}),
-        (Llama, {"temperature": 1.3, "top_k": 20, "top_p": 0.9}),
+        (GPT2, {"temperature": 0.0}),
+        (LLAMA, {"temperature": 1.3, "top_k": 20, "top_p": 0.9}),
     ],
     ids=["gpt-greedy", "llama-sampled"],
 )
 def test_cached_decoding_equals_full_recompute(cls, sampling):
-    model = small(cls, n_kv_heads=2) if cls is Llama else small(cls)
+    model = small(cls, n_kv_heads=2) if cls is LLAMA else small(cls)
     cached = generate(model, PROMPTS, 8, seed=3, **sampling)
     assert cached == recompute(model, PROMPTS, 8, seed=3, **sampling)
     assert all(len(row) == 8 for row in cached)
 
 
 def test_stops_at_end_of_text():
-    model = small(GPT)
+    model = small(GPT2)
     # sampled, so that a row holds several tokens whatever the random weights favour greedily
     free = generate(model, PROMPTS, 8, temperature=1.0, seed=0)
     row = free[0]
@@ -99,7 +102,7 @@ def test_top_k_and_vocab_limit_restrict_the_choice():
 def test_the_last_new_token_may_sit_one_past_the_context():
     """The last new token is predicted at the context's last position and never fed back, so a
     learned-position model of context 32 continues 30 tokens by 3, and 32 tokens by 1."""
-    model = small(GPT)
+    model = small(GPT2)
     assert model.config.block_size == 32
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
@@ -120,7 +123,7 @@ def test_a_tiny_temperature_is_greedy():
 
 
 def test_bad_requests_are_user_errors():
-    model = small(GPT)
+    model = small(GPT2)
     with pytest.raises(UserError, match="context of 32; with it max_new can be at most 3,"):
         generate(model, [[1] * 30], 5)
     generate(model, [[1] * 30], 3)  # the most it said

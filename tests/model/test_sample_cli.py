@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
-from theseus.checkpoint import load_model
 from theseus.cli import main
 from theseus.data.datasets import SourceConfig, open_source
 from theseus.data.tokenizer_training import train_bpe
-from theseus.data.tokenizers import load_tokenizer
-from theseus.inference import sample
+from theseus.data.tokenizers import load_tokenizer, make_tokenizer
+from theseus.inference import load_model, sample
+
+# its fixture trains a model first, and each test samples from trained runs
+pytestmark = pytest.mark.slow
 
 TINY = [
+    "training.dataset=[{name: pystdlib}]",  # the store of the `run` fixture
     "architecture.n_layers=2",
     "architecture.d_model=32",
     "architecture.n_heads=4",
@@ -116,4 +122,20 @@ def test_a_run_samples_after_its_tokenizer_file_is_gone(run, tmp_path, capsys):
     capsys.readouterr()
     folder = out / "runs" / "default" / "default" / "tiny-bpe"
     assert main(["sample", str(folder), "def ", "--max-new", "5", "--temperature", "0"]) == 0
-    assert capsys.readouterr().out.startswith("def ")
+    printed = capsys.readouterr().out
+    # the store's copy, read directly, and the model's own argmax over the whole sequence at
+    # each new token (no cache): what greedy sampling must have printed
+    copy = make_tokenizer("huggingface", str(out / "data" / "bpe" / "tokenizer.json"))
+    model, _, identity = load_model(folder)
+    assert copy.identity["hash"] == identity["hash"]
+    forward = nnx.jit(lambda model, tokens: model(tokens))
+    prompt = copy.encode("def ")
+    row = np.zeros((1, model.config.block_size), np.int32)  # causal: what follows is not seen
+    row[0, : len(prompt)], n = prompt, len(prompt)
+    for _ in range(5):
+        logits = np.asarray(forward(model, jnp.asarray(row)))[0, n - 1, : copy.vocab_size]
+        if int(np.argmax(logits)) == copy.eot_id:
+            break
+        row[0, n], n = int(np.argmax(logits)), n + 1
+    new = row[0, len(prompt) : n].tolist()
+    assert new and printed == "def " + copy.decode(new) + "\n\n"

@@ -3,7 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from theseus.checkpoint import locate
+
+# the whole quickstart: tokenize, train, sample and plot in a subprocess (about 45 s)
+pytestmark = pytest.mark.slow
 
 
 def _quickstart(out) -> subprocess.CompletedProcess:

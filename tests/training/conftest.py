@@ -39,6 +39,7 @@ def _compilation_cache() -> None:
 
 
 TINY = [
+    "training.dataset=[{name: pystdlib}]",  # the store of the `root` fixture
     "architecture.n_layers=2",
     "architecture.d_model=32",
     "architecture.n_heads=4",

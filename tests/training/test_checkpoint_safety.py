@@ -16,6 +16,7 @@ from theseus.training.metrics import read_metrics
 EXPLODE = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
 
 
+@pytest.mark.slow
 def test_weights_gone_non_finite_are_never_checkpointed(root, train_yaml, capsys):
     """Metrics are fetched every logging.interval steps; a checkpoint in between still waits
     for its steps' losses, so the NaN weights of step 2 never land on disk."""
@@ -40,6 +41,7 @@ def bpe_store(root) -> str:
     return write_bpe_store(root, root / "tok.yaml").name
 
 
+@pytest.mark.slow
 def test_restores_that_cannot_apply_fail_before_making_folders(
     root, train_yaml, source_run, bpe_store, capsys
 ):
@@ -59,6 +61,7 @@ def test_restores_that_cannot_apply_fail_before_making_folders(
         assert not run_dir(root, "restored").exists() and not ckpt_dir(root, "restored").exists()
 
 
+@pytest.mark.slow
 def test_a_restore_that_does_not_fit_leaves_no_folders(root, train_yaml, source_run, capsys):
     args = ["training.steps=5", "architecture.d_model=64"]
     assert main([*cli_args("misfit", train_yaml, root, *args), "--restore", source_run]) == 2
@@ -67,6 +70,7 @@ def test_a_restore_that_does_not_fit_leaves_no_folders(root, train_yaml, source_
     assert not run_dir(root, "misfit").exists() and not ckpt_dir(root, "misfit").exists()
 
 
+@pytest.mark.slow
 def test_resuming_on_a_store_of_another_tokenizer_is_refused(root, train_yaml, bpe_store, capsys):
     assert main(cli_args("switched", train_yaml, root, "training.steps=2")) == 0
     capsys.readouterr()
@@ -78,6 +82,7 @@ def test_resuming_on_a_store_of_another_tokenizer_is_refused(root, train_yaml, b
     assert (ckpt_dir(root, "switched") / "2").is_dir()  # the run's own checkpoint is kept
 
 
+@pytest.mark.slow
 def test_a_validation_split_shorter_than_a_sequence_turns_validation_off(
     root, train_yaml, tmp_path: Path, capsys
 ):
@@ -101,6 +106,7 @@ def test_a_validation_split_shorter_than_a_sequence_turns_validation_off(
     assert "validation is off" in err, err
 
 
+@pytest.mark.slow
 def test_a_blockwise_validation_split_of_short_rows_is_still_scored(
     root, train_yaml, tmp_path: Path, capsys
 ):
@@ -161,6 +167,7 @@ def test_a_save_failing_as_the_checkpointer_closes_is_reported_not_raised(tmp_pa
     ]
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_named_with_the_way_back(root, train_yaml, capsys, tmp_path):
     args = cli_args("damaged-ckpt", train_yaml, root, "logging.checkpoint_interval=2")
     assert main([*args, "training.steps=4"]) == 0

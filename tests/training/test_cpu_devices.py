@@ -9,7 +9,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.training.conftest import TINY, cli_args, losses, spawn
+
+# training runs in subprocesses split over CPU devices (9 to 40 s each)
+pytestmark = pytest.mark.slow
 
 AUTOMATIC = {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "-1"}
 # a learning rate that does not depend on the run's length, so 2 steps then 2 more = 4 steps
@@ -102,21 +107,21 @@ QUEUE_ORDER = """
 import sys
 
 import theseus.training.loop as loop
-import theseus.training.session as session
+import theseus.training.run as run
 from theseus.quick import quick
 
 events, step_of = [], {}
 
 
-class RecordingLoop(session.TrainingLoop):
-    def __init__(self, owner, step_fn, *args, **kwargs):
+class RecordingLoop(loop.TrainingLoop):
+    def __init__(self, *, step_fn, **kwargs):
         def step(leaves, batch, index, lr):
             leaves, metrics = step_fn(leaves, batch, index, lr)
             step_of[id(metrics["loss"])] = int(index)
             events.append(f"run {int(index)}")
             return leaves, metrics
 
-        super().__init__(owner, step, *args, **kwargs)
+        super().__init__(step_fn=step, **kwargs)
 
 
 wait = loop.wait_interruptibly
@@ -127,7 +132,7 @@ def recording_wait(blocking):
     return wait(blocking)
 
 
-session.TrainingLoop, loop.wait_interruptibly = RecordingLoop, recording_wait
+run.TrainingLoop, loop.wait_interruptibly = RecordingLoop, recording_wait
 root, tiny = sys.argv[1], sys.argv[2:]
 with quick("gpt/train/pretrain", root, "queue") as j:
     j.override(*tiny, "training.steps=6", "logging.interval=100", "parallel.cpu_devices=2")

@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.training.conftest import SIX_STEPS, cli_args, free_port, losses, spawn
+
+# every test starts two processes of one job, joined by jax.distributed
+pytestmark = pytest.mark.multiprocess
 
 
 def _two_processes(

@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import pytest
 
 from tests.training.conftest import cli_args, losses, spawn
-from theseus.checkpoint import load_model
 from theseus.cli import main
+from theseus.inference import load_model
 from theseus.quick import quick
+
+# training runs compared with PyTorch references (15 to 35 s each)
+pytestmark = pytest.mark.slow
 
 STEPS = 50
 TOLERANCE = 1e-4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,19 +18,21 @@ from flax import nnx
 
 from theseus.base.chips import CHIPS
 from theseus.errors import UserError
-from theseus.model.models import GPT, Llama
+from theseus.model.kernels import cross_entropy
+from theseus.model.models import GPT2, LLAMA, Transformer
+from theseus.parallel.reduction import Gradients, ShardedGradients
 from theseus.training.mfu import chip_of, peak_flops
 from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
 from theseus.training.plan import solve_plan
 from theseus.training.schedules import make_schedule
-from theseus.training.step import TrainState, cross_entropy, make_train_step, on_leaves
+from theseus.training.step import TrainState, make_train_step, on_leaves
 
 
-def small(cls):
-    config = cls.CONFIG(
-        n_layers=1, n_heads=4, d_model=32, block_size=16, vocab_size=128, dtype="float32"
+def small(preset):
+    config = dataclasses.replace(
+        preset, n_layers=1, n_heads=4, d_model=32, block_size=16, vocab_size=128, dtype="float32"
     )
-    return cls(config, rngs=nnx.Rngs(0))
+    return Transformer(config, rngs=nnx.Rngs(0))
 
 
 def test_cross_entropy_matches_log_softmax_without_one_hot():
@@ -55,7 +58,8 @@ def test_cross_entropy_matches_log_softmax_without_one_hot():
     )  # no one-hot comparison of the vocab
 
 
-@pytest.mark.parametrize("cls", [GPT, Llama])
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [GPT2, LLAMA])
 def test_weight_decay_skips_norms_biases_and_embeddings(cls):
     params = nnx.state(small(cls), nnx.Param)
     flat = {
@@ -70,7 +74,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings(cls):
     assert any("'q'" in k for k in decayed) and any("kernel" in k for k in decayed)
 
 
-@pytest.mark.parametrize("cls", [GPT, Llama])
+@pytest.mark.parametrize("cls", [GPT2, LLAMA])
 def test_decay_embeddings_adds_the_embeddings_and_nothing_else(cls):
     params = nnx.state(small(cls), nnx.Param)
 
@@ -106,9 +110,10 @@ def test_schedules():
         make_schedule("linear", lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_optimizers_lower_the_loss(name):
-    model = small(Llama)
+    model = small(LLAMA)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 128)
 
@@ -183,6 +188,7 @@ def test_chip_names_from_device_kind():
     assert peak_flops([tpu] * 8, 1)[0] == 4 * CHIPS["tpu-v3"].bf16_flops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_cross_entropy_gradient_matches_autodiff_in_the_logits_dtype(dtype):
     rng = np.random.default_rng(1)
@@ -210,12 +216,13 @@ def test_cross_entropy_gradient_matches_autodiff_in_the_logits_dtype(dtype):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation, grad_shards", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_step_gradient_is_the_mean_over_loss_tokens(accumulation, grad_shards):
     """The step divides summed losses by the batch's positions, then rescales the reduced
     gradients to its loss tokens: the result is the gradient of the masked mean loss, whether
     the shards' gradients are reduced by the partitioner or summed by the step."""
-    model = small(GPT)
+    model = small(GPT2)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(2)
     shape = (accumulation, 4 // accumulation, 16)
@@ -231,7 +238,7 @@ def test_step_gradient_is_the_mean_over_loss_tokens(accumulation, grad_shards):
         optax.identity(),
         seed=0,
         accumulation=accumulation,
-        grad_shards=grad_shards,
+        gradients=ShardedGradients(grad_shards) if grad_shards > 1 else Gradients(),
     )
     state, metrics = jax.jit(step)({"params": params, "opt": ()}, batch, 0, 1.0)
     grads = jax.tree.map(lambda new, old: new - old, state["params"], params)
@@ -248,10 +255,11 @@ def test_step_gradient_is_the_mean_over_loss_tokens(accumulation, grad_shards):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_steps_on_a_train_states_leaves_match_steps_on_its_tree():
     """The loop hands the compiled step the state's flat leaves; the tree it rebuilds after
     each step holds what stepping the tree itself gives."""
-    graphdef, params, rest = nnx.split(small(GPT), nnx.Param, ...)
+    graphdef, params, rest = nnx.split(small(GPT2), nnx.Param, ...)
     tx = optax.adamw(1e-2)
     step = make_train_step(graphdef, rest, tx, seed=0, accumulation=1)
     rng = np.random.default_rng(3)
@@ -277,11 +285,12 @@ def test_steps_on_a_train_states_leaves_match_steps_on_its_tree():
     assert int(state.opt[0].count) == 3
 
 
+@pytest.mark.slow
 def test_default_xla_flags_before_jax_starts_and_never_over_the_users():
     """Run in fresh interpreters: XLA reads its flags when JAX starts its backend."""
     probe = (
         "import json, os, jax\n"
-        "from theseus.base.topology import apply_default_xla_flags\n"
+        "from theseus.parallel.distributed import apply_default_xla_flags\n"
         "first = apply_default_xla_flags()\n"
         "jax.devices()\n"
         "os.environ['XLA_FLAGS'] = ''\n"

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.training.conftest import TINY, run_dir
 from theseus.cli import main
+
+# trains the README's extension model (about 11 s)
+pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -37,11 +41,18 @@ def test_readme_model_and_trainer_example(root, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "schedule wsd" in err
 
-    from theseus.checkpoint import load_model
+    from theseus.inference import load_model
 
     model, cfg, tokenizer = load_model(run_dir(root, "my-run"))
     assert type(model).__name__ == "MyModel"
     assert cfg.architecture.n_layers == 2 and tokenizer["backend"] == "bytes"
-    logits = model(jnp.zeros((1, 8), jnp.int32))
-    assert logits.shape == (1, 8, 384)
-    assert float(np.abs(np.asarray(logits)).max()) <= 30.0
+    tokens = jnp.asarray([list(b"def main():\n    return 0\n")], jnp.int32)
+    logits = np.asarray(model(tokens))
+    assert logits.shape == (1, tokens.shape[1], 384)
+    # the class it extends, run on the same trained parameters, gives the uncapped logits
+    uncapped = np.asarray(super(type(model), model).__call__(tokens))
+    np.testing.assert_allclose(logits, 30.0 * np.tanh(uncapped / 30.0), rtol=1e-6, atol=1e-6)
+    real = np.isfinite(uncapped)  # the store's 257 ids; the padding ids' logits are -inf
+    assert real.sum() == tokens.shape[1] * 257
+    # the cap moved the largest logits by more than that tolerance: the check tells them apart
+    assert not np.allclose(logits[real], uncapped[real], rtol=1e-6, atol=1e-6)

@@ -25,6 +25,9 @@ from tests.training.conftest import (
 )
 from theseus.cli import main
 
+# training runs killed and resumed in subprocesses (4 to 20 s each)
+pytestmark = pytest.mark.slow
+
 STEPS = ["training.steps=24"]
 
 
@@ -155,16 +158,16 @@ def test_resuming_reads_the_state_without_running_the_initializers(
 ):
     """A new run initializes its parameters once; resuming it restores them from the checkpoint
     and never runs the (for a large model, slow) initializers again."""
-    from theseus.training import session
+    from theseus.training import state
 
     built = []
-    real = session.param_initializer
+    real = state.param_initializer
 
     def counted(create, abstract):
         built.append(1)
         return real(create, abstract)
 
-    monkeypatch.setattr(session, "param_initializer", counted)
+    monkeypatch.setattr(state, "param_initializer", counted)
     first = ("training.steps=3", "logging.checkpoint_interval=3")
     assert main(cli_args("lazy", train_yaml, root, *first)) == 0
     assert built == [1]

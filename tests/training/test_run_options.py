@@ -7,15 +7,18 @@ import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir, run_log, spawn
+from tests.training.readback import tensorboard_scalars, wandb_history
 from theseus.cli import main
 from theseus.training.metrics import read_metrics
 
 SHORT = ("training.steps=3", "logging.checkpoint_interval=1000")
 
 
+@pytest.mark.slow
 def test_fresh_refuses_existing_checkpoints_unless_overwrite(root, train_yaml, capsys):
     assert main(cli_args("again", train_yaml, root, *SHORT)) == 0
     assert "warmup_steps=3 covers the whole run (3 steps)" in capsys.readouterr().err
@@ -48,6 +51,7 @@ def test_fresh_refuses_existing_checkpoints_unless_overwrite(root, train_yaml, c
     assert [s for s, _ in losses(root, "again")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_fresh_sets_an_attempt_without_checkpoints_aside(root, train_yaml, capsys):
     """An attempt killed before its first checkpoint leaves only logs: --fresh moves them aside,
     so that none of its metrics, TensorBoard events or W&B run carries on into the new run."""
@@ -67,6 +71,7 @@ def test_fresh_sets_an_attempt_without_checkpoints_aside(root, train_yaml, capsy
     assert [s for s, _ in losses(root, "early")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_restore_full_state_and_weights_only(root, train_yaml, capsys):
     assert main(cli_args("base", train_yaml, root, *SHORT)) == 0
     base = losses(root, "base")
@@ -87,6 +92,7 @@ def test_restore_full_state_and_weights_only(root, train_yaml, capsys):
     assert "no such run or checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_or_skips(root, train_yaml, capsys):
     explode = ("optimization.lr=1e30", "optimization.warmup_steps=0", "optimization.clip_norm=null")
     assert main(cli_args("nan", train_yaml, root, *SHORT, *explode)) == 2
@@ -124,6 +130,7 @@ def test_bad_settings_fail_in_one_line(root, train_yaml, capsys):
     assert not run_dir(root, "bad").exists() and not ckpt_dir(root, "bad").exists()
 
 
+@pytest.mark.slow
 def test_resuming_a_changed_model_or_optimizer_fails_in_one_line(root, train_yaml, capsys):
     """The checkpoint's shapes are compared before any array is read: the error names the first
     mismatch, and no read is left running to print a traceback at exit."""
@@ -142,6 +149,7 @@ def test_resuming_a_changed_model_or_optimizer_fails_in_one_line(root, train_yam
     assert "does not fit this model: it has blocks.0.attn.k.value of shape (32, 4, 8)" in out, out
 
 
+@pytest.mark.slow
 def test_validation_wandb_tensorboard_and_plot(
     root, train_yaml, tmp_path, capsys, monkeypatch, six_step_losses
 ):
@@ -170,6 +178,18 @@ def test_validation_wandb_tensorboard_and_plot(
     )
     runs = list((folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run
+    # both sinks, read back from their own files, hold exactly the figures of metrics.jsonl
+    expected: dict[int, dict[str, float]] = {}
+    for record in read_metrics(folder / "metrics.jsonl"):
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+        expected.setdefault(record["step"], {}).update(numbers)
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6] and "val_loss" in expected[6]
+    assert wandb_history(folder / "wandb") == expected
+    assert tensorboard_scalars(folder / "tensorboard") == {
+        (key, step): [float(np.float32(value))]  # TensorBoard keeps float32
+        for step, row in expected.items()
+        for key, value in row.items()
+    }
     assert (folder / "loss.png").stat().st_size > 1000
     assert (folder / "config.yaml").read_text().startswith("job: gpt/train/pretrain\nconfig:")
 
@@ -185,10 +205,11 @@ def test_validation_wandb_tensorboard_and_plot(
     assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
 
 
+@pytest.mark.slow
 def test_a_step_that_cannot_fit_memory_shrinks_or_refuses(root, train_yaml, capsys, monkeypatch):
     # The host cannot be given less RAM, so the free-memory figure is lowered instead: just
     # under what the first compiled step asks for. XLA's own buffer plan is the real need.
-    from theseus.training import session
+    from theseus.training import compile as compile_
 
     first: list[float] = []
 
@@ -197,8 +218,8 @@ def test_a_step_that_cannot_fit_memory_shrinks_or_refuses(root, train_yaml, caps
         first.append(need)
         return need, first[0] * 0.999, where
 
-    session_step_memory = session.step_memory
-    monkeypatch.setattr(session, "step_memory", tight)
+    session_step_memory = compile_.step_memory
+    monkeypatch.setattr(compile_, "step_memory", tight)
     assert main(cli_args("tight", train_yaml, root, *SHORT)) == 0
     err = capsys.readouterr().err
     assert "training.per_device_batch_size=8 needs" in err and "trying 4" in err
@@ -214,6 +235,7 @@ def test_a_step_that_cannot_fit_memory_shrinks_or_refuses(root, train_yaml, caps
     )
 
 
+@pytest.mark.slow
 def test_the_validation_set_does_not_depend_on_the_per_device_batch(root, train_yaml):
     def val_losses(name: str, *extra: str) -> list[float]:
         options = ("training.steps=2", "logging.val_interval=1", "logging.val_batches=2", *extra)
@@ -226,6 +248,7 @@ def test_the_validation_set_does_not_depend_on_the_per_device_batch(root, train_
     assert len(whole) == 2 and accumulated == pytest.approx(whole, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_damaged_metrics_file_neither_stops_a_resume_nor_a_plot(root, train_yaml, tmp_path):
     from theseus.training.metrics import read_metrics
 
@@ -252,6 +275,7 @@ def test_a_run_file_that_cannot_be_written_is_a_one_line_error(tmp_path):
     log.close()
 
 
+@pytest.mark.slow
 def test_a_run_folders_config_runs_again_as_written(root, train_yaml):
     assert main(cli_args("written", train_yaml, root, "training.steps=2")) == 0
     config = run_dir(root, "written") / "config.yaml"
@@ -260,6 +284,7 @@ def test_a_run_folders_config_runs_again_as_written(root, train_yaml):
     assert losses(root, "written-again") == losses(root, "written")
 
 
+@pytest.mark.slow
 def test_validation_time_is_left_out_of_tokens_per_s_and_steps_before_it_are_not(
     root, train_yaml, monkeypatch
 ):
@@ -269,7 +294,7 @@ def test_validation_time_is_left_out_of_tokens_per_s_and_steps_before_it_are_not
 
     original = loop.TrainingLoop.__init__
 
-    def slowed(self, session, step_fn, eval_fn, *args, **kwargs):
+    def slowed(self, *, step_fn, eval_fn, **kwargs):
         def step(*a):
             time.sleep(0.2)
             return step_fn(*a)
@@ -278,7 +303,7 @@ def test_validation_time_is_left_out_of_tokens_per_s_and_steps_before_it_are_not
             time.sleep(1.0)
             return eval_fn(*a)
 
-        original(self, session, step, evaluate, *args, **kwargs)
+        original(self, step_fn=step, eval_fn=evaluate, **kwargs)
 
     monkeypatch.setattr(loop.TrainingLoop, "__init__", slowed)
     overrides = ("training.steps=4", "logging.interval=4", "logging.val_interval=2")
@@ -290,6 +315,7 @@ def test_validation_time_is_left_out_of_tokens_per_s_and_steps_before_it_are_not
     assert 0.8 <= elapsed < 1.6, elapsed
 
 
+@pytest.mark.slow
 def test_metrics_end_at_each_checkpoint_so_a_resume_loses_no_step(root, train_yaml):
     """Checkpoints every 6 steps, lines every 4: a run resumed from step 6 must still have a
     line covering steps 5-6."""
@@ -299,6 +325,7 @@ def test_metrics_end_at_each_checkpoint_so_a_resume_loses_no_step(root, train_ya
     assert [r["step"] for r in records if "loss" in r] == [4, 6, 8]
 
 
+@pytest.mark.slow
 def test_a_cpu_peak_measured_in_a_busy_moment_is_measured_again(
     root, train_yaml, monkeypatch, capsys
 ):
@@ -314,14 +341,17 @@ def test_a_cpu_peak_measured_in_a_busy_moment_is_measured_again(
         return 1e6 if len(calls) == 1 else measure(*args, **kwargs)
 
     monkeypatch.setattr(mfu, "measure_matmul_peak", busy_first)
-    assert main(cli_args("busy", train_yaml, root, *SHORT)) == 0
+    # its own run name: test_resume.py trains a run named "busy" in the same output folder
+    assert main(cli_args("peak-remeasured", train_yaml, root, *SHORT)) == 0
     assert "note: training ran above the CPU peak measured at start (0.000 TFLOP/s" in (
         capsys.readouterr().err
     )
-    mfus = [r["mfu"] for r in read_metrics(run_dir(root, "busy") / "metrics.jsonl") if "mfu" in r]
+    metrics = run_dir(root, "peak-remeasured") / "metrics.jsonl"
+    mfus = [r["mfu"] for r in read_metrics(metrics) if "mfu" in r]
     assert len(calls) == 2 and len(mfus) == 3 and all(0 < m < 1 for m in mfus), mfus
 
 
+@pytest.mark.slow
 def test_a_token_budget_holds_when_a_resume_changes_the_batch(root, train_yaml):
     """10 steps of 8 x 32 tokens, then the budget doubled at batch 16: 5 more steps, not 0."""
     first = ("training.tokens=2560", "logging.checkpoint_interval=1000")
@@ -335,6 +365,7 @@ def test_a_token_budget_holds_when_a_resume_changes_the_batch(root, train_yaml):
     assert [r["tokens"] for r in records][9:] == [2560 + 512 * k for k in range(6)]
 
 
+@pytest.mark.slow
 def test_a_run_on_other_hardware_than_its_request_says_so(root, tmp_path, capsys):
     gpu = tmp_path / "gpu.yaml"
     assert main(["configure", "gpt/train/pretrain", str(gpu), "--chip", "h100", "-n", "8"]) == 0
@@ -342,6 +373,7 @@ def test_a_run_on_other_hardware_than_its_request_says_so(root, tmp_path, capsys
     assert "note: the config asks for 8 x h100; it runs here on 1 x cpu" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stop_signal_in_the_last_step_ends_the_run_as_done(root, train_yaml, monkeypatch, capsys):
     """Nothing is left to resume: exit 0 with the final checkpoint, not 75 with a stop one."""
     from theseus.base.stopping import StopSignals

@@ -12,8 +12,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.training.conftest import SIX_STEPS, TINY
+
+# 8-device subprocesses that train or compile (8 to 50 s each)
+pytestmark = pytest.mark.slow
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 LAYOUTS = {
@@ -62,12 +66,14 @@ INIT_SCRIPT = """
 import json
 import jax, numpy as np
 from flax import nnx
-from theseus.model.models import GPT
-from theseus.model.sharding import abstract_on_mesh, make_mesh, param_initializer
-config = GPT.CONFIG(n_layers=2, n_heads=4, d_model=64, block_size=16, vocab_size=256)
-create = lambda: GPT(config, rngs=nnx.Rngs(0))
+import dataclasses
+from theseus.model.models import GPT2, Transformer
+from theseus.parallel.mesh import Layout
+from theseus.parallel.rules import abstract_on_mesh, param_initializer
+config = dataclasses.replace(GPT2, n_layers=2, n_heads=4, d_model=64, block_size=16, vocab_size=256)
+create = lambda: Transformer(config, rngs=nnx.Rngs(0))
 out = {}
-for name, mesh in [("one", make_mesh(devices=jax.devices()[:1])), ("fsdp4-tensor2", make_mesh(1, 4, 2))]:
+for name, mesh in [("one", Layout(1, 1, 1).mesh(jax.devices()[:1])), ("fsdp4-tensor2", Layout(1, 4, 2).mesh())]:
     _, abstract, _ = abstract_on_mesh(create, mesh)
     initialize = param_initializer(create, abstract)
     params = initialize()
@@ -109,11 +115,13 @@ import json, re
 import jax, jax.numpy as jnp, optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
-from theseus.model.models import GPT
+import dataclasses
+from theseus.model.models import GPT2, Transformer
+from theseus.parallel.reduction import ShardedGradients
 from theseus.training.step import make_train_step
 mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-config = GPT.CONFIG(n_layers=2, n_heads=2, d_model=32, block_size=16, vocab_size=128)
-graphdef, params, rest = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param, ...)
+config = dataclasses.replace(GPT2, n_layers=2, n_heads=2, d_model=32, block_size=16, vocab_size=128)
+graphdef, params, rest = nnx.split(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param, ...)
 replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
 params = jax.device_put(params, replicated)
 opt = jax.device_put(optax.adamw(1e-3).init(params), replicated)
@@ -121,7 +129,9 @@ batch = {
     key: jax.device_put(jnp.zeros((2, 4, 16), jnp.int32), rows)
     for key in ("inputs", "targets", "positions", "loss_mask")
 }
-step = make_train_step(graphdef, rest, optax.adamw(1e-3), seed=0, accumulation=2, grad_shards=2)
+step = make_train_step(
+    graphdef, rest, optax.adamw(1e-3), seed=0, accumulation=2, gradients=ShardedGradients(2)
+)
 text = jax.jit(step, out_shardings=replicated).lower(
     {"params": params, "opt": opt}, batch, 0, 1e-3
 ).compile().as_text()

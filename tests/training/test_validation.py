@@ -3,6 +3,7 @@ resume or a correct update depends on (clipping toggled, Muon's Adam part)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -16,8 +17,7 @@ from tests.training.conftest import ckpt_dir, cli_args, losses, run_dir
 from theseus.checkpoint import _shapes
 from theseus.cli import main
 from theseus.errors import UserError
-from theseus.model.layers.attention import Attention
-from theseus.model.models import Llama
+from theseus.model.models import LLAMA, Transformer
 from theseus.training.optimizers import OptimizerConfig, decay_mask, make_optimizer
 
 REFUSED = {
@@ -81,18 +81,10 @@ def test_rope_with_an_odd_head_width_is_refused_naming_width_and_heads(yamls, tm
     assert not (tmp_path / "runs").exists()
     # learned positions take any head width
     assert main(["configure", "gpt/train/pretrain", str(tmp_path / "g.yaml"), *odd[:1]]) == 0
-    # and the layer itself refuses, for models built without a config check
-    with pytest.raises(UserError, match="RoPE needs an even head width"):
-        Attention(
-            36,
-            4,
-            4,
-            rope_theta=10000.0,
-            bias=False,
-            dtype=jnp.float32,
-            param_dtype=jnp.float32,
-            rngs=nnx.Rngs(0),
-        )
+    # and the model itself refuses, when built without a config check
+    odd_llama = dataclasses.replace(LLAMA, d_model=36, n_heads=4, vocab_size=64)
+    with pytest.raises(UserError, match="positions=rope needs an even head width"):
+        Transformer(odd_llama, rngs=nnx.Rngs(0))
 
 
 def test_whole_numbers_written_as_floats_set_integer_settings(yamls, tmp_path, capsys):
@@ -110,10 +102,10 @@ def test_whole_numbers_written_as_floats_set_integer_settings(yamls, tmp_path, c
 
 
 def _params():
-    config = Llama.CONFIG(
-        n_layers=1, n_heads=4, d_model=32, block_size=16, vocab_size=128, dtype="float32"
+    config = dataclasses.replace(
+        LLAMA, n_layers=1, n_heads=4, d_model=32, block_size=16, vocab_size=128, dtype="float32"
     )
-    return nnx.state(Llama(config, rngs=nnx.Rngs(0)), nnx.Param)
+    return nnx.state(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param)
 
 
 def test_toggling_clip_norm_keeps_the_optimizer_state_a_checkpoint_holds():
@@ -134,6 +126,7 @@ def test_toggling_clip_norm_keeps_the_optimizer_state_a_checkpoint_holds():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_clip_norm_may_be_turned_off_when_resuming(root, train_yaml, capsys):
     short = ("logging.checkpoint_interval=1000", "logging.val_interval=0")
     assert main(cli_args("toggle", train_yaml, root, "training.steps=2", *short)) == 0
@@ -189,6 +182,7 @@ def test_muon_lr_scales_the_matrices_and_leaves_the_adam_part():
         np.testing.assert_allclose(doubled[key], factor * same[key], rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_fresh_moves_nothing_when_the_run_is_refused(root, train_yaml, capsys):
     """--fresh with training.overwrite=true moves the run aside only once its settings hold."""
     assert main(cli_args("refused-fresh", train_yaml, root, "training.steps=2")) == 0

@@ -8,20 +8,10 @@ A component declares its settings as a dataclass whose fields say where they liv
 
 A job's schema is the union of its components (`Schema(*classes)` / `build(*classes)`); the tree is
 an OmegaConf structured config, so assignments are type-checked and unknown keys are refused.
-`KEY=VALUE` overrides are read by the type of the field they set. While a job runs,
-`configuration(cfg)` makes the tree current and `configure(Cls)` reads a component's typed
-dataclass out of it.
+`KEY=VALUE` overrides are read by the type of the field they set, and `configure(Cls, cfg)`
+reads a component's typed dataclass out of a tree.
 """
 
-from theseus.config.current import configuration, configure, current
-from theseus.config.files import (
-    atomic_output,
-    atomic_write,
-    read_yaml,
-    require_output_folder,
-    to_yaml,
-    unwritable,
-)
 from theseus.config.overrides import (
     Override,
     apply_override,
@@ -37,9 +27,11 @@ from theseus.config.schema import (
     build,
     check_complete,
     check_values,
+    configure,
     field,
     missing_keys,
 )
+from theseus.config.yaml_files import read_yaml, to_yaml
 
 __all__ = [
     "MISSING",
@@ -48,21 +40,15 @@ __all__ = [
     "Schema",
     "apply_override",
     "apply_overrides",
-    "atomic_output",
-    "atomic_write",
     "build",
     "changed_settings",
     "check_complete",
     "check_values",
-    "configuration",
     "configure",
-    "current",
     "field",
     "flatten",
     "merge_values",
     "missing_keys",
     "read_yaml",
-    "require_output_folder",
     "to_yaml",
-    "unwritable",
 ]

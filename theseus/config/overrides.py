@@ -24,8 +24,13 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from theseus.config.files import DuplicateKeyError, StrictLoader, StrictTextLoader, yaml_problem
 from theseus.config.schema import Schema, type_name
+from theseus.config.yaml_files import (
+    DuplicateKeyError,
+    StrictLoader,
+    StrictTextLoader,
+    yaml_problem,
+)
 from theseus.errors import ConfigError, first_line
 
 

@@ -10,7 +10,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -21,6 +21,8 @@ from omegaconf.errors import (
 )
 
 from theseus.errors import ConfigError, UserError, first_line
+
+T = TypeVar("T")
 
 MISSING = "???"
 FIELD_PATH = "theseus_path"  # the metadata key of a field's place in the tree
@@ -38,6 +40,7 @@ def field(
     maximum: float | None = None,
     above: float | None = None,
     below: float | None = None,
+    registry: str | None = None,
 ) -> Any:
     """A dataclass field that lives at `path` ("section/key") in the job's config tree.
 
@@ -45,7 +48,10 @@ def field(
     `choices` restricts the value to a fixed set; `minimum`/`maximum` bound a number inclusively
     and `above`/`below` strictly (a bounded number must also be finite; null stays allowed where
     the type is optional). All are checked whenever the tree is validated, as is a component's
-    `check()` method, for rules that join several fields.
+    `check()` method, for rules that join several fields; it must depend on those fields alone
+    (`theseus configure` remembers its verdicts). `registry` ("dataset", "evaluation") says the
+    value, or each item of a list, names an entry registered as that kind: a name that is not
+    is refused when the config is written or run.
     """
     metadata = {
         FIELD_PATH: path,
@@ -55,6 +61,7 @@ def field(
         "maximum": maximum,
         "above": above,
         "below": below,
+        "registry": registry,
     }
     if default_factory is not None:
         if default is not _NO_DEFAULT:
@@ -79,6 +86,7 @@ class Entry:
     maximum: float | None = None
     above: float | None = None
     below: float | None = None
+    registry: str | None = None  # the registry kind whose names the value must be
 
     def bounds(self) -> list[tuple[str, float]]:
         """The declared limits as (comparison, limit), e.g. [(">=", 0), ("<", 1)]."""
@@ -92,6 +100,11 @@ _HOLDS = {
     ">": lambda value, limit: value > limit,
     "<": lambda value, limit: value < limit,
 }
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """The dotted key a `field(...)` lives at."""
+    return f.metadata[FIELD_PATH].strip("/").replace("/", ".")
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -113,30 +126,33 @@ class Schema:
     """The merged settings of a job's components, and the rules for changing them."""
 
     def __init__(self, *components: type) -> None:
-        self.components = list(dict.fromkeys(components))
+        # by identity: a preset instance need not be hashable
+        self.components = list({id(c): c for c in components}.values())
         self.entries: dict[str, Entry] = {}
         for component in self.components:
             self._add(component)
         self._check_prefixes()
         self._root = self._make_dataclass("config", sorted(self.entries))
 
-    def _add(self, component: type) -> None:
-        # a job's or model's config class, often the user's own: its mistakes are theirs to fix
+    def _add(self, component: Any) -> None:
+        # a job's or model's config class, often the user's own: its mistakes are theirs to fix.
+        # An instance of one (a preset) declares the same keys with its values as defaults.
         if not dataclasses.is_dataclass(component):
             raise UserError(f"config component {component!r} is not a dataclass; decorate it")
-        hints = typing.get_type_hints(component)
-        owner = f"{component.__module__}.{component.__qualname__}"
+        cls = _class_of(component)
+        hints = typing.get_type_hints(cls)
+        owner = f"{cls.__module__}.{cls.__qualname__}"
         for f in dataclasses.fields(component):
             if FIELD_PATH not in f.metadata:
                 raise UserError(
                     f'{owner}.{f.name} must be declared with theseus.config.field("section/'
                     f'{f.name}", default=..., help=...)'
                 )
-            key = f.metadata[FIELD_PATH].strip("/").replace("/", ".")
+            key = key_of(f)
             entry = Entry(
                 key,
                 hints[f.name],
-                _default_of(f),
+                _default_of(f) if component is cls else getattr(component, f.name),
                 f.metadata["help"],
                 f.metadata["choices"],
                 [owner],
@@ -144,6 +160,7 @@ class Schema:
                 f.metadata.get("maximum"),
                 f.metadata.get("above"),
                 f.metadata.get("below"),
+                f.metadata.get("registry"),
             )
             known = self.entries.get(key)
             if known is None:
@@ -157,6 +174,7 @@ class Schema:
                 )
             known.owners.append(owner)
             known.help = known.help or entry.help
+            known.registry = known.registry or entry.registry
 
     def _check_prefixes(self) -> None:
         keys = sorted(self.entries)
@@ -217,6 +235,14 @@ class Schema:
     def validate(self, cfg: DictConfig) -> None:
         """Check the value constraints OmegaConf cannot express: choices, bounds, and each
         component's `check()` once all of its values are set."""
+        self.check_choices_and_bounds(cfg)
+        for component in self.components:
+            if callable(getattr(component, "check", None)):
+                settings = _read_if_complete(component, cfg)
+                if settings is not None:
+                    settings.check()
+
+    def check_choices_and_bounds(self, cfg: DictConfig) -> None:
         for key, entry in self.entries.items():
             bounds = entry.bounds()
             if not entry.choices and not bounds:
@@ -235,17 +261,41 @@ class Schema:
                 if not _HOLDS[op](value, limit):
                     shown = f"{limit:g}" if isinstance(limit, float) else limit
                     raise ConfigError(f"{key}={value}: must be {op} {shown}")
-        for component in self.components:
-            if callable(getattr(component, "check", None)):
-                settings = _read_if_complete(component, cfg)
-                if settings is not None:
-                    settings.check()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_object(value)
+    return value
+
+
+def configure(component: type[T], cfg: DictConfig) -> T:
+    """Read the typed dataclass `component` (its class or a preset instance) from `cfg`."""
+    values = {}
+    for f in dataclasses.fields(component):  # type: ignore[arg-type]
+        key = key_of(f)
+        try:
+            value = OmegaConf.select(cfg, key, default=_NO_DEFAULT, throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise ConfigError(f"required config value missing: {key}") from None
+        if value is _NO_DEFAULT:  # a tree written before the setting existed: its default
+            value = (
+                getattr(component, f.name)
+                if component is not _class_of(component)
+                else _default_of(f)
+            )
+            if value == MISSING:
+                raise ConfigError(f"required config value missing: {key}")
+        values[f.name] = _plain(value)
+    return _class_of(component)(**values)
+
+
+def _class_of(component: Any) -> type:
+    return component if isinstance(component, type) else type(component)
 
 
 def _read_if_complete(component: type, cfg: DictConfig) -> Any:
     """`component` read from `cfg`, or None while one of its values is still unset."""
-    from theseus.config.current import configure
-
     try:
         return configure(component, cfg)
     except (ConfigError, OmegaConfBaseException):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import queue
+import shlex
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -327,18 +328,7 @@ def open_mixture(root: Path, mixes: list[DatasetMix]) -> list[TokenStore]:
             not (path / "manifest.json").is_file()
             and not path.with_name(f"{mix.name}.partial").exists()
         ):
-            from theseus.registry import DATASETS
-
-            source = (
-                f"data.name={mix.name}"
-                if mix.name in DATASETS
-                else f"data.name=files 'data.paths=[...]' data.store={mix.name}"
-            )
-            raise UserError(
-                f"no token store {mix.name!r} at {path}; write it first with "
-                f"`theseus configure data/tokenize_variable_dataset tok.yaml {source}` and "
-                f"`theseus run tokenize-{mix.name} tok.yaml {root}`, or set training.dataset"
-            )
+            raise _missing_store(root, mixes, k)
         stores.append(TokenStore.open(path, verify=False))  # says so if the store is unfinished
     for store in stores[1:]:
         if not same_tokenizer(store.manifest.tokenizer, stores[0].manifest.tokenizer):
@@ -350,3 +340,44 @@ def open_mixture(root: Path, mixes: list[DatasetMix]) -> list[TokenStore]:
         if store.n_tokens("train") == 0:
             raise UserError(f"token store {store.path} has no training tokens")
     return stores
+
+
+def _missing_store(root: Path, mixes: list[DatasetMix], k: int) -> UserError:
+    """The error for entry `k` of the mixture having no store: how to write it, and how to train
+    on a store that is there instead (a new user's first run names the default store, which may
+    not be the one they tokenized)."""
+    from theseus.registry import DATASETS
+
+    name, data = mixes[k].name, root / "data"
+    source = (
+        f"data.name={name}"
+        if name in DATASETS
+        else f"data.name=files 'data.paths=[...]' data.store={name}"
+    )
+    tokenize = (
+        f"`theseus configure data/tokenize_variable_dataset tok.yaml {source}` and "
+        f"`theseus run tokenize-{name} tok.yaml {root}`"
+    )
+    present = sorted(p.name for p in data.glob("*") if (p / "manifest.json").is_file())
+    if not present:
+        return UserError(
+            f"no token store {name!r} at {data / name} ({data} holds no store); write it first with {tokenize}"
+        )
+    shown = ", ".join(present[:10]) + (
+        f" and {len(present) - 10} more" if len(present) > 10 else ""
+    )
+    named = {mix.name for mix in mixes}
+    others = [store for store in present if store not in named]
+    if not others:
+        instead = f"or leave it out: {shlex.quote(f'~training.dataset.{k}')}"
+    else:
+        override = (
+            f"training.dataset=[{{name: {others[0]}}}]"
+            if len(mixes) == 1
+            else f"training.dataset.{k}.name={others[0]}"
+        )
+        instead = f"or train on one of those: {shlex.quote(override)}"
+    return UserError(
+        f"no token store {name!r} at {data / name}; {data} holds: {shown}. "
+        f"Tokenize {name} first ({tokenize}), {instead}"
+    )

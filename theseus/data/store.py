@@ -19,7 +19,6 @@ killed at any moment resumes from its last commit and produces the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from theseus.base.files import sha256_hex
 from theseus.errors import UserError
 from theseus.job import check_name
 
@@ -151,14 +151,6 @@ class Manifest:
         return None
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 23):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class TokenStore:
     """A finished store, opened for reading; `open()` verifies every shard's size and checksum."""
 
@@ -203,7 +195,7 @@ class TokenStore:
                             f"token store {self.path}: shard {entry['file']} is truncated or grown "
                             f"({size} bytes, manifest says {entry['bytes']}); {fix}"
                         )
-                    if checksums and _sha256_file(file) != entry["sha256"]:
+                    if checksums and sha256_hex(file) != entry["sha256"]:
                         raise UserError(
                             f"token store {self.path}: shard {entry['file']} was altered (sha256 differs); {fix}"
                         )
@@ -388,7 +380,7 @@ class StoreWriter:
                 files[array] = {
                     "file": path.name,
                     "bytes": path.stat().st_size,
-                    "sha256": _sha256_file(path),
+                    "sha256": sha256_hex(path),
                 }
             self.closed[split].append(
                 {

@@ -26,7 +26,7 @@ from theseus.job import BasicJob, ExecutionSpec
 from theseus.registry import job
 
 if TYPE_CHECKING:
-    from theseus.data.pipeline import Plan
+    from theseus.data.encoding import TokenizePlan
 
 
 @dataclass
@@ -131,11 +131,11 @@ class TokenizeJob(BasicJob[StoreConfig]):
     def components(cls) -> list[type]:
         return [SourceConfig, StoreConfig, TokenizerConfig]
 
-    def plan(self) -> Plan:
-        from theseus.data.pipeline import Plan
+    def plan(self) -> TokenizePlan:
+        from theseus.data.encoding import TokenizePlan
 
         c = self.config
-        return Plan(
+        return TokenizePlan(
             self.KIND,
             self.source_config.max_samples,
             c.max_tokens,
@@ -144,7 +144,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
             c.chat_template,
         )
 
-    def settings(self, plan: Plan) -> dict[str, Any]:
+    def settings(self, plan: TokenizePlan) -> dict[str, Any]:
         """Everything that shapes the store's bytes (the batch size does not)."""
         return {
             "max_samples": plan.max_samples,
@@ -268,7 +268,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
         )
         return final
 
-    def _check_learnable(self, stats: dict[str, int], plan: Plan, partial: Path) -> None:
+    def _check_learnable(self, stats: dict[str, int], plan: TokenizePlan, partial: Path) -> None:
         """Warn about examples with no token to learn, naming the cause; refuse a store that has
         none to learn at all (training on it would report a loss of 0 and learn nothing)."""
         cut_off = stats.get("cut_off", 0)
@@ -314,7 +314,7 @@ class TokenizeBlockwiseDataset(TokenizeJob):
     def components(cls) -> list[type]:
         return [*super().components(), BlockwiseConfig]
 
-    def plan(self) -> Plan:
+    def plan(self) -> TokenizePlan:
         from theseus.config import configure
 
         block = configure(BlockwiseConfig, self.cfg)
@@ -324,7 +324,7 @@ class TokenizeBlockwiseDataset(TokenizeJob):
         plan.seq_len, plan.padding, plan.loss_on = block.seq_len, block.padding, block.loss_on
         return plan
 
-    def settings(self, plan: Plan) -> dict[str, Any]:
+    def settings(self, plan: TokenizePlan) -> dict[str, Any]:
         return {
             **super().settings(plan),
             "seq_len": plan.seq_len,
@@ -348,7 +348,8 @@ class TrainTokenizer(BasicJob[TokenizerTrainingConfig]):
         return [SourceConfig, TokenizerTrainingConfig]
 
     def run(self) -> Path:
-        from theseus.config import atomic_write, configure
+        from theseus.base.files import atomic_write
+        from theseus.config import configure
         from theseus.data.datasets import open_source
         from theseus.data.tokenizer_training import train_bpe
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
-from theseus.config import atomic_write
+from theseus.base.files import atomic_write
 from theseus.data.chat import render
 from theseus.data.datasets import Source
 from theseus.data.tokenizers import EOT_TEXT

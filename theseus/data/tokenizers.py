@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from theseus.base.chips import usable_cores
+from theseus.base.files import sha256_hex
 from theseus.config import field
 from theseus.errors import UserError
 
@@ -87,7 +88,7 @@ class BytesTokenizer(Tokenizer):
         self.identity = {
             "backend": "bytes",
             "name": "utf-8",
-            "hash": _sha256("bytes:utf-8:eot=256"),
+            "hash": sha256_hex(b"bytes:utf-8:eot=256"),
         }
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -168,7 +169,11 @@ class HuggingFaceTokenizer(Tokenizer):
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
         ident = name if not Path(name).expanduser().exists() else str(self.path)
-        self.identity = {"backend": "huggingface", "name": ident, "hash": _sha256(canonical)}
+        self.identity = {
+            "backend": "huggingface",
+            "name": ident,
+            "hash": sha256_hex(canonical.encode()),
+        }
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
@@ -178,10 +183,6 @@ class HuggingFaceTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _TIKTOKEN_LOCK = threading.Lock()
@@ -206,7 +207,7 @@ def _tiktoken_encoding(name: str) -> Any:
 
         def local_only(blobpath: str) -> bytes:
             if "://" in blobpath:
-                from theseus.data.datasets.hub import url_reachable
+                from theseus.data.hub import url_reachable
 
                 reason = url_reachable(blobpath)
                 if reason is not None:
@@ -252,7 +253,7 @@ def _huggingface_file(name: str) -> Path:
         return Path(hf_hub_download(name, "tokenizer.json", local_files_only=True))
     except Exception:
         pass
-    from theseus.data.datasets.hub import require_hub
+    from theseus.data.hub import require_hub
 
     require_hub(
         f"tokenizer.name={name}",

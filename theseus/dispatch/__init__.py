@@ -3,5 +3,6 @@
 `submit()` validates the stages locally, picks a host (`solve`), ships a content-addressed code
 snapshot (`snapshot`), writes the scripts (`bootstrap`) and starts them through a backend
 (`backends`); `records` remembers every submission so `status`, `logs` and `cancel` work the same
-for every backend.
+for every backend. `standalone` writes the same job as one script for someone to start by hand
+(`theseus bootstrap`).
 """

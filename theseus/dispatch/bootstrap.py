@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +79,9 @@ def _directive(option: str, value: str | int) -> str:
     return f"#SBATCH {option}={text}"
 
 
-def sbatch_directives(name: str, host: Host, placement: Placement, log: str) -> list[str]:
-    """The `#SBATCH` lines of a job: one line per option, validated, never shell-evaluated."""
+def sbatch_directives(name: str, host: Host, placement: Placement, log: str | None) -> list[str]:
+    """The `#SBATCH` lines of a job: one line per option, validated, never shell-evaluated.
+    Without `log`, sbatch writes the job's output where whoever runs it says (or its default)."""
     lines = [
         _directive("--job-name", name),
         _directive("--nodes", placement.nodes),
@@ -104,9 +107,10 @@ def sbatch_directives(name: str, host: Host, placement: Placement, log: str) -> 
             lines.append(_directive(option, value))
     if host.exclude:
         lines.append(_directive("--exclude", ",".join(host.exclude)))
-    lines += [
+    if log is not None:
         # Relative to the job folder, where the launcher runs sbatch: any folder name works.
-        _directive("--output", Path(log).name),
+        lines.append(_directive("--output", Path(log).name))
+    lines += [
         "#SBATCH --open-mode=append",
         f"#SBATCH --signal=USR1@{SIGNAL_SECONDS}",
         "#SBATCH --requeue",
@@ -131,6 +135,39 @@ def environment_key(groups: list[str], lock_files: list[bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
+def uv_groups(host: Host | None, targets: Sequence[str], pyproject: bytes) -> list[str]:
+    """The dependency groups the job's environment installs: its host's (the chip's runtime), then
+    `targets`. A target pyproject.toml does not define, or one that `[tool.uv] conflicts` keeps
+    from another group, is refused here rather than by `uv sync` on the host."""
+    groups = host.uv_groups if host is not None else ["all", "cpu"]
+    if not targets:
+        return groups
+    try:
+        project = tomllib.loads(pyproject.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read the groups of pyproject.toml ({exc}); fix it") from None
+    defined = project.get("dependency-groups", {})
+    exclusive = [
+        {item.get("group") for item in rule if isinstance(item, dict)}
+        for rule in project.get("tool", {}).get("uv", {}).get("conflicts", [])
+    ]
+    chosen = list(groups)
+    for target in targets:
+        if target not in defined:
+            raise UserError(
+                f"--target {target}: pyproject.toml defines no dependency group {target!r} "
+                f"(it has {', '.join(defined) or 'none'}); add it there, or pick one of those"
+            )
+        clash = [g for rule in exclusive if target in rule for g in chosen if g in rule - {target}]
+        if clash:
+            raise UserError(
+                f"--target {target}: cannot be installed with {clash[0]} (pyproject.toml's "
+                "[tool.uv] conflicts); to change the runtime group, change the host's uv_groups"
+            )
+        chosen.append(target)
+    return list(dict.fromkeys(chosen))
+
+
 def job_files(
     *,
     name: str,
@@ -146,8 +183,11 @@ def job_files(
     gpu_dir: str,
     work: str,
     lock_files: list[bytes],
+    groups: list[str],
+    by_hand: bool = False,
 ) -> JobFiles:
-    """Render every file of one submission (stage configs included) for `backend`."""
+    """Render every file of one submission (stage configs included) for `backend`; `by_hand`:
+    both ways to run it (under SLURM or in a shell) and no launcher, for `theseus bootstrap`."""
     job = JobFiles(job_dir, snapshot_dir)
     stage_paths = [job.path(f"stage-{i}.yaml") for i in range(len(stage_yamls))]
     args = [name, stage_paths[0], cluster.root, *run_args]
@@ -158,7 +198,6 @@ def job_files(
         mount_options += ["--cache-size", str(cluster.cache_size)]
     if cluster.cache_dir is not None:
         mount_options += ["--cache-dir", cluster.cache_dir]
-    groups = host.uv_groups if host is not None else ["all", "cpu"]
     venv = f"{work}/venvs/{environment_key(groups, lock_files)}"
     lib = render(
         "lib.sh",
@@ -179,9 +218,9 @@ def job_files(
     for i, text in enumerate(stage_yamls):
         job.files[f"stage-{i}.yaml"] = (text, 0o600)
     common = {"LIB": shlex.quote(job.path("lib.sh"))}
-    if backend == "slurm":
-        assert host is not None
-        directives = "\n".join(sbatch_directives(name, host, placement, job.log))
+    if backend == "slurm" or by_hand:
+        log = None if by_hand else job.log
+        directives = "\n".join(sbatch_directives(name, host, placement, log) if host else [])
         job.files["job.sbatch"] = (
             render(
                 "job.sbatch",
@@ -190,15 +229,17 @@ def job_files(
             0o700,
         )
         job.files["task.sh"] = (render("task.sh", common), 0o700)
-    else:
+    if backend != "slurm" or by_hand:
         job.files["run.sh"] = (render("run.sh", common), 0o700)
+    if by_hand:
+        return job  # whoever runs it starts it: no launcher, no GPUs reserved for it
+    if backend != "slurm":
         job.files["free_gpus.sh"] = (render("free_gpus.sh", {}), 0o700)
     job.files["launch.sh"] = (
         render(
             "launch.sh",
             {
-                "JOB_DIR": shlex.quote(job_dir),
-                "NEEDS_JUICEFS": "1" if cluster.mount else "0",
+                **common,
                 "BACKEND": shlex.quote(backend),
                 "N_GPUS": str(placement.gpus_per_node if backend != "slurm" else 0),
                 "GPU_DIR": shlex.quote(gpu_dir),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,7 +30,7 @@ from pydantic import (
 )
 
 from theseus.base.chips import get_chip
-from theseus.config.files import StrictLoader
+from theseus.config.yaml_files import StrictLoader
 from theseus.errors import UserError
 
 LOCAL = "local"
@@ -317,6 +318,20 @@ class DispatchConfig(_Strict):
         if LOCAL in self.clusters:
             return self.clusters[LOCAL]
         return Cluster(root=str(Path.cwd() / "output"), work=str(home / "work"))
+
+
+def check_resources(mem: str | None, cpus: int | None, targets: Sequence[str]) -> None:
+    """`submit --mem/--cpus/--target` as given: refused here, not by sbatch or uv on the host."""
+    if mem is not None and not _SIZE.match(mem):
+        raise UserError(
+            f"--mem {mem!r}: expected memory per node such as 64G or 500000M (K, M, G or T; "
+            "no unit is M), or 0 for all of it"
+        )
+    if cpus is not None and cpus < 1:
+        raise UserError(f"--cpus {cpus}: expected at least 1 CPU per task")
+    for group in targets:
+        if not _NAME.match(group):
+            raise UserError(f"--target {group!r}: expected a dependency group name such as hf")
 
 
 def _resolve(data: Any, where: str) -> Any:

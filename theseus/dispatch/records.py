@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from theseus.config import atomic_write
+from theseus.base.files import atomic_write
 from theseus.errors import UserError
 from theseus.job import check_name
 

@@ -4,6 +4,7 @@ otherwise the first reachable SLURM host that has them (the job waits in its que
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,7 +36,9 @@ class Placement:
         return LOCAL if self.host is None else self.host.type
 
 
-def _wanted(request: Request) -> tuple[str, int]:
+def wanted(request: Request) -> tuple[str, int]:
+    """The chip and count `request` asks for: CPU when it names none or asks for 0; one of it
+    when it gives no count."""
     chip = get_chip(request.chip or "cpu").name
     n = request.n if request.n else 1
     if request.n == 0:
@@ -85,7 +88,7 @@ def choose(
     `passed_over` collects why hosts ahead of the chosen one were not taken (down, or busy).
     """
     passed_over = [] if passed_over is None else passed_over
-    chip, n = _wanted(request)
+    chip, n = wanted(request)
     for listed in (clusters or []) + (exclude_clusters or []):
         if listed not in config.clusters and listed != LOCAL:
             raise UserError(
@@ -135,6 +138,24 @@ def choose(
         "; ".join(reasons + [f"{b} is busy" for b in busy]) or "no host matches the cluster filters"
     )
     raise UserError(f"no host can run {n} × {chip} now: {detail}")
+
+
+def with_resources(placement: Placement, mem: str | None, cpus: int | None) -> Placement:
+    """`placement` with the memory per node and CPUs per task asked for in place of its host's.
+    Only SLURM reserves them: an SSH host or this machine has no scheduler that would hold them
+    for the job (nor keep other jobs off them), so there they are refused rather than ignored."""
+    asked = {"mem": mem, "cpus_per_task": cpus}
+    given = [option for option, value in (("--mem", mem), ("--cpus", cpus)) if value is not None]
+    if not given:
+        return placement
+    if placement.host is None or placement.host.type != "slurm":
+        what = "this machine" if placement.host is None else "an SSH host"
+        raise UserError(
+            f"{' and '.join(given)}: {placement.host_name} is {what}, where no scheduler reserves "
+            "memory or CPUs for a job; leave them out, or pick a SLURM host with --cluster"
+        )
+    update = {key: value for key, value in asked.items() if value is not None}
+    return dataclasses.replace(placement, host=placement.host.model_copy(update=update))
 
 
 def _queue_on_slurm(reachable: list[Placement]) -> Placement | None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import secrets
 import shlex
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,21 +15,45 @@ from omegaconf import OmegaConf
 
 from theseus.dispatch import bootstrap, records
 from theseus.dispatch import config as dispatch_config
-from theseus.dispatch.backends import (
-    Backend,
-    LaunchRefused,
-    Observation,
-    backend_for,
-    check,
-)
+from theseus.dispatch.backends import Backend, LaunchRefused, backend_for
 from theseus.dispatch.config import LOCAL, Cluster, DispatchConfig, Host
-from theseus.dispatch.snapshot import repository_root, take
-from theseus.dispatch.solve import Placement, choose
+from theseus.dispatch.control import ACTIVE
+from theseus.dispatch.snapshot import Snapshot, repository_root, take
+from theseus.dispatch.solve import Placement, choose, with_resources
 from theseus.errors import UserError
 from theseus.job import Request, check_name
 from theseus.stages import Stage, override
 
-ACTIVE = ("starting", "queued", "running")
+
+@dataclass
+class SubmitOptions:
+    """What `theseus submit` was given on the command line."""
+
+    name: str
+    yaml_path: str
+    overrides: Sequence[str] = ()
+    stages: Sequence[str] = ()  # further stage YAMLs, run after the first
+    chip: str | None = None
+    n_chips: int | None = None
+    n_shards: int | None = None
+    project: str = "default"
+    group: str = "default"
+    clusters: Sequence[str] = ()  # each may list several, comma-separated
+    exclude_clusters: Sequence[str] = ()
+    dirty: bool = True
+    untracked: bool = False
+    restore: str | None = None
+    fresh: bool = False
+    env: Sequence[str] = ()  # NAME=VALUE
+    loads: Sequence[str] = ()
+    dispatch_file: str | None = None
+    dry_run: bool = False
+    mem: str | None = None  # per node, as sbatch --mem takes it
+    cpus: int | None = None  # per task
+    targets: Sequence[str] = ()  # dependency groups installed on top of the host's
+
+    def __post_init__(self) -> None:
+        dispatch_config.check_resources(self.mem, self.cpus, self.targets)
 
 
 @dataclass
@@ -52,6 +75,17 @@ class Submission:
         for name, (text, _) in self.job.files.items():
             lines += [f"# ==> {self.job.path(name)} <==", text.rstrip("\n"), ""]
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """One line on where the submitted run went, with its code and its log."""
+        record = self.record
+        assert record is not None, "a dry run submits nothing"
+        queued = " (queued: no host is free now)" if self.placement.queued else ""
+        sent = "sent" if self.snapshot_sent else "already there"
+        return (
+            f"submitted {record.name} to {record.host_name} ({record.backend} id "
+            f"{record.backend_id}){queued}; code {record.snapshot} ({sent}); log: {record.log}"
+        )
 
 
 def _host_settings(host: Host | None) -> dict | None:
@@ -155,66 +189,60 @@ def _fits_one(
     return True
 
 
-def submit(
-    name: str,
-    yaml_path: str,
-    *,
-    overrides: list[str] = (),  # type: ignore[assignment]
-    stages: list[str] = (),  # type: ignore[assignment]
-    chip: str | None = None,
-    n: int | None = None,
-    n_shards: int | None = None,
-    project: str = "default",
-    group: str = "default",
-    clusters: list[str] | None = None,
-    exclude_clusters: list[str] | None = None,
-    dirty: bool = True,
-    untracked: bool = False,
-    restore: str | None = None,
-    fresh: bool = False,
-    env: list[str] = (),  # type: ignore[assignment]
-    loads: list[str] = (),  # type: ignore[assignment]
-    dispatch_file: str | None = None,
-    dry_run: bool = False,
-) -> Submission:
-    """Validate, place, ship and start one run; a dry run stops before anything leaves here."""
-    check_name("run name", name)
-    check_name("project", project)
-    check_name("group", group)
-    pipeline = [Stage.from_yaml(yaml_path)] + [Stage.from_yaml(s) for s in stages]
-    override(pipeline, list(overrides))
-    first = pipeline[0].request
-    request = Request(chip or first.chip, first.n if n is None else n, n_shards or first.n_shards)
+def submit(options: SubmitOptions) -> Submission:
+    """Validate, place, package and launch one run; a dry run stops before anything leaves here."""
+    pipeline, job_env = validate(options)
+    settings = dispatch_config.load(options.dispatch_file)
+    placement, passed_over = place(options, pipeline, settings)
+    snapshot, job = package(options, pipeline, placement)
+    if options.dry_run:
+        return Submission(placement, job, None)
+    record, sent = _launch(options, placement, snapshot, job, job_env)
+    return Submission(placement, job, record, sent, passed_over)
+
+
+def validate(options: SubmitOptions) -> tuple[list[Stage], dict[str, str]]:
+    """The stages as they will run, all under one request, and the job's environment; what the
+    job would refuse on the host is refused here."""
+    check_name("run name", options.name)
+    check_name("project", options.project)
+    check_name("group", options.group)
+    pipeline = [Stage.from_yaml(options.yaml_path)] + [Stage.from_yaml(s) for s in options.stages]
+    override(pipeline, list(options.overrides))
+    asked = Request(options.chip, options.n_chips, options.n_shards)
+    request = asked.over(pipeline[0].request)
     request.check("request")
     for stage in pipeline:
         stage.request = request
         stage.check()
         _refuse_relative_paths(stage)
-    job_env = _parse_env(list(env))
-    if restore and not Path(restore).expanduser().is_absolute():
+    job_env = _parse_env(list(options.env))
+    if options.restore and not Path(options.restore).expanduser().is_absolute():
         raise UserError(
-            f"--restore {restore} is relative to this folder, but a submitted job runs in its "
-            "code snapshot; give the checkpoint's absolute path on the host"
+            f"--restore {options.restore} is relative to this folder, but a submitted job runs in "
+            "its code snapshot; give the checkpoint's absolute path on the host"
         )
+    return pipeline, job_env
 
-    settings = dispatch_config.load(dispatch_file)
+
+def place(
+    options: SubmitOptions, pipeline: list[Stage], settings: DispatchConfig
+) -> tuple[Placement, list[str]]:
+    """The host that takes the run (where its checkpoints are, when it ran before), and why the
+    hosts ahead of it were passed over."""
     local = settings.local_cluster(records.home())
-    previous = _previous(name)
-    if fresh and previous is not None:
-        for stage in pipeline:
-            # what the run would refuse on the host, once its checkpoints are found there
-            if OmegaConf.select(stage.cfg, "training.overwrite") is False:
-                raise UserError(
-                    f"--fresh: {name} was submitted before (to {previous.host_name}) and may have "
-                    "checkpoints; add training.overwrite=true to move them and its logs aside, "
-                    "or pick another run name"
-                )
+    request = pipeline[0].request
+    clusters = split_commas(options.clusters)
+    exclude_clusters = split_commas(options.exclude_clusters)
+    previous = _previous(options.name)
+    if options.fresh and previous is not None:
+        _refuse_fresh_start(options.name, previous, pipeline)
     if previous is not None and clusters is None:
         clusters = _clusters_with_root(settings, local, previous.root)
         if not clusters:
             raise UserError(
-                f"{name} keeps its checkpoints under {previous.root}, which no cluster of the "
-                "dispatch file has; submit it where they are, or choose another run name"
+                f"{options.name} keeps its checkpoints under {previous.root}, which no cluster of "
+                "the dispatch file has; submit it where they are, or choose another run name"
             )
     passed_over: list[str] = []
     try:
@@ -224,19 +252,21 @@ def submit(
             local,
             clusters=clusters,
             exclude_clusters=exclude_clusters,
-            probe=None if dry_run else probe,
+            probe=None if options.dry_run else probe,
             passed_over=passed_over,
         )
     except UserError as exc:
+        # the count came from the file: say so when another count would fit
         if (
-            n is None
-            and first.n
+            options.n_chips is None
+            and request.n
             and _fits_one(settings, request, local, clusters, exclude_clusters)
         ):
             raise UserError(
-                f"{exc} ({yaml_path} asks for {first.n}; pass -n for another count)"
+                f"{exc} ({options.yaml_path} asks for {request.n}; pass -n for another count)"
             ) from None
         raise
+    placement = with_resources(placement, options.mem, options.cpus)
     processes = placement.nodes * placement.tasks_per_node if placement.backend == "slurm" else 1
     for stage in pipeline:
         if processes > 1 and not stage.cls.DISTRIBUTED:
@@ -244,9 +274,27 @@ def submit(
                 f"{stage.job} runs as one process, but {placement.n} × {placement.chip} on "
                 f"{placement.host_name} starts {processes}; submit it on its own with -n 1"
             )
-    host = placement.host
+    return placement, passed_over
+
+
+def _refuse_fresh_start(name: str, previous: records.Record, pipeline: list[Stage]) -> None:
+    """What a job would refuse on the host, once it found the checkpoints of its earlier run."""
+    for stage in pipeline:
+        refusal = stage.cls.fresh_start_refusal(stage.cfg)
+        if refusal is not None:
+            raise UserError(
+                f"--fresh: {name} was submitted before (to {previous.host_name}) and may have "
+                f"checkpoints; {refusal}, or pick another run name"
+            )
+
+
+def package(
+    options: SubmitOptions, pipeline: list[Stage], placement: Placement, by_hand: bool = False
+) -> tuple[Snapshot, bootstrap.JobFiles]:
+    """The snapshot of the code to ship, and the job's files: its scripts and stage configs
+    (`by_hand`: for a script that runs them, see `bootstrap.job_files`)."""
     repo = repository_root()
-    snapshot = take(repo, clean=not dirty, untracked=untracked)
+    snapshot = take(repo, clean=not options.dirty, untracked=options.untracked)
     missing = [f for f in ("pyproject.toml", "uv.lock") if f not in snapshot.files]
     if missing:
         raise UserError(
@@ -255,29 +303,43 @@ def submit(
         )
     cluster = placement.cluster
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-    run_args = ["-p", project, "-g", group]
-    if restore:
-        run_args += ["--restore", restore]
-    for load in loads:
-        run_args += ["--load", _load_in_snapshot(load, repo, snapshot.files, untracked)]
+    run_args = ["-p", options.project, "-g", options.group]
+    if options.restore:
+        run_args += ["--restore", options.restore]
+    for load in options.loads:
+        run_args += ["--load", _load_in_snapshot(load, repo, snapshot.files, options.untracked)]
     job = bootstrap.job_files(
-        name=name,
-        job_dir=f"{cluster.work}/jobs/{name}/{stamp}",
+        name=options.name,
+        job_dir=f"{cluster.work}/jobs/{options.name}/{stamp}",
         snapshot_dir=f"{cluster.work}/snapshots/{snapshot.id}",
         cluster=cluster,
-        host=host,
+        host=placement.host,
         placement=placement,
         run_args=run_args,
-        fresh=fresh,
+        fresh=options.fresh,
         stage_yamls=[stage.to_yaml() for stage in pipeline],
         backend=placement.backend,
         gpu_dir=_gpu_dir(placement),
         work=cluster.work,
         lock_files=[snapshot.files.get(f, (0, b""))[1] for f in ("pyproject.toml", "uv.lock")],
+        groups=bootstrap.uv_groups(
+            placement.host, options.targets, snapshot.files["pyproject.toml"][1]
+        ),
+        by_hand=by_hand,
     )
-    if dry_run:
-        return Submission(placement, job, None)
+    return snapshot, job
 
+
+def _launch(
+    options: SubmitOptions,
+    placement: Placement,
+    snapshot: Snapshot,
+    job: bootstrap.JobFiles,
+    job_env: dict[str, str],
+) -> tuple[records.Record, bool]:
+    """Ship the code and the job's files, start it, and record the run; returns the record and
+    whether the snapshot was sent (else the host had it)."""
+    name, host, cluster = options.name, placement.host, placement.cluster
     backend = _backend(placement)
     with records.claimed(name):
         previous = _previous(name)
@@ -303,13 +365,19 @@ def submit(
             backend_id=backend_id,
             job_dir=job.dir,
             root=cluster.root,
-            project=project,
-            group=group,
+            project=options.project,
+            group=options.group,
             snapshot=snapshot.id,
             host=_host_settings(host),
         )
         records.save(record)
-    return Submission(placement, job, record, sent, passed_over)
+    return record, sent
+
+
+def split_commas(values: Sequence[str]) -> list[str] | None:
+    """Cluster names given as repeated options, each perhaps a comma-separated list; None: all."""
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return names or None
 
 
 def _load_in_snapshot(
@@ -344,67 +412,3 @@ def _clusters_with_root(settings: DispatchConfig, local: Cluster, root: str) -> 
     """The clusters whose outputs live under `root`: a resubmitted run resumes only there."""
     names = [name for name, cluster in settings.clusters.items() if cluster.root == root]
     return list(dict.fromkeys([*names, *([LOCAL] if local.root == root else [])]))
-
-
-def observe(chosen: list[records.Record]) -> list[Observation]:
-    """What each recorded run is doing: one round trip per host, all hosts at once; a host that
-    cannot be reached reports its runs as unknown, saying why."""
-    by_host: dict[str, list[int]] = {}
-    for i, record in enumerate(chosen):
-        key = json.dumps([record.backend, record.host], sort_keys=True)
-        by_host.setdefault(key, []).append(i)
-
-    def ask(indices: list[int]) -> list[Observation]:
-        group = [chosen[i] for i in indices]
-        try:
-            return backend_for(group[0], group[0].host).observe(group)
-        except UserError as exc:
-            return [Observation("unknown", str(exc))] * len(group)
-
-    seen: list[Observation] = [Observation("unknown")] * len(chosen)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for indices, observed in zip(
-            by_host.values(), pool.map(ask, by_host.values()), strict=True
-        ):
-            for i, observation in zip(indices, observed, strict=True):
-                seen[i] = observation
-    return seen
-
-
-def logs(record: records.Record, follow: bool, write, poll_seconds: float = 1.0) -> None:
-    """Write the job's log through `write(bytes)`; with `follow`, until the job ends."""
-    backend = backend_for(record, record.host)
-    offset = 0
-    while True:
-        chunk = backend.read_log(record, offset)
-        if chunk:
-            write(chunk)
-            offset += len(chunk)
-        if not follow:
-            return
-        state = backend.state(record)
-        # a preempted SLURM job requeues itself, unless it was cancelled (since `record` was read)
-        if state in ("completed", "failed", "cancelled", "unknown") or (
-            state == "preempted"
-            and (record.backend != "slurm" or records.load(record.name).cancelled)
-        ):
-            rest = backend.read_log(record, offset)
-            if rest:
-                write(rest)
-            return
-        time.sleep(poll_seconds)
-
-
-def cancel(record: records.Record) -> None:
-    """Stop a run (it checkpoints on SIGTERM) and remember that it was cancelled; a run that has
-    ended keeps its state."""
-    backend = backend_for(record, record.host)
-    state = backend.state(record)
-    if state not in ACTIVE:
-        raise UserError(f"{record.name} is {state} already; there is nothing to cancel")
-    backend.cancel(record)
-    record.cancelled = True
-    records.save(record)
-
-
-__all__ = ["LOCAL", "Path", "Submission", "cancel", "check", "logs", "observe", "submit"]

@@ -33,6 +33,7 @@ class EvalConfig:
         "eval/evaluations",
         default_factory=list,
         help="registered evaluations to run, e.g. [perplexity]",
+        registry="evaluation",
     )
     interval: int = field(
         "eval/interval",

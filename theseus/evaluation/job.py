@@ -61,9 +61,10 @@ class Evaluate(BasicJob[EvaluateConfig]):
     def run(self) -> dict[str, float]:
         from rich.console import Console
 
-        from theseus.checkpoint import load_trained, locate, trained_context
-        from theseus.config import atomic_write
+        from theseus.base.files import atomic_write
+        from theseus.checkpoint import locate
         from theseus.evaluation.scoring import Scorer
+        from theseus.inference.load import load_trained, trained_context
 
         settings = configure(EvalConfig, self.cfg)
         if not settings.evaluations:

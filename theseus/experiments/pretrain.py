@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from theseus.model.models import GPT, Llama
+from theseus.model.models import GPT2, LLAMA, Transformer
 from theseus.registry import job
 from theseus.training.base import BaseTrainer, BaseTrainerConfig
 
 
 @job("gpt/train/pretrain")
-class PretrainGPT(BaseTrainer[BaseTrainerConfig, GPT]):
+class PretrainGPT(BaseTrainer[BaseTrainerConfig, Transformer]):
     """Pretrain a GPT-2 style model (default GPT-2 small) with AdamW and a cosine schedule."""
 
-    MODEL = GPT
+    MODEL = Transformer
+    ARCHITECTURE = GPT2
     CONFIG = BaseTrainerConfig
 
     @classmethod
@@ -20,10 +21,11 @@ class PretrainGPT(BaseTrainer[BaseTrainerConfig, GPT]):
 
 
 @job("llama/train/pretrain")
-class PretrainLlama(BaseTrainer[BaseTrainerConfig, Llama]):
+class PretrainLlama(BaseTrainer[BaseTrainerConfig, Transformer]):
     """Pretrain a Llama style model (RoPE, RMSNorm, SwiGLU, GQA) with a warmup-stable-decay schedule."""
 
-    MODEL = Llama
+    MODEL = Transformer
+    ARCHITECTURE = LLAMA
     CONFIG = BaseTrainerConfig
 
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from theseus.errors import UserError
 from theseus.inference.generate import sample
+from theseus.inference.load import load_trained
 
 
 def sample_checkpoint(
@@ -23,8 +24,6 @@ def sample_checkpoint(
 
     `max_new` defaults to 200 tokens, or fewer when the model's learned positions end sooner.
     """
-    from theseus.checkpoint import load_trained
-
     model, _, tokenizer = load_trained(path)
     if max_new is None and getattr(model.config, "positions", "learned") != "learned":
         max_new = 200  # rotary positions have no last position: no context to fill

@@ -1,4 +1,4 @@
-"""Autoregressive generation with a KV cache: one prefill, then one jitted decode loop.
+"""Autoregressive generation with a KV cache: the prompts fill it, then one jitted decode loop.
 
 Prompts of different lengths share a batch: each row keeps its own position, writes its next
 key/value into its own cache slot, and attends only to slots up to that position, so a row's
@@ -88,7 +88,8 @@ def _generate(
         sample_logits, temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=vocab_limit
     )
     batch = tokens.shape[0]
-    logits, caches = model.prefill(tokens, None, cache_len)
+    cache = model.empty_cache(batch, cache_len)
+    logits = model(tokens, cache=cache)
     key, sub = jax.random.split(key)
     first = pick(logits[jnp.arange(batch), lengths - 1], sub)
     out = jnp.full((batch, max_new), NO_TOKEN, jnp.int32).at[:, 0].set(first)
@@ -99,17 +100,18 @@ def _generate(
         return (i < max_new) & ~jnp.all(done)
 
     def step(carry: tuple) -> tuple:
-        i, last, caches, out, done, key = carry
+        i, last, cache, out, done, key = carry
         positions = (lengths + i - 1)[:, None]
-        logits, caches = model.decode(last[:, None], positions, caches)
+        cache = list(cache)  # filled in place by the model: this step's copy
+        logits = model(last[:, None], positions, cache=cache)
         key, sub = jax.random.split(key)
         token = pick(logits[:, 0], sub)
         out = out.at[:, i].set(jnp.where(done, NO_TOKEN, token))
         if eot_id is not None:
             done = done | (token == eot_id)
-        return i + 1, token, caches, out, done, key
+        return i + 1, token, cache, out, done, key
 
-    carry = (jnp.int32(1), first, caches, out, done, key)
+    carry = (jnp.int32(1), first, cache, out, done, key)
     return jax.lax.while_loop(more, step, carry)[3]
 
 
@@ -143,10 +145,10 @@ def generate(
         )
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
-    if not (hasattr(model, "prefill") and hasattr(model, "decode")):
+    if not hasattr(model, "empty_cache"):
         raise UserError(
-            f"{type(model).__name__} cannot generate with a KV cache: it needs prefill() and decode() "
-            "(subclass theseus.model.models.Transformer)"
+            f"{type(model).__name__} cannot generate with a KV cache: it needs empty_cache() and "
+            "a cache= argument (subclass theseus.model.models.Transformer)"
         )
     lengths = np.array([len(p) for p in prompts], np.int32)
     width = int(lengths.max())

@@ -1,12 +1,13 @@
-"""Hugging Face checkpoints (`config.json` + `*.safetensors`) in and out of GPT / Llama.
+"""Hugging Face checkpoints (`config.json` + `*.safetensors`) in and out of a `Transformer`.
 
-Supported layouts: `gpt2` (GPT2LMHeadModel) <-> `GPT`, and `llama` (LlamaForCausalLM, also
-Mistral-style configs without sliding windows or RoPE scaling) <-> `Llama`. Needs the `hf`
+Supported layouts: `gpt2` (GPT2LMHeadModel) <-> the GPT-2 preset, and `llama` (LlamaForCausalLM,
+also Mistral-style configs without sliding windows or RoPE scaling) <-> the Llama one. Needs the `hf`
 dependency group for `safetensors`; torch and transformers are not imported here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from theseus.errors import UserError
-from theseus.model.models import GPT, Llama, Transformer
+from theseus.model.models import GPT2, LLAMA, Transformer
 
 # buffers some checkpoints carry that are not parameters
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
@@ -157,7 +158,8 @@ def _gpt2_config(hf: dict[str, Any], path: Path, dtype: str) -> Any:
         )
     if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
         raise UserError(f"{path}: non-standard GPT-2 attention scaling is not supported")
-    return GPT.CONFIG(
+    return dataclasses.replace(
+        GPT2,
         n_layers=_need(hf, "n_layer", path),
         n_heads=_need(hf, "n_head", path),
         d_model=_need(hf, "n_embd", path),
@@ -196,7 +198,8 @@ def _llama_config(hf: dict[str, Any], path: Path, dtype: str) -> Any:
         raise UserError(
             f"{path}: attention_bias != mlp_bias is not supported (theseus has one bias switch)"
         )
-    return Llama.CONFIG(
+    return dataclasses.replace(
+        LLAMA,
         n_layers=_need(hf, "num_hidden_layers", path),
         n_heads=n,
         n_kv_heads=hf.get("num_key_value_heads") or n,
@@ -212,7 +215,7 @@ def _llama_config(hf: dict[str, Any], path: Path, dtype: str) -> Any:
     )
 
 
-_LAYOUTS = {"gpt2": (GPT, _gpt2_config, _gpt2_rules), "llama": (Llama, _llama_config, _llama_rules)}
+_LAYOUTS = {"gpt2": (_gpt2_config, _gpt2_rules), "llama": (_llama_config, _llama_rules)}
 _LAYOUTS["mistral"] = _LAYOUTS["llama"]
 
 
@@ -254,7 +257,7 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 
 def import_hf(path: str | Path, *, dtype: str = "float32") -> Transformer:
-    """Build a `GPT` or `Llama` holding the weights of a local Hugging Face model folder.
+    """Build a `Transformer` (GPT-2 or Llama layout) holding the weights of a local Hugging Face model folder.
 
     `dtype` is the compute dtype of the result; parameters stay float32.
     """
@@ -267,7 +270,7 @@ def import_hf(path: str | Path, *, dtype: str = "float32") -> Transformer:
         raise UserError(
             f"{path}: model_type {kind!r} is not supported; supported: {', '.join(_LAYOUTS)}"
         )
-    cls, make_config, rules = _LAYOUTS[kind]
+    make_config, rules = _LAYOUTS[kind]
     config = make_config(hf, path, dtype)
     tensors = {
         name.removeprefix("transformer."): value
@@ -276,7 +279,7 @@ def import_hf(path: str | Path, *, dtype: str = "float32") -> Transformer:
     }
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)
-    model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     variables = _variables(model)
     used = set()
     for ours, theirs, to_ours, _ in rules(config):

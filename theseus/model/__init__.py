@@ -1,5 +1,5 @@
-"""Models: Flax NNX layers (`theseus.model.layers`) composed into registered models
-(`theseus.model.models`), plus the logical-axis -> mesh-axis rules (`theseus.model.sharding`).
+"""Models: the transformer (`theseus.model.models`), read top to bottom, and its speed code
+(`theseus.model.kernels`). Where parameters live on devices is `theseus.parallel`'s business.
 
 Importing this package is cheap; JAX and Flax load with its submodules.
 """

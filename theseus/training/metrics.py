@@ -21,8 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
+from theseus.base.files import atomic_write
 from theseus.base.progress import fitted_progress, fixed_text
-from theseus.config import atomic_write, field
+from theseus.config import field
 from theseus.errors import UserError
 
 
@@ -57,6 +58,13 @@ class LoggingConfig:
         minimum=1,
         default=None,
         help="also keep every checkpoint whose step is a multiple of this",
+    )
+    keep_best: bool = field(
+        "logging/keep_best",
+        default=False,
+        help="also keep the checkpoint with the lowest validation loss: the best of the "
+        "checkpoints written at a step that was validated (make logging.checkpoint_interval a "
+        "multiple of logging.val_interval), whatever checkpoint_keep",
     )
     wandb: bool = field(
         "logging/wandb", default=False, help="log to Weights & Biases (WANDB_MODE=offline works)"
@@ -137,6 +145,7 @@ class RunLog:
         if not enabled:
             return
         with _writing(run_dir / "log.txt"):
+            run_dir.mkdir(parents=True, exist_ok=True)
             self._log = (run_dir / "log.txt").open("a", buffering=1, encoding="utf-8")
         if config.wandb:
             import wandb

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from theseus.config import atomic_output, unwritable
+from theseus.base.files import atomic_output, unwritable
 from theseus.errors import UserError
 from theseus.training.metrics import read_metrics
 

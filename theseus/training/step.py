@@ -1,7 +1,8 @@
 """The train step: one pure function of (state, batch, step), jitted once with donated state.
 
 The loss is integer-label cross-entropy computed in float32 from the logits (log-sum-exp minus
-the label's logit; never a one-hot of the vocabulary), with an optional z-loss. Gradient
+the label's logit; never a one-hot of the vocabulary; `theseus.model.kernels.cross_entropy`),
+with an optional z-loss. Gradient
 accumulation runs inside the step as a scan over micro-batches. Dropout keys are
 `fold_in(key(seed), step)` (and the micro-batch and batch-shard index), so a resumed run draws
 the same masks.
@@ -14,59 +15,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
+from theseus.model.kernels import cross_entropy
+from theseus.parallel.reduction import Gradients
 
-@jax.custom_vjp
-def _nll_and_lse(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token negative log-likelihood and log-sum-exp of `logits` (any float dtype), in f32."""
-    return _nll_and_lse_fwd(logits, targets)[0]
-
-
-def _nll_and_lse_fwd(logits: jax.Array, targets: jax.Array) -> Any:
-    wide = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(wide, axis=-1)
-    label = jnp.take_along_axis(wide, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return (lse - label, lse), (logits, targets, lse)
-
-
-def _nll_and_lse_bwd(residuals: Any, grads: tuple[jax.Array, jax.Array]) -> Any:
-    # Written out so that the [tokens, vocab] gradient is produced once, in the logits' dtype:
-    # autodiff of the f32 upcast would write it in f32 and convert it afterwards (on GPT-2 small
-    # with a 50k vocabulary, two extra passes over a 6.6 GB tensor per step). The label's -1 is
-    # an index comparison inside the same elementwise pass, not a one-hot array.
-    logits, targets, lse = residuals
-    g_nll, g_lse = grads
-    probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
-    is_label = jnp.arange(logits.shape[-1]) == targets[..., None]
-    grad = probs * (g_nll + g_lse)[..., None] - jnp.where(is_label, g_nll[..., None], 0.0)
-    return grad.astype(logits.dtype), None
-
-
-_nll_and_lse.defvjp(_nll_and_lse_fwd, _nll_and_lse_bwd)
-
-
-def cross_entropy(
-    logits: jax.Array, targets: jax.Array, mask: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Masked sums of the token cross-entropy and of log-sum-exp squared (for z-loss), in f32."""
-    nll, lse = _nll_and_lse(logits, targets)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(nll * mask), jnp.sum(jnp.square(lse) * mask)
-
-
-def sum_shards(grads: Any) -> Any:
-    """Sum per-shard gradients (each leaf `[shards, ...]`) as one flat buffer, so a data-parallel
-    reduction is one collective: XLA's CPU runtime makes each reduced array a meeting of all
-    devices (a small GPT's ~60 arrays cost ~3 ms a step on 2 cores; one flat buffer, ~0.5 ms)."""
-    leaves, treedef = jax.tree.flatten(grads)
-    shards = leaves[0].shape[0]
-    flat = jnp.concatenate([g.reshape(shards, -1).astype(jnp.float32) for g in leaves], axis=1)
-    ends = np.cumsum([g[0].size for g in leaves])[:-1]
-    parts = jnp.split(flat.sum(axis=0), ends)
-    return treedef.unflatten([p.reshape(g.shape[1:]) for p, g in zip(parts, leaves, strict=True)])
+PLAIN = Gradients()
 
 
 def make_train_step(
@@ -79,7 +34,7 @@ def make_train_step(
     z_loss: float = 0.0,
     dropout: bool = False,
     skip_nonfinite: bool = False,
-    grad_shards: int = 1,
+    gradients: Gradients = PLAIN,
 ) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
     """The pure train step `(state, batch, step, lr) -> (state, metrics)`.
 
@@ -90,9 +45,7 @@ def make_train_step(
     Metrics: loss (mean token cross-entropy of the batch), z_loss, grad_norm (before clipping),
     lr, and finite (whether loss and gradients were finite).
 
-    `grad_shards` > 1 takes each batch shard's gradients apart (a vmap over the micro-batch split
-    that many ways, which the data axis spreads over devices), accumulates them unreduced and
-    reduces them once with `sum_shards`. It needs parameters replicated on every device.
+    `gradients` says how they meet across data-parallel devices (`theseus.parallel.reduction`).
     """
 
     def loss_fn(params: nnx.State, rows: dict[str, jax.Array], key: jax.Array) -> Any:
@@ -106,19 +59,10 @@ def make_train_step(
             nnx.reseed(model, dropout=key)
         logits = model(rows["inputs"], rows["positions"], deterministic=not dropout)
         ce, z = cross_entropy(logits, rows["targets"], rows["loss_mask"])
-        positions = accumulation * grad_shards * rows["loss_mask"].size
+        positions = accumulation * gradients.shards * rows["loss_mask"].size
         return (ce + z_loss * z) / positions, (ce, z)
 
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-
-    def micro_grads(params: nnx.State, micro: dict[str, jax.Array], key: jax.Array) -> Any:
-        if grad_shards == 1:
-            grads, (ce, z) = grad_fn(params, micro, key)
-            return grads, ce, z
-        split = jax.tree.map(lambda x: x.reshape(grad_shards, -1, *x.shape[1:]), micro)
-        keys = jax.vmap(lambda shard: jax.random.fold_in(key, shard))(jnp.arange(grad_shards))
-        grads, (ce, z) = jax.vmap(grad_fn, in_axes=(None, 0, 0))(params, split, keys)
-        return grads, ce.sum(), z.sum()
+    micro_grads = gradients.of(jax.grad(loss_fn, has_aux=True))
 
     def step_fn(
         state: dict[str, Any], batch: dict[str, jax.Array], step: jax.Array, lr: jax.Array
@@ -128,21 +72,18 @@ def make_train_step(
         n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
         if accumulation == 1:
             micro = jax.tree.map(lambda x: x[0], batch)
-            grads, ce, z = micro_grads(params, micro, key)
+            grads, (ce, z) = micro_grads(params, micro, key)
         else:
 
             def body(carry: Any, xs: Any) -> Any:
                 grads, ce, z = carry
                 index, micro = xs
-                g, c, zz = micro_grads(params, micro, jax.random.fold_in(key, index))
+                g, (c, zz) = micro_grads(params, micro, jax.random.fold_in(key, index))
                 return (jax.tree.map(jnp.add, grads, g), ce + c, z + zz), None
 
-            unreduced = () if grad_shards == 1 else (grad_shards,)
-            zeros = jax.tree.map(lambda p: jnp.zeros((*unreduced, *p.shape), jnp.float32), params)
-            init = (zeros, jnp.float32(0.0), jnp.float32(0.0))
+            init = (gradients.zeros(params), jnp.float32(0.0), jnp.float32(0.0))
             (grads, ce, z), _ = jax.lax.scan(body, init, (jnp.arange(accumulation), batch))
-        if grad_shards > 1:
-            grads = sum_shards(grads)
+        grads = gradients.reduce(grads)
         rescale = batch["loss_mask"].size / n_tokens
         grads = jax.tree.map(lambda g, p: (g * rescale).astype(p.dtype), grads, params)
         loss = ce / n_tokens
@@ -169,8 +110,8 @@ def make_train_step(
 
 class TrainState:
     """Parameters and optimizer state, held as the flat list of arrays the compiled step takes
-    and returns (see `on_leaves`): flattening nnx's Variables at every call cost ~3 ms of a
-    45 ms step of a small model on CPU. The tree is rebuilt when asked for."""
+    and returns (see `on_leaves`): flattening nnx's Variables at every call is a measurable part
+    of a small model's step (bench/FINDINGS.md). The tree is rebuilt when asked for."""
 
     def __init__(self, params: nnx.State, opt: Any) -> None:
         tree = {"params": params, "opt": opt}

@@ -28,6 +28,7 @@ class SourceConfig:
         "data/name",
         default="pystdlib",
         help="dataset source: fineweb | hf | files | tinyshakespeare | pystdlib (or one you registered)",
+        registry="dataset",
     )
     hub_id: str | None = field(
         "data/hub_id", default=None, help="hf: the hub dataset id, e.g. allenai/c4"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
-import hashlib
 import json
 from collections.abc import Iterator
 from itertools import groupby
@@ -60,14 +59,6 @@ def text_documents(path: Path, separator: str | None) -> Iterator[str]:
     for piece in text.split(separator):
         if piece.strip():
             yield piece
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _layout(path: Path) -> tuple[str, tuple[str, ...] | str]:

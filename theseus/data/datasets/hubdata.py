@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from theseus.data.datasets.base import Document, Source, table_documents
-from theseus.data.datasets.hub import require_hub
+from theseus.data.hub import require_hub
 from theseus.errors import UserError, first_line
 from theseus.registry import dataset
 

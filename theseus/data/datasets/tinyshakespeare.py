@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from theseus.base.files import sha256_hex
 from theseus.data.datasets.base import Document, Source
-from theseus.data.datasets.files import file_digest, text_documents
+from theseus.data.datasets.files import text_documents
 from theseus.errors import UserError
 from theseus.registry import dataset
 
@@ -39,7 +40,7 @@ class TinyShakespeare(Source):
                 raise UserError(f"data.paths: {self.config.paths[0]} is not a file")
             return
         self.path = cache_path()
-        if self.path.is_file() and file_digest(self.path) == SHA256:
+        if self.path.is_file() and sha256_hex(self.path) == SHA256:
             return
         self._download()
 
@@ -52,9 +53,7 @@ class TinyShakespeare(Source):
             raise UserError(
                 f"cannot download tinyshakespeare ({getattr(exc, 'reason', exc)}); {fix}"
             ) from None
-        import hashlib
-
-        if hashlib.sha256(data).hexdigest() != SHA256:
+        if sha256_hex(data) != SHA256:
             raise UserError(f"the tinyshakespeare download does not match its pinned sha256; {fix}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -64,7 +63,7 @@ class TinyShakespeare(Source):
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.config.name,
-            "sha256": file_digest(self.path),
+            "sha256": sha256_hex(self.path),
             "separator": self.config.separator,
         }
 

@@ -5,8 +5,7 @@
 # while the job exists.)
 set -euo pipefail
 while IFS= read -r -d '' pair; do export "${pair?}"; done
-JOB_DIR={{JOB_DIR}}
-NEEDS_JUICEFS={{NEEDS_JUICEFS}}
+source {{LIB}}
 BACKEND={{BACKEND}}
 N_GPUS={{N_GPUS}}
 GPU_DIR={{GPU_DIR}}
@@ -14,10 +13,7 @@ GPU_DIR={{GPU_DIR}}
 fail() { echo "$1" >&2; exit 3; }
 # The job's log is private like its folder (the job may print what it was given).
 (umask 077 && : >>{{LOG}})
-command -v uv >/dev/null || fail "uv is not installed on $(hostname): install it (pip install uv) or add its folder to PATH in the host's env"
-if [ "$NEEDS_JUICEFS" = 1 ]; then
-  command -v juicefs >/dev/null || fail "juicefs is not installed on $(hostname): install it (https://juicefs.com/docs/community/installation) or add its folder to PATH in the host's env"
-fi
+require_tools || exit 3
 if [ "$BACKEND" = slurm ]; then
   command -v sbatch >/dev/null || fail "sbatch is not on PATH on $(hostname): is this a SLURM login node?"
   cd "$JOB_DIR"

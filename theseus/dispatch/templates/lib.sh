@@ -14,6 +14,18 @@ MOUNTS={{MOUNTS}}
 USING_MOUNT=0
 UNMOUNT_WAIT=15
 
+# What the job needs on PATH, checked before it is started; says which is missing and how to fix it.
+require_tools() {
+  if ! command -v uv >/dev/null; then
+    echo "uv is not installed on $(hostname): install it (pip install uv) or add its folder to PATH in the host's env" >&2
+    return 3
+  fi
+  if [ -n "$META_URL" ] && ! command -v juicefs >/dev/null; then
+    echo "juicefs is not installed on $(hostname): install it (https://juicefs.com/docs/community/installation) or add its folder to PATH in the host's env" >&2
+    return 3
+  fi
+}
+
 set_status() {
   printf '%s\n' "$1" >"$JOB_DIR/status.tmp.$$" && mv -f "$JOB_DIR/status.tmp.$$" "$JOB_DIR/status"
 }

@@ -1,7 +1,11 @@
-"""Registered models. Add your own here or in user code with `@model("name")`."""
+"""Models. A job picks its model class (`MODEL`) and architecture preset (`ARCHITECTURE`);
+subclass `Transformer` for a model of your own."""
 
-from theseus.model.models.gpt import GPT, GPTConfig
-from theseus.model.models.llama import Llama, LlamaConfig
-from theseus.model.models.transformer import Transformer, TransformerConfig
+from theseus.model.models.transformer import (
+    GPT2,
+    LLAMA,
+    Transformer,
+    TransformerConfig,
+)
 
-__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig", "Transformer", "TransformerConfig"]
+__all__ = ["GPT2", "LLAMA", "Transformer", "TransformerConfig"]

@@ -1,19 +1,20 @@
-"""Where a run executes: joining a multi-process JAX job, and laying devices out as a mesh.
+"""Before and between a run's devices: XLA's flags, CPU devices per core, joining a
+multi-process JAX job, and the small agreements its processes reach (`gathered`, `barrier`).
 
 The same code runs on one CPU, on one GPU box and on a SLURM allocation: `initialize_distributed()`
 reads the environment (explicit `THESEUS_*` variables first, then SLURM) and is a no-op for a
-single process. `Layout` splits the visible devices into the `data`, `fsdp` and `tensor` axes.
+single process.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from theseus.base.chips import usable_cores
 from theseus.errors import UserError
+from theseus.parallel.mesh import Layout
 
 _initialized = False
 
@@ -40,9 +41,8 @@ def is_multiprocess() -> bool:
 
 
 GPU_XLA_FLAGS = {"xla_gpu_enable_triton_gemm": "false"}
-"""XLA settings theseus applies unless XLA_FLAGS names them. cuBLAS for every matmul: XLA's
-Triton GEMM fusions made GPT-2 small's step 2-4% slower on an H100 (74.0 -> 72.4 ms per step
-with them off). XLA's CPU backend ignores them."""
+"""XLA settings theseus applies unless XLA_FLAGS names them: cuBLAS for every matmul, faster than
+XLA's Triton GEMM fusions (bench/FINDINGS.md). XLA's CPU backend ignores them."""
 
 
 def apply_default_xla_flags() -> list[str]:
@@ -74,7 +74,7 @@ def split_cpu_into_cores(
 
     XLA's CPU runtime runs a step's ops mostly one at a time, each on one core, so a step on a
     single device leaves cores idle; data parallelism over one device per core keeps them busy
-    (nanoGPT's CPU example on 2 cores: about 7k -> 9k tokens/s). `requested` (parallel.cpu_devices)
+    (bench/FINDINGS.md). `requested` (parallel.cpu_devices)
     fixes the count; None picks the most devices, at most one per core, that `Layout.solve`
     accepts for `fsdp` and `tensor` and whose batch shards split the batch. Nothing changes on
     an accelerator, in a multi-process job, once JAX has started its backends, or when
@@ -183,49 +183,3 @@ def barrier(name: str, timeout_s: float = 900.0) -> None:
     client = distributed.global_state.client
     if client is not None:
         client.wait_at_barrier(name, int(timeout_s * 1000))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How the devices split into data-parallel, FSDP and tensor-parallel groups."""
-
-    data: int
-    fsdp: int
-    tensor: int
-
-    @property
-    def n_devices(self) -> int:
-        return self.data * self.fsdp * self.tensor
-
-    @property
-    def batch_shards(self) -> int:
-        """How many ways the batch is split (data and FSDP both shard the batch)."""
-        return self.data * self.fsdp
-
-    @classmethod
-    def solve(cls, n_devices: int, fsdp: int = 1, tensor: int | None = None) -> Layout:
-        """Split `n_devices`: `tensor` and `fsdp` as asked, the rest data-parallel."""
-        tensor = tensor or 1
-        if fsdp < 1 or tensor < 1:
-            raise UserError(
-                f"parallel.fsdp and tensor shards must be >= 1, got fsdp={fsdp} tensor={tensor}"
-            )
-        if n_devices % (fsdp * tensor):
-            raise UserError(
-                f"{n_devices} devices do not split into fsdp={fsdp} x tensor={tensor}; "
-                f"choose parallel.fsdp and parallel.tensor (or --n_shards) whose product divides "
-                f"{n_devices}, or on a CPU set parallel.cpu_devices to a multiple of {fsdp * tensor}"
-            )
-        return cls(n_devices // (fsdp * tensor), fsdp, tensor)
-
-    def mesh(self, devices: Any = None) -> Any:
-        """A `jax.sharding.Mesh` with axes ("data", "fsdp", "tensor")."""
-        import jax
-
-        devices = jax.devices() if devices is None else devices
-        return jax.make_mesh(
-            (self.data, self.fsdp, self.tensor),
-            ("data", "fsdp", "tensor"),
-            axis_types=(jax.sharding.AxisType.Auto,) * 3,
-            devices=devices,
-        )

@@ -1,7 +1,7 @@
 """Logical axis names -> mesh axes. Model code names axes; only this table knows the mesh.
 
-Mesh axes: "data" (batch only), "fsdp" (batch, and parameters sharded ZeRO-3 style) and
-"tensor" (heads, MLP width and vocabulary split Megatron style).
+Also where a model's state lands on the mesh: abstract on it (to restore into), initialized in
+its shards, and the optimizer state mirroring the parameters'.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from theseus.model.layers.params import logical_axes
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from theseus.parallel.mesh import BATCH_AXES
 
 RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
+    "batch": BATCH_AXES,
     "sequence": None,
     "vocab": "tensor",
     "embed": "fsdp",
@@ -31,16 +29,10 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
-def make_mesh(n_data: int = 1, n_fsdp: int = 1, n_tensor: int = 1, devices: Any = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over `devices` (default: all), which must number the product."""
-    devices = jax.devices() if devices is None else list(devices)
-    need = n_data * n_fsdp * n_tensor
-    if need != len(devices):
-        raise ValueError(
-            f"mesh {n_data}x{n_fsdp}x{n_tensor} needs {need} devices, found {len(devices)}"
-        )
-    grid = np.asarray(devices, dtype=object).reshape(n_data, n_fsdp, n_tensor)
-    return Mesh(grid, MESH_AXES)
+def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
+    """The logical axis names a parameter was created with (None when it has none)."""
+    axes = variable.get_metadata().get("out_sharding")
+    return tuple(axes) if axes is not None else None
 
 
 def _mesh_axes(name: str | None) -> tuple[str, ...]:
