@@ -110,6 +110,7 @@ def profile(bench: Any, args: argparse.Namespace, out: Path) -> None:
     from theseus.quick import quick
     from theseus.training import run as train_run
     from theseus.training.data import TrainingData
+    from theseus.training.outputs import Outputs
     from theseus.training.settings import Settings
 
     with quick("gpt/train/pretrain", out, f"profile-{args.preset}") as job:
@@ -120,7 +121,7 @@ def profile(bench: Any, args: argparse.Namespace, out: Path) -> None:
     mesh, layout = train_run.make_mesh(settings, trainer.tensor_shards(settings))
     data = TrainingData.open(trainer.spec.root, settings)
     state = train_run.build_state(trainer, settings, mesh, layout, data)
-    with train_run.Outputs(trainer, settings, state) as outputs:
+    with Outputs(trainer, settings, state) as outputs:
         state.start(trainer.spec, outputs.log, weights_only=False)
         compiled, compile_s = train_run.compile_steps(settings, mesh, layout, state, outputs)
     plan = state.plan

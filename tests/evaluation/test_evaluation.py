@@ -192,7 +192,7 @@ def test_evaluate_job_writes_results_to_its_run_folder(trained, tmp_path, traini
         "eval/perplexity/perplexity",
         "eval/perplexity/tokens",
     }
-    assert 1.0 < results["eval/perplexity/perplexity"] < 256
+    _assert_learned(results)
     config = read_yaml(out / "runs" / "default" / "default" / "ev" / "eval-config.yaml")["config"]
     assert config["eval"]["perplexity"]["store"] == str(out / "data" / "pystdlib")
 
@@ -234,6 +234,15 @@ def test_evaluate_bad_input_is_one_line(trained, tmp_path, capsys, overrides, me
     assert not (out / "runs" / "default" / "default" / "bad").exists()
 
 
+def _assert_learned(results: dict[str, float]) -> None:
+    """Perplexity is exp of the mean token loss, and the trained model beats guessing uniformly
+    among the bytes tokenizer's 257 ids."""
+    loss = results["eval/perplexity/loss"]
+    assert results["eval/perplexity/perplexity"] == pytest.approx(math.exp(loss), rel=1e-6)
+    assert results["eval/perplexity/tokens"] > 0
+    assert loss < math.log(257) - 0.5
+
+
 def readme_evaluate_commands() -> list[list[str]]:
     """The README's `gpt/evaluate` example, one argument list per command."""
     text = README.read_text()
@@ -254,7 +263,7 @@ def test_readme_evaluate_commands_run_as_written(trained, monkeypatch):
     assert main(run[1:]) == 0
     folder = out / "runs" / "default" / "default" / "my-eval"
     results = json.loads((folder / "eval.json").read_text())
-    assert 1.0 < results["eval/perplexity/perplexity"] < 256
+    _assert_learned(results)
     # the run folder says what it scored: the checkpoint step and the data
     written = read_yaml(folder / "eval-config.yaml")["config"]["eval"]
     scored = out / "checkpoints" / "default" / "default" / "my-gpt-run" / "150"

@@ -40,8 +40,8 @@ from theseus.training.config import BaseTrainerConfig
 from theseus.training.data import TrainingData
 from theseus.training.metrics import LoggingConfig
 from theseus.training.optimizers import OptimizerConfig
+from theseus.training.outputs import Outputs
 from theseus.training.run import (
-    Outputs,
     build_state,
     collective_failures,
     compile_steps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -120,3 +121,13 @@ def compile_eval_step(model: Model, mesh: Mesh) -> Any:
         make_eval_step(model.graphdef, model.rest),
         out_shardings=(replicated(mesh), replicated(mesh)),
     )
+
+
+def use_compilation_cache(folder: str | None) -> None:
+    """Point JAX's persistent compilation cache at `folder`, unless one is configured already."""
+    if folder is None or jax.config.jax_compilation_cache_dir:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))

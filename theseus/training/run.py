@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
-from omegaconf import DictConfig, OmegaConf
 
 from theseus.base.stopping import StopSignals
-from theseus.checkpoint import Checkpointer
 from theseus.errors import UserError
 from theseus.evaluation import check_evaluations
 from theseus.parallel.distributed import barrier
 from theseus.parallel.mesh import Layout
 from theseus.parallel.placement import to_device
 from theseus.parallel.reduction import gradients_for
-from theseus.training.compile import compile_eval_step, compile_train_step, learning_rates
+from theseus.training.compile import (
+    compile_eval_step,
+    compile_train_step,
+    learning_rates,
+    use_compilation_cache,
+)
 from theseus.training.data import TrainingData
+from theseus.training.evaluate import evaluator
 from theseus.training.loop import TrainingLoop
-from theseus.training.metrics import RunLog
 from theseus.training.mfu import peak_flops
 from theseus.training.optimizers import make_optimizer
+from theseus.training.outputs import Outputs
 from theseus.training.plan import device_memory_bytes, sequence_bytes, solve_plan
 from theseus.training.plot import plot_runs
 from theseus.training.report import start_report
-from theseus.training.settings import Settings
+from theseus.training.settings import Settings, resolved
 from theseus.training.state import Model, RunState, check_restore
 
 
@@ -51,7 +52,7 @@ def collective_failures() -> Iterator[None]:
 
 
 def make_mesh(settings: Settings, tensor_shards: int) -> tuple[Mesh, Layout]:
-    _use_compilation_cache(settings.training.compilation_cache)
+    use_compilation_cache(settings.training.compilation_cache)
     devices = jax.devices()
     if devices[0].platform == "cpu" and settings.architecture.dtype == "float16":
         raise UserError(
@@ -112,51 +113,6 @@ def build_state(
         check_evaluations(evals.evaluations, trainer.cfg, tokenizer, plan.seq_len)
     trainer.start_over_if_asked()
     return RunState(model, data, plan, identity, seed=training.seed, token_budget=training.tokens)
-
-
-class Outputs:
-    """The run's log and checkpointer. A run refused before its first step (a restore that does
-    not fit, a step too big for memory) leaves none of the folders it created behind."""
-
-    def __init__(self, trainer: Any, settings: Settings, state: RunState) -> None:
-        spec = self.spec = trainer.spec
-        self.trainer, self.main, self.started = trainer, jax.process_index() == 0, False
-        self.new_folders = [f for f in map(spec.place, ("runs", "checkpoints")) if not f.exists()]
-        self.checkpointer = state.checkpointer = Checkpointer(
-            spec.checkpoint_dir,
-            keep_last=settings.logging.checkpoint_keep,
-            keep_every=settings.logging.checkpoint_keep_every,
-            keep_best=settings.logging.keep_best,
-        )
-        self.log = RunLog(
-            spec.run_dir,
-            enabled=self.main,
-            config=settings.logging,
-            run_name=spec.name,
-            project=spec.project,
-            group=spec.group,
-            hyperparameters=state.identity["config"],
-        )
-        self.closing: list[Any] = []  # loaders
-
-    def __enter__(self) -> Outputs:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
-        for thing in self.closing:
-            thing.close()
-        self.checkpointer.close()
-        self.log.close()
-        if kind is not None and issubclass(kind, UserError) and not self.started and self.main:
-            for folder in self.new_folders:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def write_config(self) -> None:
-        """The settings the run trains with, as a file `theseus run` takes back."""
-        if self.main:
-            from theseus.base.files import atomic_write
-
-            atomic_write(self.spec.run_dir / "config.yaml", self.trainer.settings_yaml())
 
 
 def compile_steps(
@@ -220,7 +176,9 @@ def make_loop(
         log=out.log,
         logging=logging,
         val_batches=val_batches,
-        evaluate=_evaluator(trainer, settings, data, state, out.log) if evals.evaluations else None,
+        evaluate=evaluator(trainer.cfg, settings, data, state, out.log)
+        if evals.evaluations
+        else None,
         eval_interval=evals.interval,
         flops_per_token=state.model.flops_per_token(plan.seq_len),
         peak_flops=peak,
@@ -248,42 +206,3 @@ def train(loop: TrainingLoop, stop: StopSignals, out: Outputs, compile_s: float)
         plot_runs([out.spec.run_dir], out.spec.run_dir / "loss.png", labels=[out.spec.name])
     summary = {"compile_s": compile_s, "peak_flops": loop.peak_flops}
     return {**last, **summary, "peak_source": loop.peak_source}
-
-
-def _evaluator(
-    trainer: Any, settings: Settings, data: TrainingData, state: RunState, log: RunLog
-) -> Any:
-    """Scores the current weights with `eval.evaluations`; logged as `eval/<name>/<metric>`."""
-    from theseus.evaluation import run_evaluations
-    from theseus.evaluation.scoring import Scorer
-
-    scorer: list[Scorer] = []
-
-    def evaluate(step: int) -> dict[str, float]:
-        model = nnx.merge(state.model.graphdef, state.state.params, state.model.rest)
-        if not scorer:
-            tokenizer = data.stores[0].tokenizer()
-            scorer.append(Scorer(model, tokenizer, state.plan.seq_len, settings.eval.batch_size))
-        else:
-            scorer[0].use(model)
-        results = run_evaluations(settings.eval.evaluations, scorer[0], trainer.cfg)
-        log.record({"step": step, **results})
-        log.info(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
-        return results
-
-    return evaluate
-
-
-def _use_compilation_cache(folder: str | None) -> None:
-    """Point JAX's persistent compilation cache at `folder`, unless one is configured already."""
-    if folder is None or jax.config.jax_compilation_cache_dir:
-        return
-    from jax.experimental.compilation_cache import compilation_cache
-
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
-
-
-def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain data with every interpolation resolved."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

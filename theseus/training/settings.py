@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from theseus.config import configure
 from theseus.evaluation.base import EvalConfig
@@ -38,3 +38,8 @@ class Settings:
             architecture=configure(trainer.MODEL.CONFIG, cfg),
             eval=configure(EvalConfig, cfg),
         )
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data with every interpolation resolved."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
