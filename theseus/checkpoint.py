@@ -300,13 +300,21 @@ def checkpoint_dir_of(path: str | Path) -> Path:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise UserError(f"no such run or checkpoint: {path}")
-    parts = path.parts  # a run folder is ROOT/runs/P/G/NAME, whatever P, G and NAME are called
     steps = [d for d in _listdir(path) if d.isdigit() and (path / d).is_dir()]
-    if len(parts) > 4 and parts[-4] == "runs" and not steps:
-        candidate = Path(*parts[:-4], "checkpoints", *parts[-3:])
-        if candidate.is_dir():
-            return candidate
+    candidate = twin_folder(path, "checkpoints")
+    if path.parts[-4:-3] == ("runs",) and not steps and candidate and candidate.is_dir():
+        return candidate
     return path
+
+
+def twin_folder(path: Path, kind: str) -> Path | None:
+    """The same run's folder of `kind` ("runs" or "checkpoints") for a run's folder of either:
+    ROOT/runs/P/G/NAME and ROOT/checkpoints/P/G/NAME name each other, whatever P, G and NAME
+    are called. None for a path outside that layout."""
+    parts = path.parts
+    if len(parts) <= 4 or parts[-4] not in ("runs", "checkpoints"):
+        return None
+    return Path(*parts[:-4], kind, *parts[-3:])
 
 
 def _listdir(path: Path) -> list[str]:

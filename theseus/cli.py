@@ -36,35 +36,6 @@ def _load(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options `run` and `submit` share: where the run is filed, its shards, further stages."""
-    for option in reversed(
-        [
-            click.option(
-                "-p", "--project", default="default", show_default=True, help="runs/PROJECT/..."
-            ),
-            click.option(
-                "-g",
-                "--group",
-                default="default",
-                show_default=True,
-                help="runs/PROJECT/GROUP/NAME",
-            ),
-            click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards"),
-            click.option(
-                "-s",
-                "--stage",
-                "stages",
-                multiple=True,
-                type=click.Path(dir_okay=False),
-                help="a further stage YAML, run after the previous ones (repeatable)",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
 def _do_loads(loads: tuple[str, ...]) -> None:
     from theseus.registry import load
 
@@ -90,6 +61,35 @@ def _chip(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 
 def _echo(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
+    """Several click decorators as one, applied as if listed in this order above a command."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+# The options `run` and `submit` share: where the run is filed, its shards, further stages.
+_run_options = _options(
+    click.option("-p", "--project", default="default", show_default=True, help="runs/PROJECT/..."),
+    click.option(
+        "-g", "--group", default="default", show_default=True, help="runs/PROJECT/GROUP/NAME"
+    ),
+    click.option("--n_shards", type=int, callback=_nonneg, help="tensor-parallel shards"),
+    click.option(
+        "-s",
+        "--stage",
+        "stages",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="a further stage YAML, run after the previous ones (repeatable)",
+    ),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,7 +207,7 @@ def _refuse_setting_as_path(what: str, given: str, example: str) -> None:
 
 
 # The options `submit` and `bootstrap` share: the request, where it may go, what it ships.
-_SUBMISSION_OPTIONS = [
+_submission_options = _options(
     click.option("--chip", callback=_chip, help="chip type (default: the YAML's, else cpu)"),
     click.option("-n", "n_chips", type=int, callback=_nonneg, help="number of chips"),
     _run_options,
@@ -234,13 +234,7 @@ _SUBMISSION_OPTIONS = [
     ),
     _verbose,
     _load,
-]
-
-
-def _submission_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_SUBMISSION_OPTIONS):
-        f = option(f)
-    return f
+)
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})

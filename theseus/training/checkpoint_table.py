@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from theseus.checkpoint import StoredCheckpoint, stored_checkpoints
+from theseus.checkpoint import StoredCheckpoint, stored_checkpoints, twin_folder
 from theseus.errors import UserError
 from theseus.training.metrics import interval_records, read_metrics
 
@@ -31,13 +31,10 @@ def run_folders(given: str | Path) -> tuple[Path, Path]:
         raise UserError(
             f"no such run folder: {path}; give a run folder (OUT/runs/PROJECT/GROUP/NAME)"
         )
-    if len(path.parts) > 4:
-        root, kind, place = path.parts[:-4], path.parts[-4], path.parts[-3:]
-        if kind == "runs":
-            return path, Path(*root, "checkpoints", *place)
-        if kind == "checkpoints":
-            return Path(*root, "runs", *place), path
-    return path, path
+    run_dir, checkpoint_dir = twin_folder(path, "runs"), twin_folder(path, "checkpoints")
+    if run_dir is None or checkpoint_dir is None:
+        return path, path
+    return run_dir, checkpoint_dir
 
 
 def checkpoint_rows(given: str | Path) -> list[Row]:

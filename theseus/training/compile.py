@@ -50,9 +50,43 @@ def compile_train_step(
 ) -> tuple[Any, Plan, float]:
     """The compiled train step over `state`'s leaves, the plan it fits and its compile seconds.
     An automatic per-device batch halves (`say` tells) until the step fits every device."""
+
+    def build(plan: Plan) -> Any:
+        training = settings.training
+        step_fn = make_train_step(
+            model.graphdef,
+            model.rest,
+            model.tx,
+            seed=training.seed,
+            accumulation=plan.accumulation,
+            z_loss=training.z_loss,
+            dropout=settings.architecture.dropout > 0,
+            skip_nonfinite=training.on_nonfinite == "skip",
+            gradients=gradients,
+        )
+        state_shardings = state.treedef.flatten_up_to(
+            {"params": model.param_shardings, "opt": model.opt_shardings}
+        )
+        rows = (plan.global_batch // jax.process_count(), plan.seq_len)
+        example = {
+            "inputs": np.zeros(rows, np.int32),
+            "targets": np.zeros(rows, np.int32),
+            "loss_mask": np.zeros(rows, np.float32),
+            "positions": np.zeros(rows, np.int32),
+        }
+        batch = to_device(example, mesh, plan.accumulation)
+        batch_shardings = {k: v.sharding for k, v in batch.items()}
+        train = jax.jit(
+            on_leaves(step_fn, state.treedef),
+            in_shardings=(state_shardings, batch_shardings, replicated(mesh), replicated(mesh)),
+            out_shardings=(state_shardings, replicated(mesh)),
+            donate_argnums=0,
+        )
+        return train.lower(state.leaves, batch, jnp.int32(0), jnp.float32(0)).compile()
+
     while True:
         start = time.perf_counter()  # the compile that runs; a discarded one logs its size
-        compiled = _compile(plan, model, state, mesh, settings, gradients)
+        compiled = build(plan)
         compile_s = time.perf_counter() - start
         need, free, where = step_memory(compiled)
         if gathered(need <= free).all():  # the processes must agree on one step
@@ -72,47 +106,6 @@ def compile_train_step(
             )
         say(f"{problem}; trying {smaller.per_device_batch}")
         plan = smaller
-
-
-def _compile(
-    plan: Plan,
-    model: Model,
-    state: TrainState,
-    mesh: Mesh,
-    settings: Settings,
-    gradients: Gradients,
-) -> Any:
-    training = settings.training
-    step_fn = make_train_step(
-        model.graphdef,
-        model.rest,
-        model.tx,
-        seed=training.seed,
-        accumulation=plan.accumulation,
-        z_loss=training.z_loss,
-        dropout=settings.architecture.dropout > 0,
-        skip_nonfinite=training.on_nonfinite == "skip",
-        gradients=gradients,
-    )
-    state_shardings = state.treedef.flatten_up_to(
-        {"params": model.param_shardings, "opt": model.opt_shardings}
-    )
-    rows = (plan.global_batch // jax.process_count(), plan.seq_len)
-    example = {
-        "inputs": np.zeros(rows, np.int32),
-        "targets": np.zeros(rows, np.int32),
-        "loss_mask": np.zeros(rows, np.float32),
-        "positions": np.zeros(rows, np.int32),
-    }
-    batch = to_device(example, mesh, plan.accumulation)
-    batch_shardings = {k: v.sharding for k, v in batch.items()}
-    train = jax.jit(
-        on_leaves(step_fn, state.treedef),
-        in_shardings=(state_shardings, batch_shardings, replicated(mesh), replicated(mesh)),
-        out_shardings=(state_shardings, replicated(mesh)),
-        donate_argnums=0,
-    )
-    return train.lower(state.leaves, batch, jnp.int32(0), jnp.float32(0)).compile()
 
 
 def compile_eval_step(model: Model, mesh: Mesh) -> Any:
