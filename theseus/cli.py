@@ -8,71 +8,23 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from theseus.commands import chat, dashboard, doctor, evaluate, models, weights
+from theseus.commands.options import (
+    _VERBOSE_FLAGS,
+    _chip,
+    _do_loads,
+    _echo,
+    _load,
+    _nonneg,
+    _options,
+    _verbose,
+)
 from theseus.errors import UserError
-
-_VERBOSE_FLAGS = ("-v", "--verbose")
-
-
-def _verbose(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Accept -v after the subcommand too; main() reads it before parsing."""
-    return click.option(
-        "-v", "--verbose", is_flag=True, expose_value=False, help="show tracebacks"
-    )(f)
-
-
-def _load(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--load",
-        "loads",
-        multiple=True,
-        metavar="MODULE|FILE.py",
-        help="import user code that registers jobs (repeatable)",
-    )(f)
-
-
-def _do_loads(loads: tuple[str, ...]) -> None:
-    from theseus.registry import load
-
-    for target in loads:
-        load(target)
-
-
-def _nonneg(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value < (1 if param.name == "n_shards" else 0):
-        raise click.BadParameter(
-            f"must be {'>= 1' if param.name == 'n_shards' else '>= 0'}, got {value}"
-        )
-    return value
-
-
-def _chip(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    from theseus.base.chips import get_chip
-
-    return get_chip(value).name
-
-
-def _echo(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
-    """Several click decorators as one, applied as if listed in this order above a command."""
-
-    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
-        for decorator in reversed(decorators):
-            f = decorator(f)
-        return f
-
-    return apply
-
 
 # The options `run` and `submit` share: where the run is filed, its shards, further stages.
 _run_options = _options(
@@ -279,28 +231,32 @@ def bootstrap(out_script: str, **given: Any) -> None:
 
 @cli.command()
 @click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="one line per run with its raw metrics line")
 @_verbose
-def status(name: str | None) -> None:
-    """Show the state of submitted runs (all, or NAME) with their last metrics line."""
+def status(name: str | None, as_json: bool) -> None:
+    """Show the state of submitted runs (all, or NAME): step/total, losses, tokens/s, MFU, ETA."""
     from theseus.dispatch import records
     from theseus.dispatch.control import observe
+    from theseus.dispatch.status_table import json_line, status_table
 
     chosen = [records.load(name)] if name else records.all_records()
     if not chosen:
         _echo("no submitted runs yet; start one with `theseus submit NAME YAML`")
-    for record, seen in zip(chosen, observe(chosen), strict=True):
-        state = f"{seen.state} ({seen.detail})" if seen.detail else seen.state
-        click.echo(
-            f"{record.name}  {state}  {record.host_name} ({record.backend} {record.backend_id})  {seen.metrics}".rstrip()
-        )
+        return
+    seen = observe(chosen)
+    if as_json:
+        click.echo("\n".join(json_line(r, s) for r, s in zip(chosen, seen, strict=True)))
+    else:
+        click.echo(status_table(chosen, seen))
 
 
 @cli.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the run ends")
+@click.option("-r", "--rank", type=int, callback=_nonneg, help="only this process's lines")
 @_verbose
-def logs(name: str, follow: bool) -> None:
-    """Print the log of a submitted run."""
+def logs(name: str, follow: bool, rank: int | None) -> None:
+    """Print the log of a submitted run (a SLURM job's lines start with their process's rank)."""
     from theseus.dispatch import records
     from theseus.dispatch.control import logs as run_logs
 
@@ -308,7 +264,7 @@ def logs(name: str, follow: bool) -> None:
         click.echo(chunk.decode(errors="replace"), nl=False)
         sys.stdout.flush()
 
-    run_logs(records.load(name), follow, write)
+    run_logs(records.load(name), follow, write, rank=rank)
 
 
 @cli.command()
@@ -322,56 +278,6 @@ def cancel(name: str) -> None:
     record = records.load(name)
     run_cancel(record)
     _echo(f"cancelled {name} on {record.host_name}")
-
-
-@cli.command()
-@click.argument("path", metavar="RUN_OR_CHECKPOINT", type=click.Path())
-@click.argument("prompts", metavar="PROMPT...", nargs=-1, required=True)
-@click.option(
-    "--max-new",
-    type=click.IntRange(min=1),
-    help="tokens to generate per prompt  [default: 200, less if the context is shorter]",
-)
-@click.option(
-    "--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="0 = greedy"
-)
-@click.option(
-    "--top-p",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.95,
-    show_default=True,
-    help="nucleus sampling mass",
-)
-@click.option(
-    "--top-k",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="sample among the k likeliest tokens (0 = all)",
-)
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@_verbose
-@_load
-def sample(
-    path: str,
-    prompts: tuple[str, ...],
-    max_new: int | None,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    seed: int,
-    loads: tuple[str, ...],
-) -> None:
-    """Continue each PROMPT with the model saved under RUN_OR_CHECKPOINT (a run or checkpoint folder)."""
-    from theseus.inference import sample_checkpoint
-
-    _do_loads(loads)
-    texts = sample_checkpoint(
-        path, prompts, max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-    )
-    for prompt, text in zip(prompts, texts, strict=True):
-        click.echo(click.style(prompt, bold=True) + text)
-        click.echo()
 
 
 @cli.command()
@@ -412,6 +318,17 @@ def quickstart(out: str, steps: int) -> None:
     from theseus.quickstart import quickstart as run_quickstart
 
     run_quickstart(Path(out), steps, main)
+
+
+for _command in [
+    *models.COMMANDS,
+    *weights.COMMANDS,
+    *chat.COMMANDS,
+    *dashboard.COMMANDS,
+    *evaluate.COMMANDS,
+    *doctor.COMMANDS,
+]:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,4 +28,5 @@ stop "$LAB/munge/munged.pid" munged
 if [ "${PURGE:-0}" = 1 ]; then
   rm -rf "$LAB/slurm" "$LAB/etc" "$LAB/env.sh" "$LAB/redis" "$LAB/juicefs-bucket" "$LAB"/munge/munged.{log,seed} "$LAB/ssh/sshd.log"
 fi
+"$(dirname "$0")/nodes-down.sh"
 exit 0

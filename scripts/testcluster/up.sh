@@ -3,7 +3,8 @@
 # munge, a one-node Slurm (slurmctld + slurmd, no cgroups), sshd on 127.0.0.1:2222 with its own key,
 # and redis-server on 127.0.0.1:6390 with a formatted JuiceFS volume (real `juicefs` CLI) for mount
 # tests. Writes $LAB/env.sh for the tests to source. Starts only what is not already running, and
-# touches nothing outside $LAB except installing packages and /run/sshd.
+# touches nothing outside $LAB except installing packages and /run/sshd. Then nodes-up.sh starts
+# the two-node SLURM cluster beside it (its own folder, network namespaces and bridge).
 # Options: FAKE_GPUS=N declares N fake GPUs as Slurm GRES (character devices under $LAB/dev).
 set -euo pipefail
 LAB=${LAB:-/tmp/theseus-testcluster}
@@ -171,3 +172,7 @@ export THESEUS_TESTCLUSTER_JUICEFS=$JFS
 export THESEUS_TESTCLUSTER_META_URL=$META_URL
 EOF
 echo "test cluster up: slurm node $NODE ($st), ssh -F $LAB/ssh/ssh_config testcluster, juicefs $META_URL; source $LAB/env.sh"
+
+# 6. beside it, a real two-node SLURM cluster (a network namespace per node) for the multi-node
+# tests; NODES=0 leaves it out (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN, which a container may lack).
+[ "${NODES:-1}" = 0 ] || "$(dirname "$0")/nodes-up.sh"

@@ -49,6 +49,23 @@ def lab() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def nodes() -> dict[str, str]:
+    """The two-node SLURM cluster (scripts/testcluster/nodes-up.sh, which up.sh starts too; a
+    fraction of a second when it is up): each node its own network namespace, address and
+    hostname. Returns its env.sh (SLURM_CONF, THESEUS_TESTCLUSTER_NODES)."""
+    started = subprocess.run(
+        [str(REPO / "scripts/testcluster/nodes-up.sh")], capture_output=True, text=True, timeout=600
+    )
+    assert started.returncode == 0, f"nodes-up.sh failed: {started.stderr[-3000:]}"
+    folder = os.environ.get("NODES_LAB", "/tmp/theseus-testcluster-nodes")
+    env = {}
+    for line in Path(folder, "env.sh").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    return env
+
+
 # Every dispatch test works under folders whose names try to break out of shell quoting.
 HOSTILE = "we ird $(touch PWNED) 'q' \"dq\" `touch PWNED2` ;&|"
 
@@ -166,7 +183,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def state_of(name: str) -> str:
-    result = cli("status", name)
+    result = cli("status", "--json", name)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()[1]
 

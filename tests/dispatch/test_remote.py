@@ -133,7 +133,7 @@ def test_slurm_two_processes_preempted_ssh_and_local_reach_the_same_loss(
         assert followed.returncode == 0, followed.stderr
         assert f"step {STEPS} " in followed.stdout, followed.stdout[-2000:]
         assert "finished with exit code 0" in followed.stdout, followed.stdout[-2000:]
-    status = cli("status")
+    status = cli("status", "--json")
     for name in submissions:
         line = next(line for line in status.stdout.splitlines() if line.startswith(name + " "))
         assert line.split()[1] == "completed" and f'"step": {STEPS}' in line, line

@@ -82,7 +82,7 @@ def test_dry_run_two_nodes_of_eight_h100(
         "#SBATCH --exclusive",
     ]
     assert script.startswith("#!/usr/bin/env bash\n#SBATCH"), "directives must precede any command"
-    assert "srun --wait=60 bash" in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
+    assert "srun --wait=60 --label bash" in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     lib = files["lib.sh"]
     assert "UV_GROUP_ARGS=(--group all --group cuda12)" in lib
     assert (

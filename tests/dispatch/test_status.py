@@ -42,7 +42,7 @@ def test_status_says_why_a_run_failed_on_every_backend(
         assert result.returncode == 0, result.stderr
     for name in runs:
         wait_state(name, ("failed",), timeout=240)
-    lines = {line.split()[0]: line for line in cli("status").stdout.splitlines()}
+    lines = {line.split()[0]: line for line in cli("status", "--json").stdout.splitlines()}
     for name in runs:
         # the exit code, then the run's own one-line error (not the job script's closing line)
         assert "failed (exit 2: error: count failed at step 3 as asked)" in lines[name], lines
@@ -121,7 +121,7 @@ def test_a_host_that_is_down_is_passed_over_and_reported(
     record = records.load("past-dead")
     dead = {**record.host, "ssh": "127.0.0.1", "port": 9}
     records.save(records.Record(**{**record.__dict__, "name": "on-dead", "host": dead}))
-    lines = {line.split()[0]: line for line in cli("status").stdout.splitlines()}
+    lines = {line.split()[0]: line for line in cli("status", "--json").stdout.splitlines()}
     assert lines["on-dead"].startswith("on-dead  unknown (cannot reach 127.0.0.1 over ssh:"), lines
     assert "  completed  box" in lines["past-dead"], lines
 
@@ -170,8 +170,8 @@ def test_a_waiting_slurm_run_says_why(shared: Path, home: Path, count_yaml: Path
     second = submit("waits", count_yaml, project, *args, "count.steps=2")
     assert second.returncode == 0 and "queued" in second.stderr, second.stderr
     # the reason is "None" until the scheduler has looked at the job
-    wait_until(lambda: "queued (" in cli("status", "waits").stdout, timeout=120)
-    line = cli("status", "waits").stdout
+    wait_until(lambda: "queued (" in cli("status", "--json", "waits").stdout, timeout=120)
+    line = cli("status", "--json", "waits").stdout
     assert re.match(r"waits  queued \((Resources|Priority)\)  lab-slurm", line), line
 
 
@@ -187,5 +187,5 @@ def test_status_reads_the_job_log_when_the_run_folder_is_out_of_reach(
     record = records.load("unmounted")
     # as on a login node that does not mount the cluster's JuiceFS volume
     Path(record.metrics).rename(Path(record.metrics).with_suffix(".away"))
-    line = cli("status", "unmounted").stdout.strip()
+    line = cli("status", "--json", "unmounted").stdout.strip()
     assert line.endswith("step 3  loss 0.3333"), line

@@ -113,7 +113,7 @@ def test_status_logs_cancel_resubmit_and_secrets_on_every_backend(
                 "resuming from step" in followed.stdout and "done at step 3000" in followed.stdout
             ), followed.stdout
             assert state_of(name) == "completed"
-        status = cli("status").stdout
+        status = cli("status", "--json").stdout
         assert all(
             '"step": 3000' in line for line in status.splitlines() if line.split()[0] in runs
         ), status

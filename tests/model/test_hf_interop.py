@@ -148,8 +148,8 @@ def test_unsupported_inputs_are_user_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(UserError, match="model_type 'bert' is not supported"):
         import_hf(tmp_path)
-    with pytest.raises(UserError, match="cannot export"):
-        export_hf(randomized(GPT2, positions="rope"), tmp_path / "out")
+    with pytest.raises(UserError, match="cannot export norm=rmsnorm"):
+        export_hf(randomized(GPT2, norm="rmsnorm"), tmp_path / "out")
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,39 @@ def test_xla_causal_attention_and_its_gradient_equal_the_textbook_formula():
     np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-5)
 
 
+def _plain_windowed_attention(q, k, v, window):
+    """Query t sees keys t - window + 1 .. t: the last `window` positions, itself included."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    t, s = np.arange(q.shape[1])[:, None], np.arange(k.shape[1])[None, :]
+    visible = (s <= t) & (s > t - window)
+    weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+@pytest.mark.parametrize("window", [1, 3, T + 5])
+def test_windowed_attention_and_its_gradient_equal_the_textbook_masked_softmax(window):
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, T, 4, 8)) for i in range(3))
+    ours = kernels.causal_attention(q, k, v, "xla", window)
+    np.testing.assert_allclose(ours, _plain_windowed_attention(q, k, v, window), atol=1e-5)
+    if window == 1:  # each query sees itself only
+        np.testing.assert_allclose(ours, v, atol=1e-6)
+    grad = jax.grad(lambda q: jnp.sum(kernels.causal_attention(q, k, v, "xla", window) ** 2))(q)
+    plain = jax.grad(lambda q: jnp.sum(_plain_windowed_attention(q, k, v, window) ** 2))(q)
+    np.testing.assert_allclose(grad, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_the_window_reaches_cudnn_as_its_exclusive_left_bound(monkeypatch):
+    """No GPU here: the call cuDNN's path makes is recorded. JAX turns (W - 1, 0) into cuDNN's
+    sliding_window_length W, the window the XLA path masks (checked above)."""
+    calls = []
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(kw))
+    q = jnp.zeros((1, T, 2, 8))
+    kernels.causal_attention(q, q, q, "cudnn", 4)
+    kernels.causal_attention(q, q, q, "cudnn")
+    assert [c["local_window_size"] for c in calls] == [(3, 0), None]
+    assert all(c["is_causal"] and c["implementation"] == "cudnn" for c in calls)
+
+
 def test_rope_and_activations_equal_their_plain_forms():
     x = jax.random.normal(jax.random.key(0), (2, T, 4, 8))
     positions = jnp.broadcast_to(jnp.arange(T), (2, T))
@@ -144,12 +177,21 @@ def test_cudnn_asked_where_it_cannot_run_is_a_one_line_error():
         kernels.attention_kernel("cudnn", jnp.bfloat16, 64)
 
 
+WINDOWED = {"n_kv_heads": 2, "sliding_window": 3, "window_from_layer": 1}
+NEOX = {"positions": "rope", "rope_fraction": 0.25, "parallel_residual": True, "mlp": "gelu_exact"}
+QWEN3 = {"n_kv_heads": 2, "head_width": 16, "qk_norm": True}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", [GPT2, LLAMA], ids=["gpt2", "llama"])
-def test_forward_with_a_cache_equals_the_plain_forward(preset):
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [(GPT2, {}), (LLAMA, {"n_kv_heads": 2}), (LLAMA, WINDOWED), (GPT2, NEOX), (LLAMA, QWEN3)],
+    ids=["gpt2", "llama", "llama-sliding-window", "neox", "qwen3"],
+)
+def test_forward_with_a_cache_equals_the_plain_forward(preset, overrides):
     """A prompt run into a cache, then tokens decoded one at a time against it, give the logits
-    of one forward over the whole sequence."""
-    model = small(preset, **({"n_kv_heads": 2} if preset is LLAMA else {}))
+    of one forward over the whole sequence (with a window: the cache masks what it slid past)."""
+    model = small(preset, **overrides)
     sequence = jax.random.randint(jax.random.key(1), (2, 10), 0, V, dtype=jnp.int32)
     expected = model(sequence)
     cache = model.empty_cache(2, 10)

@@ -27,10 +27,12 @@ def test_ci_runs_the_readme_commands_after_starting_the_test_cluster():
         for line in (ROOT / ".ci" / "run").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    install, test = _readme_test_commands()
+    *install, test = _readme_test_commands()
     assert test == "uv sync --group all --group cpu --group dev --group hf && uv run pytest"
+    # uv, and the chromium the dashboard's browser tests drive
+    assert len(install) == 2 and "chromium" in install[1]
     steps = [line for line in lines if line not in SHELL_SET_UP]
-    assert steps == [install, "scripts/testcluster/up.sh", test]
+    assert steps == [*install, "scripts/testcluster/up.sh", test]
 
 
 def test_every_dependency_comes_from_a_package_index():

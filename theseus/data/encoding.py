@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from theseus.base.chips import usable_cores
-from theseus.data.chat import example, segments
+from theseus.data.chat import ModelTemplate, example, learned_flags, segments
 from theseus.data.datasets.base import Document, HeldOut
 from theseus.data.tokenizers import Tokenizer
 from theseus.errors import UserError
@@ -43,6 +43,7 @@ class TokenizePlan:
     seq_len: int | None = None
     padding: str = "right"
     loss_on: str = "assistant"
+    chat: ModelTemplate | None = None  # the tokenizer folder's own, for template "model"
 
 
 def is_val(document: Document, val_pct: float) -> bool:
@@ -166,8 +167,7 @@ class Encoder:
         if len(texts) == len(docs):
             flat, lengths = self.tokenizer.encode_batch_flat(texts)
         else:
-            pieces = [segments(d, self.plan.template, "all") for d in docs]
-            ids = [list(chain.from_iterable(doc)) for doc in self.encode_pieces(pieces)]
+            ids = [doc_ids for doc_ids, _, _ in self.documents(docs, "all")]
             lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
             flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         counts = lengths + 1
@@ -180,10 +180,46 @@ class Encoder:
 
     def encode_pieces(self, pieces: list[list[tuple[str, bool, bool]]]) -> list[list[list[int]]]:
         """The ids of every piece of every document (see `segments`), markup parsed apart."""
-        flat = [piece for doc in pieces for piece in doc]
-        text = iter(self.tokenizer.encode_batch([t for t, _, m in flat if not m]))
-        markup = iter(self.tokenizer.encode_markup_batch([t for t, _, m in flat if m]))
-        return [[next(markup) if m else next(text) for _, _, m in doc] for doc in pieces]
+        return encode_pieces(self.tokenizer, pieces)
+
+    def documents(
+        self, docs: list[Document], loss_on: str
+    ) -> list[tuple[list[int], list[bool], bool]]:
+        """Per document: its ids, whether each is learned, and whether an end-of-text id
+        follows in a fixed-length example (not after a chat in the model's own template,
+        which ends each turn itself: the model sees its chats exactly as it was trained)."""
+        if self.plan.chat is not None:
+            return self.model_chats(docs, self.plan.chat, loss_on)
+        pieces = [segments(d, self.plan.template, loss_on) for d in docs]
+        out = []
+        for doc_pieces, piece_ids in zip(pieces, self.encode_pieces(pieces), strict=True):
+            ids: list[int] = []
+            weights: list[bool] = []
+            for (_, learn, _), piece in zip(doc_pieces, piece_ids, strict=True):
+                ids += piece
+                weights += [learn] * len(piece)
+            out.append((ids, weights, True))
+        return out
+
+    def model_chats(
+        self, docs: list[Document], template: ModelTemplate, loss_on: str
+    ) -> list[tuple[list[int], list[bool], bool]]:
+        """`documents` for the model's template: a chat is its rendered text encoded whole (the
+        ids transformers' apply_chat_template gives), a token learned when it overlaps an
+        assistant span; plain text is encoded as text."""
+        chats = [template.learned_spans(d, loss_on) for d in docs if not isinstance(d, str)]
+        encoded = iter(self.tokenizer.encode_markup_offsets([text for text, _ in chats]))
+        texts = iter(self.tokenizer.encode_batch([d for d in docs if isinstance(d, str)]))
+        spans = iter(chats)
+        out = []
+        for doc in docs:
+            if isinstance(doc, str):
+                ids = next(texts)
+                out.append((ids, [True] * len(ids), True))
+            else:
+                ids, offsets = next(encoded)
+                out.append((ids, learned_flags(offsets, next(spans)[1]), False))
+        return out
 
     def blockwise(
         self, docs: list[Document]
@@ -191,21 +227,15 @@ class Encoder:
         """One fixed-length example per document: (real token counts, truncated, learns nothing
         only because truncation cut off every learned token, arrays)."""
         plan, seq_len = self.plan, int(self.plan.seq_len or 0)
-        pieces = [segments(d, plan.template, plan.loss_on) for d in docs]
-        ids_of = self.encode_pieces(pieces)
         tokens = np.empty((len(docs), seq_len + 1), dtype=self.dtype)
         masks = np.empty((len(docs), seq_len), dtype=np.uint8)
         lengths = np.empty(len(docs), dtype=np.int64)
         truncated = np.zeros(len(docs), dtype=bool)
         cut_off = np.zeros(len(docs), dtype=bool)
-        for row, (doc_pieces, piece_ids) in enumerate(zip(pieces, ids_of, strict=True)):
-            ids: list[int] = []
-            weights: list[bool] = []
-            for (_, learn, _), piece in zip(doc_pieces, piece_ids, strict=True):
-                ids += piece
-                weights += [learn] * len(piece)
-            ids.append(self.tokenizer.eot_id)
-            weights.append(doc_pieces[-1][1] if doc_pieces else True)
+        for row, (ids, weights, end) in enumerate(self.documents(docs, plan.loss_on)):
+            if end:  # learned as the piece before it is
+                ids = [*ids, self.tokenizer.eot_id]
+                weights = [*weights, weights[-1] if weights else True]
             tokens[row], masks[row], lengths[row], truncated[row] = example(
                 ids, weights, seq_len, self.tokenizer.eot_id, plan.padding
             )
@@ -217,6 +247,16 @@ class Encoder:
             cut_off,
             {"tokens": tokens, "loss_mask": masks, "lengths": lengths.astype(np.int32)},
         )
+
+
+def encode_pieces(
+    tokenizer: Tokenizer, pieces: list[list[tuple[str, bool, bool]]]
+) -> list[list[list[int]]]:
+    """The ids of every piece of every document (see `segments`), markup parsed apart."""
+    flat = [piece for doc in pieces for piece in doc]
+    text = iter(tokenizer.encode_batch([t for t, _, m in flat if not m]))
+    markup = iter(tokenizer.encode_markup_batch([t for t, _, m in flat if m]))
+    return [[next(markup) if m else next(text) for _, _, m in doc] for doc in pieces]
 
 
 def _jax_started() -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from theseus.config import field
-from theseus.data.chat import TEMPLATES
+from theseus.data.chat import CHOICES
 from theseus.data.datasets.base import SourceConfig
 from theseus.data.tokenizers import TokenizerConfig
 from theseus.errors import UserError
@@ -57,9 +57,11 @@ class StoreConfig:
     )
     chat_template: str = field(
         "data/chat_template",
-        default="chatml",
-        choices=TEMPLATES,
-        help="how chat messages become text",
+        default="auto",
+        choices=CHOICES,
+        help="how chat messages become text: model = the Jinja chat_template of the tokenizer's "
+        "Hugging Face folder (tokenizer_config.json or chat_template.jinja), as transformers "
+        "renders it; chatml; plain; auto = model when the tokenizer folder has a template, else chatml",
     )
 
     def check(self) -> None:
@@ -145,13 +147,16 @@ class TokenizeJob(BasicJob[StoreConfig]):
         )
 
     def settings(self, plan: TokenizePlan) -> dict[str, Any]:
-        """Everything that shapes the store's bytes (the batch size does not)."""
+        """Everything that shapes the store's bytes (the batch size does not); the chat template
+        in full, so that chatting with a model trained on the store renders as it was trained."""
+        from theseus.data.chat import template_settings
+
         return {
             "max_samples": plan.max_samples,
             "max_tokens": plan.max_tokens,
             "val_pct": plan.val_pct,
             "shard_tokens": self.config.shard_tokens,
-            "chat_template": plan.template,
+            **template_settings(plan.template, plan.chat),
         }
 
     def shard_rows(self) -> int:
@@ -169,6 +174,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
             return self._write(final, tokenizer_config)
 
     def _write(self, final: Path, tokenizer_config: TokenizerConfig) -> Path:
+        from theseus.data.chat import resolve_template
         from theseus.data.datasets import open_source
         from theseus.data.pipeline import tokenize
         from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
@@ -181,6 +187,7 @@ class TokenizeJob(BasicJob[StoreConfig]):
         source = open_source(self.source_config)
         tokenizer = make_tokenizer(tokenizer_config.backend, tokenizer_config.name)
         plan = self.plan()
+        plan.template, plan.chat = resolve_template(plan.template, tokenizer)
         dtype = token_dtype(tokenizer.vocab_size)
         manifest = Manifest(
             kind=self.KIND,

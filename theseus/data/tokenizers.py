@@ -7,6 +7,7 @@ Anything that would need a download and cannot get one fails at once with the se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from theseus.base.chips import usable_cores
 from theseus.base.files import sha256_hex
 from theseus.config import field
-from theseus.errors import UserError
+from theseus.errors import UserError, first_line
 
 BACKENDS = ("tiktoken", "huggingface", "bytes")
 TIKTOKEN_ENCODINGS = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
@@ -62,6 +63,12 @@ class Tokenizer:
         """`encode_batch` for template markup (`<|im_start|>` ...): special-token strings become
         their ids where the tokenizer has them."""
         return self.encode_batch(texts)
+
+    def encode_markup_offsets(
+        self, texts: list[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_markup_batch` with each id's (start, end) characters (Hugging Face only)."""
+        raise NotImplementedError
 
     def encode_batch_flat(self, texts: list[str]) -> tuple[Any, Any]:
         """`encode_batch` as (all ids in one int64 array, each text's length)."""
@@ -158,16 +165,29 @@ class HuggingFaceTokenizer(Tokenizer):
             raise UserError(f"tokenizer.name={name}: not a valid tokenizer.json ({exc})") from None
         # A document that quotes "<|endoftext|>" must not end there (tiktoken's encode_ordinary).
         self.tokenizer.encode_special_tokens = True
+        # Offsets then cover each token's whole text (ByteLevel would trim its spaces), so that
+        # the tokens of a chat's assistant spans are found exactly; the ids do not change.
+        self.markup.post_processor = None
+        # a model folder's own template and named tokens (bos_token, eos_token, ...)
+        self.chat_template, self.special_tokens = folder_chat_settings(self.path.parent)
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        eos = self.special_tokens.get("eos_token")
+        self.eos_id: int | None = vocab.get(eos) if eos else None
+        self.special_ids = frozenset(
+            i for i, t in self.markup.get_added_tokens_decoder().items() if t.special
+        )
         eot = next((vocab[t] for t in _HF_EOT_CANDIDATES if t in vocab), None)
-        if eot is None:
+        if eot is None and self.eos_id is None:
             raise UserError(
-                f"tokenizer.name={name}: no end-of-text token (looked for {', '.join(_HF_EOT_CANDIDATES)}); "
-                "train one with data/train_tokenizer or add one of these special tokens"
+                f"tokenizer.name={name}: no end-of-text token (looked for {', '.join(_HF_EOT_CANDIDATES)} "
+                "and an eos_token in tokenizer_config.json); train one with data/train_tokenizer or "
+                "add one of these special tokens"
             )
-        self.eot_id = eot
+        self.eot_id = eot if eot is not None else self.eos_id
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+        if eot is None:
+            canonical += f"\0eot={eos}"  # the id comes from the folder's config, not the file
         ident = name if not Path(name).expanduser().exists() else str(self.path)
         self.identity = {
             "backend": "huggingface",
@@ -181,8 +201,70 @@ class HuggingFaceTokenizer(Tokenizer):
     def encode_markup_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.markup.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def encode_markup_offsets(
+        self, texts: list[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Each text's ids as `encode_markup_batch` gives them, with each id's (start, end)
+        characters in the text."""
+        return [
+            (e.ids, e.offsets) for e in self.markup.encode_batch(texts, add_special_tokens=False)
+        ]
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+#: the named special tokens a chat template may use (transformers' special_tokens_map)
+SPECIAL_TOKEN_NAMES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+
+def _folder_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise UserError(
+            f"{path} cannot be read as JSON ({first_line(exc)}); fix or remove it"
+        ) from None
+    return data if isinstance(data, dict) else {}
+
+
+def folder_chat_settings(folder: Path) -> tuple[str | None, dict[str, str]]:
+    """The chat template and named special tokens of a Hugging Face tokenizer folder, read as
+    transformers reads them: `chat_template.jinja` before tokenizer_config.json's
+    `chat_template` (a string, or named templates of which "default"); the tokens of
+    tokenizer_config.json, and of special_tokens_map.json when the config predates
+    `added_tokens_decoder`."""
+    config = _folder_json(folder / "tokenizer_config.json")
+    tokens = {k: v for k, v in config.items() if k in SPECIAL_TOKEN_NAMES}
+    if "added_tokens_decoder" not in config:
+        tokens.update(
+            {
+                k: v
+                for k, v in _folder_json(folder / "special_tokens_map.json").items()
+                if k in SPECIAL_TOKEN_NAMES
+            }
+        )
+    named = {k: v.get("content") if isinstance(v, dict) else v for k, v in tokens.items()}
+    special = {k: v for k, v in named.items() if isinstance(v, str)}
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8"), special
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
+        template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    if isinstance(template, dict):
+        template = template.get("default")
+    return (template if isinstance(template, str) and template else None), special
 
 
 _TIKTOKEN_LOCK = threading.Lock()
@@ -260,11 +342,16 @@ def _huggingface_file(name: str) -> Path:
         "give a local tokenizer.json or folder, or use tokenizer.backend=bytes",
     )
     try:
-        return Path(hf_hub_download(name, "tokenizer.json"))
+        found = Path(hf_hub_download(name, "tokenizer.json"))
     except Exception as exc:
         raise UserError(
             f"tokenizer.name={name}: cannot fetch tokenizer.json from the hub ({type(exc).__name__})"
         ) from None
+    # the chat template and named tokens, next to it in the cache; a repository may lack them
+    for extra in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        with contextlib.suppress(Exception):
+            hf_hub_download(name, extra)
+    return found
 
 
 def make_tokenizer(backend: str, name: str) -> Tokenizer:

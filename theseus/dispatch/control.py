@@ -39,13 +39,48 @@ def observe(chosen: list[records.Record]) -> list[Observation]:
     return seen
 
 
+class RankLines:
+    """Passes on the lines of one process of a SLURM job, whose log labels each line with its
+    rank (srun --label: "1: ..."), without the label; a partial line waits for its end."""
+
+    def __init__(self, rank: int, write: Callable[[bytes], None]) -> None:
+        self.label, self.write, self.partial = f"{rank}: ".encode(), write, b""
+
+    def __call__(self, chunk: bytes) -> None:
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        self._pass(lines)
+
+    def _pass(self, lines: list[bytes]) -> None:
+        kept = [line[len(self.label) :] for line in lines if line.startswith(self.label)]
+        if kept:
+            self.write(b"".join(line + b"\n" for line in kept))
+
+    def close(self) -> None:
+        if self.partial:
+            self._pass([self.partial])
+            self.partial = b""
+
+
 def logs(
     record: records.Record,
     follow: bool,
     write: Callable[[bytes], None],
     poll_seconds: float = 1.0,
+    *,
+    rank: int | None = None,
 ) -> None:
-    """Write the job's log through `write(bytes)`; with `follow`, until the job ends."""
+    """Write the job's log through `write(bytes)`; with `follow`, until the job ends. `rank`
+    picks one process's lines; a run that is not a SLURM job has one process, rank 0."""
+    if rank is not None and record.backend != "slurm":
+        if rank != 0:
+            raise UserError(f"{record.name} runs one process (rank 0) on {record.host_name}")
+        rank = None  # its lines are all rank 0's, unlabelled
+    if rank is not None:
+        picked = RankLines(rank, write)
+        try:
+            return logs(record, follow, picked, poll_seconds)
+        finally:
+            picked.close()
     backend = backend_for(record, record.host)
     offset = 0
     while True:

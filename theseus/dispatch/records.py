@@ -47,8 +47,12 @@ class Record:
         return f"{self.job_dir}/output.log"
 
     @property
+    def run_dir(self) -> str:
+        return f"{self.root}/runs/{self.project}/{self.group}/{self.name}"
+
+    @property
     def metrics(self) -> str:
-        return f"{self.root}/runs/{self.project}/{self.group}/{self.name}/metrics.jsonl"
+        return f"{self.run_dir}/metrics.jsonl"
 
 
 def _path(name: str) -> Path:

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
     from theseus.evaluation.scoring import Scorer
 
 # Modules that register the built-in evaluations; their config dataclasses join a job's schema.
-_BUILTIN = ("theseus.evaluation.perplexity", "theseus.evaluation.multiple_choice")
+_BUILTIN = (
+    "theseus.evaluation.perplexity",
+    "theseus.evaluation.multiple_choice",
+    "theseus.evaluation.generation",
+    "theseus.evaluation.harness.config",
+)
 
 
 @dataclass
@@ -50,9 +55,13 @@ class Evaluation(abc.ABC):
     """One way of scoring a model. `CONFIG` holds its settings (under `eval.<name>`)."""
 
     CONFIG: ClassVar[type]
+    # results are filed as eval/<name>/<metric>; False: the metric names carry their own
+    # place (harness tasks: eval/<task>/<metric>)
+    NAMESPACED: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        self.files: dict[str, str] = {}  # file name -> text, written beside the results by a run
 
     def check(  # noqa: B027 - optional
         self, tokenizer: Tokenizer | None = None, seq_len: int | None = None
@@ -93,20 +102,30 @@ def check_evaluations(
         cls(configure(cls.CONFIG, cfg)).check(tokenizer, seq_len)
 
 
-def run_evaluations(names: list[str], scorer: Scorer, cfg: DictConfig) -> dict[str, float]:
-    """Run the named evaluations; results are keyed `eval/<name>/<metric>`.
+def run_evaluations(
+    names: list[str], scorer: Scorer, cfg: DictConfig, files: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run the named evaluations; results are keyed `eval/<name>/<metric>` (`eval/<metric>`
+    for an evaluation whose metric names carry their own place). The files an evaluation
+    writes beside its results (the harness's results JSON) go into `files` when given.
 
     A result that is not finite is an error, never a score.
     """
     results: dict[str, float] = {}
     for name in names:
         cls = EVALUATIONS[name]
-        metrics = cls(configure(cls.CONFIG, cfg)).run(scorer)
+        evaluation = cls(configure(cls.CONFIG, cfg))
+        metrics = evaluation.run(scorer)
         for metric, value in metrics.items():
             if not math.isfinite(value):
                 raise UserError(
                     f"{name}: {metric} is {value}: the model's outputs are not finite "
                     "(check its weights) or the data holds ids outside its vocabulary"
                 )
-            results[f"eval/{name}/{metric}"] = value
+            key = f"eval/{name}/{metric}" if cls.NAMESPACED else f"eval/{metric}"
+            if key in results:
+                raise UserError(f"{name}: {key} is also a result of an earlier evaluation")
+            results[key] = value
+        if files is not None:
+            files.update(evaluation.files)
     return results

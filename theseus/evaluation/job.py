@@ -15,6 +15,7 @@ from theseus.evaluation.base import (
     evaluation_components,
     run_evaluations,
 )
+from theseus.evaluation.source import HF_DEFAULT_CONTEXT
 from theseus.job import BasicJob
 from theseus.registry import job
 
@@ -23,7 +24,15 @@ from theseus.registry import job
 class EvaluateConfig:
     checkpoint: str = field(
         "eval/checkpoint",
-        help="what to score: a run folder, a checkpoint folder, or a run name under the output root",
+        help="what to score: a run folder, a checkpoint folder, a run name under the output root, "
+        "or a Hugging Face model folder (config.json, safetensors, tokenizer.json)",
+    )
+    context: int | None = field(
+        "eval/context",
+        minimum=1,
+        default=None,
+        help="tokens per scoring window (null = the length a run trained on; a Hugging Face "
+        f"folder's max_position_embeddings, at most {HF_DEFAULT_CONTEXT})",
     )
 
 
@@ -62,9 +71,7 @@ class Evaluate(BasicJob[EvaluateConfig]):
         from rich.console import Console
 
         from theseus.base.files import atomic_write
-        from theseus.checkpoint import locate
-        from theseus.evaluation.scoring import Scorer
-        from theseus.inference.load import load_trained, trained_context
+        from theseus.evaluation.source import load_scored
 
         settings = configure(EvalConfig, self.cfg)
         if not settings.evaluations:
@@ -72,15 +79,16 @@ class Evaluate(BasicJob[EvaluateConfig]):
                 "nothing to evaluate: set eval.evaluations, e.g. eval.evaluations=[perplexity]"
             )
         check_evaluations(settings.evaluations, self.cfg)
-        directory, step = locate(self.checkpoint_path())
-        scored = directory / str(step)
-        model, trained_cfg, tokenizer = load_trained(scored)
-        # scored in windows of the length it was trained on
-        window = trained_context(model, trained_cfg)
+        from theseus.parallel.distributed import split_cpu_into_cores
+
+        # on a CPU, one JAX device per core: the harness splits a batch's rows over them
+        split_cpu_into_cores(None, global_batch=settings.batch_size)
+        loaded = load_scored(self.checkpoint_path(), self.config.context, settings.batch_size)
+        scorer, scored = loaded.scorer, loaded.path
         # every evaluation's data is checked against the model before the first one scores
-        check_evaluations(settings.evaluations, self.cfg, tokenizer, window)
-        scorer = Scorer(model, tokenizer, window, settings.batch_size)
-        results = run_evaluations(settings.evaluations, scorer, self.cfg)
+        check_evaluations(settings.evaluations, self.cfg, scorer.tokenizer, scorer.seq_len)
+        files: dict[str, str] = {}
+        results = run_evaluations(settings.evaluations, scorer, self.cfg, files)
         # the step folder, not the name given: a run that trains on would score another one later
         cfg = copy.deepcopy(self.cfg)
         cfg.eval.checkpoint = str(scored)
@@ -88,7 +96,11 @@ class Evaluate(BasicJob[EvaluateConfig]):
         # must not replace that run's config.yaml
         atomic_write(self.spec.run_dir / "eval-config.yaml", self.settings_yaml(cfg))
         atomic_write(self.spec.run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
+        for name, text in files.items():  # the harness's results JSON and table
+            atomic_write(self.spec.run_dir / name, text)
         console = Console(stderr=True)
+        if "harness.md" in files:
+            console.print(files["harness.md"], markup=False, highlight=False)
         for key, value in results.items():
-            console.print(f"{key:40s} {value:.4f}")
+            console.print(f"{key:40s} {value:.4f}", markup=False, highlight=False)
         return results

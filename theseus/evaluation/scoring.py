@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +14,23 @@ from flax import nnx
 class Scorer:
     """Scores token sequences with `model`; every call runs on [batch_size, seq_len] so it compiles once."""
 
-    def __init__(self, model: nnx.Module, tokenizer, seq_len: int, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: nnx.Module,
+        tokenizer,
+        seq_len: int,
+        batch_size: int = 8,
+        hf_folder: Path | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.batch_size = batch_size
-        graphdef, self._state = nnx.split(model)
+        # the Hugging Face folder the model came from: harness tasks encode text as
+        # transformers does there (its BOS, its special tokens), not as theseus trains
+        self.hf_folder = hf_folder
+        # public: evaluations with programs of their own (theseus.evaluation.engine) run these
+        self.graphdef, self.state = nnx.split(model)
+        graphdef = self.graphdef
 
         @jax.jit
         def token_logprobs(state, inputs, targets):
@@ -29,7 +42,7 @@ class Scorer:
 
     def use(self, model: nnx.Module) -> None:
         """Score with `model`'s current weights (same architecture: nothing recompiles)."""
-        self._state = nnx.state(model)
+        self.state = nnx.state(model)
 
     def _batched(self, rows: list[np.ndarray]) -> list[np.ndarray]:
         """Log-probabilities of tokens 1.. of each row (each at most seq_len + 1 tokens)."""
@@ -39,7 +52,7 @@ class Scorer:
             tokens = np.zeros((self.batch_size, self.seq_len + 1), np.int32)
             for i, row in enumerate(chunk):
                 tokens[i, : len(row)] = row
-            logp = np.asarray(self._token_logprobs(self._state, tokens[:, :-1], tokens[:, 1:]))
+            logp = np.asarray(self._token_logprobs(self.state, tokens[:, :-1], tokens[:, 1:]))
             out += [logp[i, : len(row) - 1] for i, row in enumerate(chunk)]
         return out
 

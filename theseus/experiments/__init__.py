@@ -1,1 +1,2 @@
-"""The registered jobs that train models (`theseus jobs` lists them)."""
+"""The registered jobs (`theseus jobs` lists them), among them pretraining from scratch
+(`pretrain.py`) and fine-tuning from Hugging Face weights, fully or with LoRA (`finetune.py`)."""

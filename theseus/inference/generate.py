@@ -64,7 +64,7 @@ def sample_logits(
         "temperature",
         "top_k",
         "top_p",
-        "eot_id",
+        "stops",
         "vocab_limit",
     ),
 )
@@ -80,7 +80,7 @@ def _generate(
     temperature: float,
     top_k: int,
     top_p: float,
-    eot_id: int | None,
+    stops: tuple[int, ...],
     vocab_limit: int | None,
 ) -> jax.Array:
     model = nnx.merge(graphdef, state)
@@ -93,7 +93,8 @@ def _generate(
     key, sub = jax.random.split(key)
     first = pick(logits[jnp.arange(batch), lengths - 1], sub)
     out = jnp.full((batch, max_new), NO_TOKEN, jnp.int32).at[:, 0].set(first)
-    done = first == eot_id if eot_id is not None else jnp.zeros((batch,), bool)
+    stop_ids = jnp.asarray(stops, jnp.int32)
+    done = jnp.isin(first, stop_ids) if stops else jnp.zeros((batch,), bool)
 
     def more(carry: tuple) -> jax.Array:
         i, _, _, _, done, _ = carry
@@ -107,8 +108,8 @@ def _generate(
         key, sub = jax.random.split(key)
         token = pick(logits[:, 0], sub)
         out = out.at[:, i].set(jnp.where(done, NO_TOKEN, token))
-        if eot_id is not None:
-            done = done | (token == eot_id)
+        if stops:
+            done = done | jnp.isin(token, stop_ids)
         return i + 1, token, cache, out, done, key
 
     carry = (jnp.int32(1), first, cache, out, done, key)
@@ -126,11 +127,15 @@ def generate(
     seed: int = 0,
     eot_id: int | None = None,
     vocab_limit: int | None = None,
+    stop_ids: Sequence[int] = (),
+    pad_to: int = 1,
 ) -> list[list[int]]:
     """Continue each prompt (a list of token ids) by up to `max_new` tokens.
 
-    A row stops early at `eot_id` (not included in its output). `vocab_limit` keeps sampling
-    to ids below it (the tokenizer's vocabulary when the model's is padded).
+    A row stops early at `eot_id` or any of `stop_ids` (a chat's end-of-turn; not included in
+    its output). `vocab_limit` keeps sampling to ids below it (the tokenizer's vocabulary when
+    the model's is padded). `pad_to` rounds the prompt width up to a multiple of it, so that
+    prompts of nearby lengths (a chat's turns) reuse one compiled loop.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError(
@@ -168,6 +173,15 @@ def generate(
             f"{which} ({width} tokens) + max_new ({max_new}) runs past the model's context of "
             f"{block_size}; with it max_new can be at most {block_size - width + 1}, or shorten it"
         )
+    # the padding is never attended to: a row's decoding overwrites the slots past its prompt
+    padded = -(-width // max(pad_to, 1)) * max(pad_to, 1)
+    if getattr(model.config, "positions", "learned") == "learned":
+        padded = min(padded, block_size - max_new + 1)
+    width = max(width, padded)
+    # sorted: one compiled loop per set of stops, whatever their order
+    stops = tuple(
+        sorted({int(t) for t in stop_ids} | ({int(eot_id)} if eot_id is not None else set()))
+    )
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = prompt
@@ -183,14 +197,14 @@ def generate(
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
-        eot_id=eot_id,
+        stops=stops,
         vocab_limit=vocab_limit,
     )
     results = []
     for row in np.asarray(out).tolist():
         kept = []
         for token in row:
-            if token in (NO_TOKEN, eot_id):
+            if token == NO_TOKEN or token in stops:
                 break
             kept.append(token)
         results.append(kept)

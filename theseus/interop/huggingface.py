@@ -1,16 +1,33 @@
-"""Hugging Face checkpoints (`config.json` + `*.safetensors`) in and out of a `Transformer`.
+"""Hugging Face checkpoints (`config.json` + `*.safetensors`) in and out of a `Transformer`, exact.
 
-Supported layouts: `gpt2` (GPT2LMHeadModel) <-> the GPT-2 preset, and `llama` (LlamaForCausalLM,
-also Mistral-style configs without sliding windows or RoPE scaling) <-> the Llama one. Needs the `hf`
-dependency group for `safetensors`; torch and transformers are not imported here.
+Supported `model_type`s, each a few switches of one `TransformerConfig` (the rules per family
+live in `hf_gpt2.py`, `hf_llama.py` and `hf_neox.py`):
+
+- `gpt2`; `llama`; `mistral` (sliding window); `qwen2` / Qwen2.5 (q/k/v biases, sliding window
+  on the last layers); `qwen3` (q/k norms, explicit head width); `gpt_neox` / Pythia (parallel
+  residual, partial RoPE, erf GELU, fused per-head q/k/v).
+
+Public functions:
+
+- `import_hf(path, *, dtype="float32") -> Transformer`: a model holding a folder's weights.
+- `export_hf(model, path, *, eot_id=None, dtype="float32", max_shard_bytes=5e9) -> Path`: a
+  folder `AutoModelForCausalLM.from_pretrained` loads; the `model_type` follows the config.
+- `hf_config_to_transformer(hf, path, dtype) -> TransformerConfig`: the architecture of a
+  parsed `config.json` (`path` only names the folder in errors); `preset_for_hf(path)` reads it.
+- `load_hf_weights(model, path)`: a folder's weights into a model built from that config (for
+  a trainer that builds the model on its mesh first).
+
+A `config.json` value theseus cannot build exactly (scaled RoPE, another activation, a bias
+pattern it has no switch for) is a one-line `UserError` naming it; so is a config no layout
+holds on export. Needs the `hf` dependency group for `safetensors`; torch and transformers are
+not imported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jax.numpy as jnp
@@ -18,14 +35,24 @@ import numpy as np
 from flax import nnx
 
 from theseus.errors import UserError
-from theseus.model.models import GPT2, LLAMA, Transformer
+from theseus.interop import hf_gpt2, hf_llama, hf_neox
+from theseus.interop.hf_common import Array, HFConfig
+from theseus.model.models import Transformer, TransformerConfig
+
+_FAMILIES: dict[str, ModuleType] = {
+    kind: family for family in (hf_gpt2, hf_llama, hf_neox) for kind in family.MODEL_TYPES
+}
 
 # buffers some checkpoints carry that are not parameters
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
-
-Array = np.ndarray
-Rule = tuple[str, str, Callable[[Array], Array], Callable[[Array], Array]]
-"""(theseus parameter path, HF tensor name, HF -> theseus, theseus -> HF)."""
+_IGNORED_SUFFIXES = (
+    ".attn.bias",
+    ".attn.masked_bias",
+    ".attention.bias",
+    ".attention.masked_bias",
+    "rotary_emb.inv_freq",
+)
+_EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors")
 
 
 def _safetensors() -> Any:
@@ -39,187 +66,55 @@ def _safetensors() -> Any:
     return safetensors
 
 
-def _same(x: Array) -> Array:
-    return x
-
-
-def _transpose(x: Array) -> Array:
-    return np.ascontiguousarray(x.T)
-
-
-def _heads_in(n: int, h: int) -> Callable[[Array], Array]:
-    """torch Linear [n*h, d] -> kernel [d, n, h]."""
-    return lambda w: np.ascontiguousarray(w.T.reshape(-1, n, h))
-
-
-def _heads_in_back(x: Array) -> Array:
-    return np.ascontiguousarray(x.reshape(x.shape[0], -1).T)
-
-
-def _gpt2_rules(c: Any) -> Iterator[Rule]:
-    n, h, d = c.n_heads, c.d_model // c.n_heads, c.d_model
-
-    def third(j: int, w: Array) -> Array:
-        """q, k or v (j = 0, 1, 2) out of the fused c_attn, which holds them side by side."""
-        return w[..., j * d : (j + 1) * d]
-
-    yield "embed.weight", "wte.weight", _same, _same
-    yield "position_embed.weight", "wpe.weight", _same, _same
-    for i in range(c.n_layers):
-        p, b = f"blocks.{i}.", f"h.{i}."
-        for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            yield p + ours + ".scale", b + theirs + ".weight", _same, _same
-            yield p + ours + ".bias", b + theirs + ".bias", _same, _same
-        # c_attn is one [d, 3d] Conv1D (in x out) holding q, k and v side by side
-        for j, name in enumerate("qkv"):
-            yield (
-                p + f"attn.{name}",
-                b + "attn.c_attn.weight",
-                lambda w, j=j: third(j, w).reshape(d, n, h),
-                lambda x: x.reshape(d, d),
-            )
-            yield (
-                p + f"attn.{name}_bias",
-                b + "attn.c_attn.bias",
-                lambda w, j=j: third(j, w).reshape(n, h),
-                lambda x: x.reshape(d),
-            )
-        yield (
-            p + "attn.o",
-            b + "attn.c_proj.weight",
-            lambda w: w.reshape(n, h, d),
-            lambda x: x.reshape(d, d),
-        )
-        yield p + "attn.o_bias", b + "attn.c_proj.bias", _same, _same
-        yield p + "mlp.fc.kernel", b + "mlp.c_fc.weight", _same, _same
-        yield p + "mlp.fc.bias", b + "mlp.c_fc.bias", _same, _same
-        yield p + "mlp.down.kernel", b + "mlp.c_proj.weight", _same, _same
-        yield p + "mlp.down.bias", b + "mlp.c_proj.bias", _same, _same
-    yield "final_norm.scale", "ln_f.weight", _same, _same
-    yield "final_norm.bias", "ln_f.bias", _same, _same
-    if not c.tie_embeddings:
-        yield "lm_head.kernel", "lm_head.weight", _transpose, _transpose
-
-
-def _llama_rules(c: Any) -> Iterator[Rule]:
-    n, k, h, d = c.n_heads, c.kv_heads, c.d_model // c.n_heads, c.d_model
-    yield "embed.weight", "model.embed_tokens.weight", _same, _same
-    for i in range(c.n_layers):
-        p, b = f"blocks.{i}.", f"model.layers.{i}."
-        yield p + "attn_norm.scale", b + "input_layernorm.weight", _same, _same
-        yield p + "mlp_norm.scale", b + "post_attention_layernorm.weight", _same, _same
-        for name, heads in (("q", n), ("k", k), ("v", k)):
-            yield (
-                p + f"attn.{name}",
-                b + f"self_attn.{name}_proj.weight",
-                _heads_in(heads, h),
-                _heads_in_back,
-            )
-            if c.bias:
-                yield (
-                    p + f"attn.{name}_bias",
-                    b + f"self_attn.{name}_proj.bias",
-                    lambda w, heads=heads: w.reshape(heads, h),
-                    lambda x: x.reshape(-1),
-                )
-        yield (
-            p + "attn.o",
-            b + "self_attn.o_proj.weight",
-            lambda w: np.ascontiguousarray(w.T.reshape(n, h, d)),
-            lambda x: np.ascontiguousarray(x.reshape(n * h, d).T),
-        )
-        if c.bias:
-            yield p + "attn.o_bias", b + "self_attn.o_proj.bias", _same, _same
-        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-            yield p + f"mlp.{ours}.kernel", b + f"mlp.{theirs}.weight", _transpose, _transpose
-            if c.bias:
-                yield p + f"mlp.{ours}.bias", b + f"mlp.{theirs}.bias", _same, _same
-    yield "final_norm.scale", "model.norm.weight", _same, _same
-    if not c.tie_embeddings:
-        yield "lm_head.kernel", "lm_head.weight", _transpose, _transpose
-
-
 # Configs ------------------------------------------------------------------------------------------
 
 
-def _need(hf: dict[str, Any], key: str, path: Path) -> Any:
-    if key not in hf:
+def _family(hf: HFConfig, path: Path) -> ModuleType:
+    kind = hf.get("model_type")
+    if kind not in _FAMILIES:
         raise UserError(
-            f"{path}/config.json has no {key!r}; is this a complete Hugging Face model folder?"
+            f"{path}: model_type {kind!r} is not supported; supported: {', '.join(_FAMILIES)}"
         )
-    return hf[key]
+    return _FAMILIES[kind]
 
 
-def _gpt2_config(hf: dict[str, Any], path: Path, dtype: str) -> Any:
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+def hf_config_to_transformer(
+    hf: HFConfig, path: str | Path = "<config>", dtype: str = "float32"
+) -> TransformerConfig:
+    """The `TransformerConfig` of a Hugging Face `config.json` (parsed), in compute `dtype`.
+
+    Raises a one-line `UserError` for any value theseus would build differently."""
+    config = _family(hf, Path(path)).read(hf, Path(path), dtype)
+    config.check()
+    return config
+
+
+def preset_for_hf(path: str | Path, *, dtype: str = "float32") -> TransformerConfig:
+    """The `TransformerConfig` of the Hugging Face model folder `path` (its config.json)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
+    hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return hf_config_to_transformer(hf, path, dtype)
+
+
+def _export_type(c: TransformerConfig) -> str:
+    """The model_type whose layout holds `c`, else a UserError saying what none can hold."""
+    if c.positions == "learned":
+        kind, why = "gpt2", hf_gpt2.unexpressed(c)
+    elif c.parallel_residual or c.rope_fraction != 1 or c.norm == "layernorm" or c.mlp != "swiglu":
+        kind, why = "gpt_neox", hf_neox.unexpressed(c)
+    else:
+        kind, why = hf_llama.export_type(c)
+    if why:
         raise UserError(
-            f"{path}: activation_function {act!r} is not supported (GPT uses tanh-approximated GELU)"
+            f"cannot export {', '.join(why)}: the config is nearest Hugging Face's {kind}, which "
+            "cannot hold that (theseus writes gpt2, llama, mistral, qwen2, qwen3, gpt_neox)"
         )
-    if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
-        raise UserError(f"{path}: non-standard GPT-2 attention scaling is not supported")
-    return dataclasses.replace(
-        GPT2,
-        n_layers=_need(hf, "n_layer", path),
-        n_heads=_need(hf, "n_head", path),
-        d_model=_need(hf, "n_embd", path),
-        d_ff=hf.get("n_inner"),
-        block_size=_need(hf, "n_positions", path),
-        vocab_size=_need(hf, "vocab_size", path),
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-        dtype=dtype,
-    )
+    return kind
 
 
-def _rope_theta(hf: dict[str, Any], path: Path) -> float:
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise UserError(f"{path}: RoPE scaling {kind!r} is not supported (only plain RoPE)")
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-
-
-def _llama_config(hf: dict[str, Any], path: Path, dtype: str) -> Any:
-    d, n = _need(hf, "hidden_size", path), _need(hf, "num_attention_heads", path)
-    if hf.get("head_dim") not in (None, d // n):
-        raise UserError(
-            f"{path}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads is not supported"
-        )
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(
-            f"{path}: hidden_act {hf['hidden_act']!r} is not supported (Llama uses silu)"
-        )
-    if hf.get("sliding_window"):
-        raise UserError(f"{path}: sliding-window attention is not supported")
-    bias = bool(hf.get("attention_bias", False))
-    if bool(hf.get("mlp_bias", False)) != bias:
-        raise UserError(
-            f"{path}: attention_bias != mlp_bias is not supported (theseus has one bias switch)"
-        )
-    return dataclasses.replace(
-        LLAMA,
-        n_layers=_need(hf, "num_hidden_layers", path),
-        n_heads=n,
-        n_kv_heads=hf.get("num_key_value_heads") or n,
-        d_model=d,
-        d_ff=_need(hf, "intermediate_size", path),
-        block_size=_need(hf, "max_position_embeddings", path),
-        vocab_size=_need(hf, "vocab_size", path),
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=_rope_theta(hf, path),
-        tie_embeddings=hf.get("tie_word_embeddings", False),
-        bias=bias,
-        dtype=dtype,
-    )
-
-
-_LAYOUTS = {"gpt2": (_gpt2_config, _gpt2_rules), "llama": (_llama_config, _llama_rules)}
-_LAYOUTS["mistral"] = _LAYOUTS["llama"]
-
-
-# Import / export ----------------------------------------------------------------------------------
+# Weights ------------------------------------------------------------------------------------------
 
 
 def _read_tensors(path: Path) -> dict[str, Array]:
@@ -256,140 +151,147 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
     return {".".join(str(k) for k in key): variable for key, variable in flat}
 
 
-def import_hf(path: str | Path, *, dtype: str = "float32") -> Transformer:
-    """Build a `Transformer` (GPT-2 or Llama layout) holding the weights of a local Hugging Face model folder.
+def _fit_vocab(ours: str, value: Array, shape: tuple[int, ...], used: int | None) -> Array:
+    """A checkpoint's embedding or head, padded with zero rows up to a model whose vocab_size is
+    padded for speed; its padding ids (from vocab_used on) get no probability anyway."""
+    axis = {"embed.weight": 0, "lm_head.kernel": 1}.get(ours)
+    if axis is None or used is None or value.shape[axis] != used or shape[axis] <= used:
+        return value
+    pad = [(0, 0)] * value.ndim
+    pad[axis] = (0, shape[axis] - used)
+    return np.pad(value, pad)
 
-    `dtype` is the compute dtype of the result; parameters stay float32.
-    """
+
+def load_hf_weights(model: Transformer, path: str | Path) -> Transformer:
+    """Set `model`'s parameters from the Hugging Face folder `path`, whose config.json `model`
+    was built from (`preset_for_hf`); the vocabulary may be padded (vocab_used = the folder's)."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
+    c = model.config
     hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    kind = hf.get("model_type")
-    if kind not in _LAYOUTS:
-        raise UserError(
-            f"{path}: model_type {kind!r} is not supported; supported: {', '.join(_LAYOUTS)}"
-        )
-    make_config, rules = _LAYOUTS[kind]
-    config = make_config(hf, path, dtype)
+    family = _family(hf, path)
     tensors = {
-        name.removeprefix("transformer."): value
+        family.canonical(name): value
         for name, value in _read_tensors(path).items()
         if not name.endswith(_IGNORED_SUFFIXES)
     }
-    if config.tie_embeddings:
-        tensors.pop("lm_head.weight", None)
-    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    rules = list(family.rules(c, hf["model_type"]))
+    if c.tie_embeddings:  # a tied head is the embedding; a stored copy of it is redundant
+        tensors.pop(family.canonical("lm_head.weight"), None)
     variables = _variables(model)
     used = set()
-    for ours, theirs, to_ours, _ in rules(config):
-        if theirs not in tensors:
-            raise UserError(f"{path}: tensor {theirs!r} is missing from the safetensors files")
-        value = to_ours(np.asarray(tensors[theirs], dtype=np.float32))
-        target = variables.pop(ours)
-        if value.shape != target.shape:
-            raise UserError(
-                f"{path}: {theirs} has shape {value.shape}, expected {target.shape} for {ours}"
-            )
-        target.set_value(jnp.asarray(value, dtype=target.dtype))
-        used.add(theirs)
+    for rule in rules:
+        if rule.theirs not in tensors:
+            raise UserError(f"{path}: tensor {rule.theirs!r} is missing from the safetensors files")
+        parts = rule.to_ours(np.asarray(tensors[rule.theirs], dtype=np.float32))
+        for ours, value in zip(rule.ours, parts, strict=True):
+            if ours not in variables:
+                raise UserError(
+                    f"{path}: the model has no {ours} for {rule.theirs}; build it from the "
+                    "folder's config.json (preset_for_hf)"
+                )
+            target = variables.pop(ours)
+            value = _fit_vocab(ours, value, target.shape, c.vocab_used)
+            if value.shape != target.shape:
+                raise UserError(
+                    f"{path}: {rule.theirs} has shape {value.shape}, expected {target.shape} for {ours}"
+                )
+            target.set_value(jnp.asarray(value, dtype=target.dtype))
+        used.add(rule.theirs)
     unused = sorted(set(tensors) - used)
-    if unused or variables:
+    # adapters (LoRA) are no base parameter a checkpoint holds; they keep their values
+    unset = [name for name, v in variables.items() if type(v) is nnx.Param]
+    if unused or unset:
         raise UserError(
-            f"{path}: tensors not understood: {', '.join(unused[:5]) or '-'}; unset: {', '.join(list(variables)[:5]) or '-'}"
+            f"{path}: tensors not understood: {', '.join(unused[:5]) or '-'}; "
+            f"unset: {', '.join(unset[:5]) or '-'}"
         )
     return model
 
 
-def _layout_of(model: Transformer) -> str:
-    c = model.config
-    if (
-        (c.positions, c.norm, c.mlp) == ("learned", "layernorm", "gelu")
-        and c.bias
-        and c.kv_heads == c.n_heads
-    ):
-        return "gpt2"
-    if (c.positions, c.norm, c.mlp) == ("rope", "rmsnorm", "swiglu"):
-        return "llama"
-    raise UserError(
-        f"cannot export positions={c.positions}, norm={c.norm}, mlp={c.mlp}, bias={c.bias}: Hugging Face "
-        "export needs the GPT-2 layout (learned, layernorm, gelu, biases) or the Llama one (rope, rmsnorm, swiglu)"
+def import_hf(path: str | Path, *, dtype: str = "float32") -> Transformer:
+    """Build a `Transformer` holding the weights of a local Hugging Face model folder.
+
+    `dtype` is the compute dtype of the result; parameters stay float32.
+    """
+    config = preset_for_hf(path, dtype=dtype)
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return load_hf_weights(model, path)
+
+
+def _write_safetensors(tensors: dict[str, Array], path: Path, max_shard_bytes: int | float) -> None:
+    """`model.safetensors`, or shards of at most `max_shard_bytes` (a larger tensor alone)
+    named as `save_pretrained` names them, with their `model.safetensors.index.json`."""
+    for pattern in _WEIGHT_FILES:  # an earlier export's files would shadow these
+        for stale in path.glob(pattern):
+            stale.unlink()
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, value in tensors.items():
+        if shards[-1] and size + value.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += value.nbytes
+    save, meta = _safetensors().numpy.save_file, {"format": "pt"}
+    if len(shards) == 1:
+        save(tensors, str(path / "model.safetensors"), metadata=meta)
+        return
+    weight_map = {}
+    for i, names in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save({name: tensors[name] for name in names}, str(path / file), metadata=meta)
+        weight_map.update(dict.fromkeys(names, file))
+    index = {
+        "metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+        "weight_map": weight_map,
+    }
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps(index, indent=2) + "\n", encoding="utf-8"
     )
 
 
-def _hf_config(layout: str, c: Any, eot_id: int | None) -> dict[str, Any]:
-    tokens = {} if eot_id is None else {"bos_token_id": eot_id, "eos_token_id": eot_id}
-    if layout == "gpt2":
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "n_layer": c.n_layers,
-            "n_head": c.n_heads,
-            "n_embd": c.d_model,
-            "n_inner": c.hidden,
-            "n_positions": c.block_size,
-            "vocab_size": c.vocab_used or c.vocab_size,
-            "layer_norm_epsilon": c.norm_eps,
-            "activation_function": "gelu_new",
-            "tie_word_embeddings": c.tie_embeddings,
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
-            **tokens,
-        }
-    return {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "num_hidden_layers": c.n_layers,
-        "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.kv_heads,
-        "hidden_size": c.d_model,
-        "head_dim": c.d_model // c.n_heads,
-        "intermediate_size": c.hidden,
-        "max_position_embeddings": c.block_size,
-        "vocab_size": c.vocab_used or c.vocab_size,
-        "rms_norm_eps": c.norm_eps,
-        "rope_theta": c.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
-        "hidden_act": "silu",
-        "attention_bias": c.bias,
-        "mlp_bias": c.bias,
-        "tie_word_embeddings": c.tie_embeddings,
-        **tokens,
-    }
+def export_hf(
+    model: Transformer,
+    path: str | Path,
+    *,
+    eot_id: int | None = None,
+    dtype: str = "float32",
+    max_shard_bytes: int | float = 5 * 10**9,
+) -> Path:
+    """Write `model` as a Hugging Face folder: `config.json` and its weights in `dtype`
+    ("float32", "bfloat16" or "float16"), sharded above `max_shard_bytes` (Hugging Face's 5GB).
 
-
-def export_hf(model: Transformer, path: str | Path, *, eot_id: int | None = None) -> Path:
-    """Write `model` as a Hugging Face folder (`config.json`, `model.safetensors`, float32)."""
-    layout = _layout_of(model)
+    The `model_type` is the one layout that holds the config: learned positions -> gpt2;
+    a parallel residual, partial RoPE, LayerNorm or GELU with RoPE -> gpt_neox; q/k norms ->
+    qwen3; q/k/v-only biases -> qwen2; a sliding window -> mistral; else llama. Padding ids of
+    the vocabulary (from vocab_used on) are left out. LoRA adapters must be merged first."""
+    if dtype not in _EXPORT_DTYPES:
+        raise UserError(f"export dtype {dtype!r} is not supported; use {', '.join(_EXPORT_DTYPES)}")
     c = model.config
-    rules = _gpt2_rules if layout == "gpt2" else _llama_rules
-    variables = _variables(model)
+    model_type = _export_type(c)
+    family = _FAMILIES[model_type]
+    values = {name: np.asarray(v[...], dtype=np.float32) for name, v in _variables(model).items()}
+    used = c.vocab_used or c.vocab_size
+    # the padding ids have no probability here; a Hugging Face model has no such mask, so it
+    # gets the real ids only (and the same distribution over them)
+    values["embed.weight"] = values["embed.weight"][:used]
+    if "lm_head.kernel" in values:
+        values["lm_head.kernel"] = values["lm_head.kernel"][:, :used]
     tensors: dict[str, Array] = {}
-    fused: dict[str, list[Array]] = {}
-    for ours, theirs, _, to_theirs in rules(c):
-        value = to_theirs(np.asarray(variables[ours][...], dtype=np.float32))
-        if ".c_attn." in theirs:  # q, k, v come one by one and are concatenated
-            fused.setdefault(theirs, []).append(value)
-            continue
-        tensors[
-            ("transformer." if layout == "gpt2" and theirs != "lm_head.weight" else "") + theirs
-        ] = value
-    for name, parts in fused.items():
-        tensors["transformer." + name] = np.concatenate(parts, axis=-1)
-    if c.vocab_used and c.vocab_used < c.vocab_size:
-        # the padding ids have no probability here; a Hugging Face model has no such mask, so
-        # it gets the real ids only (and the same distribution over them)
-        for name in ("transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
-            if name in tensors:
-                tensors[name] = tensors[name][: c.vocab_used]
+    for rule in family.rules(c, model_type):
+        joined = rule.to_theirs(*(values.pop(name) for name in rule.ours))
+        tensors[rule.theirs] = np.ascontiguousarray(joined.astype(jnp.dtype(dtype)))
+    if values:
+        raise UserError(
+            f"cannot export {', '.join(sorted(values)[:3])}: no Hugging Face tensor holds them; "
+            "merge LoRA adapters into the base first (theseus.model.lora.merge)"
+        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
-    _safetensors().numpy.save_file(
-        tensors, str(path / "model.safetensors"), metadata={"format": "pt"}
-    )
-    (path / "config.json").write_text(
-        json.dumps(_hf_config(layout, c, eot_id), indent=2) + "\n", encoding="utf-8"
-    )
+    _write_safetensors(tensors, path, max_shard_bytes)
+    hf = family.write(c, model_type)
+    hf.update(vocab_size=used, torch_dtype=dtype, dtype=dtype)
+    if eot_id is not None:
+        hf.update(bos_token_id=eot_id, eos_token_id=eot_id)
+    (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
     return path

@@ -139,6 +139,12 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 @jax.checkpoint
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """GELU through the error function: what GPT-NeoX / Pythia use ("gelu" in Hugging Face)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+@jax.checkpoint
 def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
     """silu(gate) * up."""
     return jax.nn.silu(gate) * up
@@ -187,18 +193,32 @@ def attention_kernel(setting: str, dtype: Any, head_dim: int) -> str:
     return setting
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, kernel: str) -> jax.Array:
-    """softmax(q k^T / sqrt(d), causal) v for [B, T, heads, head_dim] inputs, with `kernel`."""
+def causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, kernel: str, window: int | None = None
+) -> jax.Array:
+    """softmax(q k^T / sqrt(d), causal) v for [B, T, heads, head_dim] inputs, with `kernel`.
+
+    With a `window`, query t sees keys t - window + 1 .. t: the last `window` positions, itself
+    included (Mistral's and Qwen2's sliding window, as Hugging Face masks it)."""
     if kernel == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-    return _xla_causal_attention(q, k, v)
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, local_window_size=_left(window), implementation="cudnn"
+        )
+    return _xla_causal_attention(q, k, v, window)
 
 
-@jax.checkpoint
-def _xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def _left(window: int | None) -> tuple[int, int] | None:
+    # JAX counts the keys left of the query (inclusive bounds): a window of W is (W - 1, 0)
+    return None if window is None else (window - 1, 0)
+
+
+@partial(jax.checkpoint, static_argnums=(3,))
+def _xla_causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, window: int | None
+) -> jax.Array:
     # the backward pass recomputes the [T, T] scores and probabilities rather than keeping
     # four of them per layer alive
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=_left(window))
 
 
 def joins_qkv(n_heads: int, n_kv_heads: int) -> bool:

@@ -41,6 +41,7 @@ from theseus.training.data import TrainingData
 from theseus.training.metrics import LoggingConfig
 from theseus.training.optimizers import OptimizerConfig
 from theseus.training.outputs import Outputs
+from theseus.training.pretrained import InitConfig
 from theseus.training.run import (
     build_state,
     collective_failures,
@@ -78,6 +79,7 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
             LoggingConfig,
             ParallelConfig,
             architecture,
+            InitConfig,
             *evaluation_components(),
         ]
 
@@ -92,16 +94,37 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
     ) -> Callable[[], M]:
         """A function building the model of `cfg`, its vocabulary set (`vocab_used` of its
         `vocab_size` ids predicted; None: all), initialized from `seed` (trace it under `jax.jit`
-        or `nnx.eval_shape`: `theseus.parallel.rules` does both)."""
+        or `nnx.eval_shape`: `theseus.parallel.rules` does both). With `finetune.lora.rank` > 0
+        the model carries LoRA adapters (`theseus.model.lora`)."""
+        from theseus.model import lora
+
         config = configure(cls.MODEL.CONFIG, cfg)
         config = dataclasses.replace(
             config, vocab_size=vocab_size, vocab_used=vocab_used or config.vocab_used
         )
+        adapters = configure(lora.LoRAConfig, cfg)
 
         def create() -> M:
-            return cls.MODEL(config, rngs=nnx.Rngs(seed))
+            model = cls.MODEL(config, rngs=nnx.Rngs(seed))
+            if adapters.rank:  # their own stream: the base initializes as without them
+                lora.attach(model, adapters, nnx.Rngs(params=lora.adapter_key(seed)))
+            return model
 
         return create
+
+    @classmethod
+    def base_weights(cls, cfg: DictConfig, meta: dict[str, Any], abstract: Any, where: str) -> Any:
+        """A LoRA run's frozen base, for a checkpoint of it (`meta`) configured by `cfg`: the
+        weights of its `architecture.init_from` in the shapes and shardings of `abstract`,
+        refused when that folder is no longer the base the adapters were trained on."""
+        from theseus.training.pretrained import InitConfig, Pretrained, check_base
+
+        init_from = configure(InitConfig, cfg).init_from
+        architecture = configure(cls.MODEL.CONFIG, cfg)
+        pretrained = Pretrained.open(init_from, architecture) if init_from else None
+        check_base(meta, pretrained, where)
+        assert pretrained is not None  # check_base refuses a LoRA checkpoint without a base
+        return pretrained.weights(abstract)
 
     @classmethod
     def fresh_start_refusal(cls, cfg: DictConfig) -> str | None:
@@ -112,6 +135,8 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
     def run(self) -> dict[str, Any]:
         """Train to the configured step count (resuming when this run has checkpoints)."""
         settings = Settings.read(type(self), self.cfg)
+        if settings.pretrained is not None:  # config.yaml and checkpoints name the real model
+            self.cfg = settings.pretrained.applied_to(self.cfg)
         self.prepare_devices(settings)
         with self._one_writer(), StopSignals() as stop, collective_failures():
             mesh, layout = make_mesh(settings, self.tensor_shards(settings))

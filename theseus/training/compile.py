@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from theseus.errors import UserError
@@ -47,9 +48,14 @@ def compile_train_step(
     settings: Settings,
     gradients: Gradients,
     say: Callable[[str], None],
+    frozen: nnx.State | None = None,
 ) -> tuple[Any, Plan, float]:
     """The compiled train step over `state`'s leaves, the plan it fits and its compile seconds.
-    An automatic per-device batch halves (`say` tells) until the step fits every device."""
+    An automatic per-device batch halves (`say` tells) until the step fits every device.
+
+    `frozen` (LoRA: the base's parameters) is an input of the step that is neither trained nor
+    donated; the step returned takes it already (its signature is the plain step's)."""
+    frozen_leaves, frozen_treedef = jax.tree.flatten(frozen) if frozen is not None else ([], None)
 
     def build(plan: Plan) -> Any:
         training = settings.training
@@ -61,6 +67,7 @@ def compile_train_step(
             accumulation=plan.accumulation,
             z_loss=training.z_loss,
             dropout=settings.architecture.dropout > 0,
+            adapter_dropout=settings.adapted and settings.lora.dropout > 0,
             skip_nonfinite=training.on_nonfinite == "skip",
             gradients=gradients,
         )
@@ -76,13 +83,24 @@ def compile_train_step(
         }
         batch = to_device(example, mesh, plan.accumulation)
         batch_shardings = {k: v.sharding for k, v in batch.items()}
+        scalars = (replicated(mesh), replicated(mesh))
+        args = (state.leaves, batch, jnp.int32(0), jnp.float32(0))
+        shardings = (state_shardings, batch_shardings, *scalars)
+        if frozen_treedef is not None:
+            args += (frozen_leaves,)
+            shardings += ([x.sharding for x in frozen_leaves],)
         train = jax.jit(
-            on_leaves(step_fn, state.treedef),
-            in_shardings=(state_shardings, batch_shardings, replicated(mesh), replicated(mesh)),
+            on_leaves(step_fn, state.treedef, frozen_treedef),
+            in_shardings=shardings,
             out_shardings=(state_shardings, replicated(mesh)),
             donate_argnums=0,
         )
-        return train.lower(state.leaves, batch, jnp.int32(0), jnp.float32(0)).compile()
+        return train.lower(*args).compile()
+
+    def with_frozen(compiled: Any) -> Any:
+        if frozen_treedef is None:
+            return compiled
+        return lambda *args: compiled(*args, frozen_leaves)
 
     while True:
         start = time.perf_counter()  # the compile that runs; a discarded one logs its size
@@ -90,7 +108,7 @@ def compile_train_step(
         compile_s = time.perf_counter() - start
         need, free, where = step_memory(compiled)
         if gathered(need <= free).all():  # the processes must agree on one step
-            return compiled, plan, compile_s
+            return with_frozen(compiled), plan, compile_s
         smaller = smaller_per_device_batch(plan)
         step = f"a train step with training.per_device_batch_size={plan.per_device_batch}"
         problem = (
@@ -108,12 +126,16 @@ def compile_train_step(
         plan = smaller
 
 
-def compile_eval_step(model: Model, mesh: Mesh) -> Any:
-    """`(params, batch) -> (summed token loss, token count)`, jitted."""
-    return jax.jit(
+def compile_eval_step(model: Model, mesh: Mesh, frozen: nnx.State | None = None) -> Any:
+    """`(params, batch) -> (summed token loss, token count)`, jitted (with `frozen`, a LoRA
+    run's base parameters, as a further input)."""
+    evaluate = jax.jit(
         make_eval_step(model.graphdef, model.rest),
         out_shardings=(replicated(mesh), replicated(mesh)),
     )
+    if frozen is None:
+        return evaluate
+    return lambda params, batch: evaluate(params, batch, frozen)
 
 
 def use_compilation_cache(folder: str | None) -> None:

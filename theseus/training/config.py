@@ -47,7 +47,8 @@ class BaseTrainerConfig:
         "training/seq_len",
         minimum=1,
         default=None,
-        help="training sequence length (null = architecture.block_size)",
+        help="training sequence length (null = a blockwise store's, else architecture.block_size, "
+        "at most 2048 with architecture.init_from)",
     )
     seed: int = field(
         "training/seed",

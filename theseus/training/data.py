@@ -21,6 +21,21 @@ def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
     return multiple * math.ceil(vocab_size / multiple)
 
 
+PRETRAINED_SEQ_LEN = 2048
+
+
+def default_seq_len(stores: list[TokenStore], block_size: int, settings: Settings) -> int:
+    """`training.seq_len` when null: the examples' length of blockwise stores, else the model's
+    context (at most PRETRAINED_SEQ_LEN for a pretrained model, whose context is often far
+    longer than a fine-tuning batch wants)."""
+    lengths = {s.manifest.seq_len for s in stores if s.manifest.kind == "blockwise"}
+    if len(lengths) == 1 and all(s.manifest.kind == "blockwise" for s in stores):
+        return int(lengths.pop())
+    if settings.pretrained is not None:
+        return min(block_size, PRETRAINED_SEQ_LEN)
+    return block_size
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """The stores of `training.dataset`, their sampling rates, and the model's vocabulary."""
@@ -41,6 +56,12 @@ class TrainingData:
         stores = open_mixture(root, training.dataset)
         store_vocab = stores[0].manifest.vocab_size
         vocab = arch.vocab_size or padded_vocab(store_vocab)
+        if vocab < store_vocab and settings.pretrained is not None:
+            raise UserError(
+                f"the token store {stores[0].path.name} has a vocabulary of {store_vocab} ids, "
+                f"more than the {vocab} the model of architecture.init_from="
+                f"{settings.pretrained.source} embeds; tokenize with that model's tokenizer"
+            )
         if vocab < store_vocab:
             raise UserError(
                 f"architecture.vocab_size={vocab} is smaller than the token store's vocabulary ({store_vocab})"
@@ -51,7 +72,7 @@ class TrainingData:
                 f"architecture.vocab_used={used} must lie between the token store's "
                 f"vocabulary ({store_vocab}) and architecture.vocab_size ({vocab}); leave it null"
             )
-        seq_len = training.seq_len or arch.block_size
+        seq_len = training.seq_len or default_seq_len(stores, arch.block_size, settings)
         if seq_len > arch.block_size and arch.positions == "learned":
             raise UserError(
                 f"training.seq_len={seq_len} exceeds architecture.block_size={arch.block_size}"

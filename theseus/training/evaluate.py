@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flax import nnx
 from omegaconf import DictConfig
 
 from theseus.evaluation import run_evaluations
@@ -22,7 +21,7 @@ def evaluator(
     scorer: list[Scorer] = []
 
     def evaluate(step: int) -> dict[str, float]:
-        model = nnx.merge(state.model.graphdef, state.state.params, state.model.rest)
+        model = state.current_model()
         if not scorer:
             tokenizer = data.stores[0].tokenizer()
             scorer.append(Scorer(model, tokenizer, state.plan.seq_len, settings.eval.batch_size))

@@ -37,16 +37,20 @@ def plot_runs(
     why = unwritable(out.parent)
     if why:
         raise UserError(f"plot: cannot write {out}: {why}; choose another path")
-    curves = []
+    curves, evals = [], []
     for run in runs:
         path = metrics_file(run)
         records = read_metrics(path)
         curves.append((path, _curve(records, "loss"), _curve(records, "val_loss")))
+        evals.append(records)
     if not any(train or val for _, train, val in curves):
         names = ", ".join(str(path) for path, _, _ in curves)
         raise UserError(f"plot: no losses in {names} yet; give the folders of training runs")
     labels = labels or _names([path.parent for path, _, _ in curves])
-    fig, ax = plt.subplots(figsize=(8, 5))
+    keys = _eval_keys(evals)
+    # the loss on top; below it a panel per evaluation result (eval/<task>/<metric>)
+    fig, axes = plt.subplots(1 + len(keys), 1, figsize=(8, 5 + 2.5 * len(keys)), squeeze=False)
+    ax = axes[0][0]
     for i, ((_, train, val), label) in enumerate(zip(curves, labels, strict=True)):
         color = f"C{i % 10}"
         if train:
@@ -63,6 +67,7 @@ def plot_runs(
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    _plot_evals([row[0] for row in axes[1:]], keys, evals, labels)
     kind = out.suffix.lower().lstrip(".")
     if kind not in fig.canvas.get_supported_filetypes():
         plt.close(fig)
@@ -95,3 +100,25 @@ def _names(folders: list[Path]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     return [str(folder) for folder in folders]
+
+
+MAX_EVAL_PANELS = 12  # a harness group (MMLU: 57 tasks) would make a figure no one reads
+
+
+def _eval_keys(runs: list[list[dict]]) -> list[str]:
+    """The evaluation results (`eval/...`) any run logged, the first MAX_EVAL_PANELS of them."""
+    keys = {
+        key for records in runs for record in records for key in record if key.startswith("eval/")
+    }
+    return sorted(keys)[:MAX_EVAL_PANELS]
+
+
+def _plot_evals(axes: list, keys: list[str], runs: list[list[dict]], labels: Sequence[str]) -> None:
+    for ax, key in zip(axes, keys, strict=True):
+        for i, (records, label) in enumerate(zip(runs, labels, strict=True)):
+            points = _curve(records, key)
+            if points:
+                ax.plot(*zip(*points, strict=True), color=f"C{i % 10}", marker="o", label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key.removeprefix("eval/"))
+        ax.grid(alpha=0.3)

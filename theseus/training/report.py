@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import jax
+from flax import nnx
 from jax.sharding import Mesh
 
 from theseus.job import ExecutionSpec
+from theseus.parallel.doctor import unused_accelerators
 from theseus.parallel.mesh import Layout
 from theseus.parallel.rules import unsplit_axes
 from theseus.training.mfu import chip_of
@@ -39,8 +41,15 @@ def start_report(
         f"schedule {schedule}; compiled in {compile_s:.1f}s; "
         f"peak {peak / 1e12:.2f} TFLOP/s ({source})"
     )
+    if settings.pretrained is not None:
+        yield from settings.pretrained.describe()
+    if state.model.frozen is not None:
+        yield adapters_line(state, settings)
     if layout.fsdp * layout.tensor > 1:
-        unsplit = unsplit_axes(state.state.params, mesh)
+        held = state.state.params
+        if state.frozen is not None:
+            held = nnx.merge_state(held, state.frozen)
+        unsplit = unsplit_axes(held, mesh)
         if unsplit:
             yield (
                 "warning: parameters stay whole on every device along these axes, whose sizes "
@@ -55,9 +64,42 @@ def start_report(
             f"{len(devices)} x {kind} (the same global batch, so the same training, at "
             "another speed)"
         )
+    yield from unused_accelerators()  # a collective: every process builds this report
     warmup = settings.optimization.warmup_steps
     if schedule != "constant" and warmup >= plan.steps:
         yield (
             f"warning: optimization.warmup_steps={warmup} covers the whole run "
             f"({steps}), so the learning rate never decays; lower warmup_steps"
         )
+
+
+def adapters_line(state: RunState, settings: Settings) -> str:
+    """LoRA: what trains, and the optimizer memory it takes against full fine-tuning."""
+    model, config = state.model, settings.lora
+    trained, total = model.n_params(), model.n_params() + model.n_frozen()
+    everything = nnx.merge_state(model.abstract.params, model.frozen)
+    full = _bytes(jax.eval_shape(model.tx.init, everything))
+    return (
+        f"LoRA rank {config.rank} (alpha {config.alpha:g}, dropout {config.dropout:g}) on "
+        f"{', '.join(config.targets)}: {_count(trained)} trainable of {_count(total)} "
+        f"({100 * trained / max(total, 1):.2g}%); optimizer state "
+        f"{_megabytes(_bytes(model.abstract.opt))} vs {_megabytes(full)} for full fine-tuning"
+    )
+
+
+def _bytes(tree: object) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _megabytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"

@@ -77,7 +77,10 @@ def build_state(
     create = type(trainer).model_factory(
         trainer.cfg, vocab_size=data.vocab_size, vocab_used=data.vocab_used, seed=training.seed
     )
-    model = Model.on_mesh(create, make_optimizer(settings.optimization), mesh)
+    tx = make_optimizer(settings.optimization)
+    model = Model.on_mesh(create, tx, mesh, adapted=settings.adapted)
+    # trained parameters with their gradients and Adam moments; frozen ones as they are
+    held = 16.0 * model.n_params() + 4.0 * model.n_frozen()
     plan = solve_plan(
         global_batch=training.batch_size,
         per_device_batch=training.per_device_batch_size,
@@ -87,7 +90,7 @@ def build_state(
         steps=training.steps,
         tokens=training.tokens,
         memory_bytes=device_memory_bytes(jax.devices()[0], jax.local_device_count()),
-        state_bytes=16.0 * model.n_params() / (layout.fsdp * layout.tensor),
+        state_bytes=held / (layout.fsdp * layout.tensor),
         sequence_bytes=sequence_bytes(
             n_layers=arch.n_layers,
             d_model=arch.d_model,
@@ -107,12 +110,28 @@ def build_state(
         "spec": trainer.spec.as_dict(),
     }
     if trainer.spec.restore:
-        check_restore(trainer.spec, data, plan, training.restore_weights_only)
+        check_restore(
+            trainer.spec,
+            data,
+            plan,
+            training.restore_weights_only,
+            adapted=settings.adapted,
+            pretrained=settings.pretrained,
+        )
     if evals.evaluations:
         tokenizer = data.stores[0].tokenizer()
         check_evaluations(evals.evaluations, trainer.cfg, tokenizer, plan.seq_len)
     trainer.start_over_if_asked()
-    return RunState(model, data, plan, identity, seed=training.seed, token_budget=training.tokens)
+    return RunState(
+        model,
+        data,
+        plan,
+        identity,
+        seed=training.seed,
+        token_budget=training.tokens,
+        pretrained=settings.pretrained,
+        adapters=settings.lora,
+    )
 
 
 def compile_steps(
@@ -128,6 +147,7 @@ def compile_steps(
         settings,
         gradients_for(layout, platform),
         out.log.info,
+        state.frozen,
     )
     return compiled, compile_s
 
@@ -168,7 +188,7 @@ def make_loop(
         steps_ahead = 1 if jax.process_count() == 1 else 0
     return TrainingLoop(
         step_fn=step_fn,
-        eval_fn=compile_eval_step(state.model, mesh),
+        eval_fn=compile_eval_step(state.model, mesh, state.frozen),
         run=state,
         loader=loader,
         to_device=lambda batch, accumulation: to_device(batch, mesh, accumulation),

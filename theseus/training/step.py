@@ -33,10 +33,11 @@ def make_train_step(
     accumulation: int,
     z_loss: float = 0.0,
     dropout: bool = False,
+    adapter_dropout: bool = False,
     skip_nonfinite: bool = False,
     gradients: Gradients = PLAIN,
 ) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
-    """The pure train step `(state, batch, step, lr) -> (state, metrics)`.
+    """The pure train step `(state, batch, step, lr[, frozen]) -> (state, metrics)`.
 
     The learning rate comes in as an argument (the schedule evaluated at `step`), so one compiled
     step serves any schedule, peak rate or run length.
@@ -46,27 +47,41 @@ def make_train_step(
     lr, and finite (whether loss and gradients were finite).
 
     `gradients` says how they meet across data-parallel devices (`theseus.parallel.reduction`).
+
+    `frozen` (LoRA: the base's parameters) joins `state["params"]` in the model but is no
+    variable of the differentiation: it gets no gradient and no optimizer state, and the step
+    does not return it. `adapter_dropout` turns on the adapters' dropout (`model.train()`).
     """
 
-    def loss_fn(params: nnx.State, rows: dict[str, jax.Array], key: jax.Array) -> Any:
+    def loss_fn(
+        params: nnx.State, rows: dict[str, jax.Array], key: jax.Array, frozen: tuple[Any, ...]
+    ) -> Any:
         # `rows`: a micro-batch, or one shard of it. Divided by the batch's (static) number of
         # positions, not by its count of loss tokens: that count is a sum across devices, and
         # waiting for it would put a collective before the backward pass. The gradients are
         # rescaled to the token count after their reduction.
         # a copy: reseeding must not touch the dropout keys of `rest`, made outside this trace
-        model = nnx.merge(graphdef, params, rest, copy=True)
-        if dropout:
+        model = nnx.merge(graphdef, params, *frozen, rest, copy=True)
+        if dropout or adapter_dropout:
             nnx.reseed(model, dropout=key)
+        if adapter_dropout:
+            model.train()
         logits = model(rows["inputs"], rows["positions"], deterministic=not dropout)
         ce, z = cross_entropy(logits, rows["targets"], rows["loss_mask"])
         positions = accumulation * gradients.shards * rows["loss_mask"].size
         return (ce + z_loss * z) / positions, (ce, z)
 
-    micro_grads = gradients.of(jax.grad(loss_fn, has_aux=True))
-
     def step_fn(
-        state: dict[str, Any], batch: dict[str, jax.Array], step: jax.Array, lr: jax.Array
+        state: dict[str, Any],
+        batch: dict[str, jax.Array],
+        step: jax.Array,
+        lr: jax.Array,
+        *frozen: Any,
     ) -> Any:
+        def differentiated(params: nnx.State, rows: dict[str, jax.Array], key: jax.Array) -> Any:
+            return loss_fn(params, rows, key, frozen)
+
+        micro_grads = gradients.of(jax.grad(differentiated, has_aux=True))
         params = state["params"]
         key = jax.random.fold_in(jax.random.key(seed), step)
         n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
@@ -137,23 +152,30 @@ class TrainState:
         self.leaves, self._tree = leaves, None
 
 
-def on_leaves(step_fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:
-    """`step_fn` taking and returning the leaves of a `TrainState` instead of its tree."""
+def on_leaves(
+    step_fn: Callable[..., Any], treedef: Any, frozen_treedef: Any = None
+) -> Callable[..., Any]:
+    """`step_fn` taking and returning the leaves of a `TrainState` instead of its tree (and,
+    given `frozen_treedef`, taking the leaves of the frozen parameters as its last argument)."""
 
     def flat_step(leaves: list[jax.Array], *args: Any) -> tuple[list[jax.Array], Any]:
+        if frozen_treedef is not None:
+            *args, frozen = args
+            args = [*args, jax.tree.unflatten(frozen_treedef, frozen)]
         state, metrics = step_fn(jax.tree.unflatten(treedef, leaves), *args)
         return treedef.flatten_up_to(state), metrics
 
     return flat_step
 
 
-def make_eval_step(
-    graphdef: Any, rest: nnx.State
-) -> Callable[[nnx.State, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]:
-    """`(params, batch) -> (summed token loss, token count)` for a `[batch, seq]` batch."""
+def make_eval_step(graphdef: Any, rest: nnx.State) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """`(params, batch[, frozen]) -> (summed token loss, token count)` for a `[batch, seq]`
+    batch (`frozen`: the parameters a LoRA run does not train)."""
 
-    def eval_fn(params: nnx.State, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        model = nnx.merge(graphdef, params, rest, copy=True)
+    def eval_fn(
+        params: nnx.State, batch: dict[str, jax.Array], *frozen: Any
+    ) -> tuple[jax.Array, jax.Array]:
+        model = nnx.merge(graphdef, params, *frozen, rest, copy=True)
         logits = model(batch["inputs"], batch["positions"], deterministic=True)
         ce, _ = cross_entropy(logits, batch["targets"], batch["loss_mask"])
         return ce, jnp.sum(batch["loss_mask"].astype(jnp.float32))

@@ -31,25 +31,42 @@ STATES = (
     "unknown",
 )
 TERMINAL = ("completed", "failed", "cancelled")
+# The line a trainer logs as it starts (training/report.py): "NAME: 2000 steps x 8 seqs x 1024 ..."
+PLAN_LINE = ": [0-9]+ steps? x [0-9]+ seqs x [0-9]+ tokens "
 
 
 @dataclass(frozen=True)
 class Observation:
     """What `observe` saw of a run: its state, why (an exit code, a queue reason, the log's last
-    line; may be empty) and the last line of its metrics."""
+    line; may be empty) and the last line of its metrics; for `theseus status`'s table also the
+    latest training and validation lines among the last metrics, and the latest line of its
+    log.txt that states the plan ("NAME: 2000 steps x 8 seqs x 1024 tokens ..."); each empty
+    when there is none."""
 
     state: str
     detail: str = ""
     metrics: str = ""
+    train: str = ""
+    val: str = ""
+    plan: str = ""
 
 
-# The job scripts' own lines around the run (see templates/) and srun's echo of the exit code:
-# never the reason a run failed.
+# The job scripts' own lines around the run (see templates/; a SLURM task's carry its rank) and
+# srun's echo of the exit code: never the reason a run failed.
 _SCRIPT_LINES = (
-    "^theseus: (starting|finished with exit code|mounting JuiceFS at|unmounted )"
+    "^([0-9]+: )?theseus: (starting|finished with exit code|mounting JuiceFS at|unmounted )"
     "|; (left mounted|left alone|sharing it with the jobs using it|using it as is)$"
     "|^srun: error: .*: Exited with exit code [0-9]+$"
 )
+
+
+def _unlabelled(line: str) -> str:
+    """A SLURM job's log line without srun's rank label ("1: error: ..."): rank 0's as it is,
+    another's naming its process."""
+    label, colon, rest = line.partition(": ")
+    if not (colon and label.isdigit()):
+        return line
+    return rest if label == "0" else f"process {label}: {rest}"
 
 
 def _one_line(command: str) -> str:
@@ -160,7 +177,11 @@ class Backend(abc.ABC):
                 f"tail -n 20 {log} | grep -aEv {shlex.quote(_SCRIPT_LINES)}",
                 # a run folder out of reach here (a JuiceFS volume this host has not mounted):
                 # the job log's last step line instead
-                f"tail -n 1 {shlex.quote(record.metrics)} || tail -n 200 {log} | grep -a '^step [0-9]'",
+                f"tail -n 1 {shlex.quote(record.metrics)} || tail -n 200 {log} | grep -aE '^([0-9]+: )?step [0-9]'",
+                f"tail -n 200 {shlex.quote(record.metrics)} | grep -a '\"loss\"'",
+                f"tail -n 200 {shlex.quote(record.metrics)} | grep -a '\"val_loss\"'",
+                # the step count and batch shape, for step/total and the time left
+                f"grep -aE {shlex.quote(PLAN_LINE)} {shlex.quote(record.run_dir + '/log.txt')}",
             ]
             lines += [_one_line(c) for c in [*commands, *tails]]
         out = check(
@@ -169,12 +190,13 @@ class Backend(abc.ABC):
         values = out.decode(errors="replace").split("\n")
         seen, at = [], 0
         for record, commands in zip(records, fields, strict=True):
-            *own, last_log, metrics = values[at : at + len(commands) + 2]
-            at += len(commands) + 2
+            *own, last_log, metrics, train, val, plan = values[at : at + len(commands) + 5]
+            at += len(commands) + 5
             state, detail = self.interpret(record, own)
             if state == "failed" and last_log:
+                last_log = _unlabelled(last_log)
                 detail = f"{detail}: {last_log[:200]}" if detail else last_log[:200]
-            seen.append(Observation(state, detail, metrics))
+            seen.append(Observation(state, detail, metrics, train, val, plan))
         return seen
 
     def state(self, record: Record) -> str:

@@ -1,6 +1,8 @@
-"""A decoder-only transformer, read top to bottom: config, attention, MLP, block, model.
+"""A decoder-only transformer, read top to bottom: norm, attention, MLP, block, model.
 
-GPT-2 and Llama are two presets of one config (`GPT2`, `LLAMA`). Every module takes the config.
+GPT-2 and Llama are two presets of one config (`GPT2`, `LLAMA`, in `config.py`); the switches
+other families need (Qwen's q/k biases and norms, GPT-NeoX's parallel residual and partial RoPE,
+Mistral's sliding window) default to off. Every module takes the config.
 Parameters name logical axes ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm");
 `theseus.parallel` maps them onto a device mesh. Speed code (hand-written gradients, kernel
 choice, rematerialization) sits behind the plain functions of `theseus.model.kernels`.
@@ -9,161 +11,17 @@ choice, rematerialization) sits behind the plain functions of `theseus.model.ker
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from theseus.config import field
-from theseus.errors import ConfigError
 from theseus.model import kernels
-
-DTYPES = ["float32", "bfloat16", "float16"]
+from theseus.model.models.config import TransformerConfig
 
 KVCache = tuple[jax.Array, jax.Array]
 """Keys and values of one layer: each [batch, cache_len, n_kv_heads, head_dim]."""
-
-
-@dataclass(unsafe_hash=True)  # hashable: the config is static data of the model graph
-class TransformerConfig:
-    """Shape and numerics of a decoder-only transformer (defaults: GPT-2 small)."""
-
-    n_layers: int = field("architecture/n_layers", minimum=1, default=12, help="transformer blocks")
-    n_heads: int = field(
-        "architecture/n_heads", minimum=1, default=12, help="attention (query) heads"
-    )
-    n_kv_heads: int | None = field(
-        "architecture/n_kv_heads", minimum=1, default=None, help="key/value heads (null = n_heads)"
-    )
-    d_model: int = field("architecture/d_model", minimum=1, default=768, help="residual width")
-    d_ff: int | None = field(
-        "architecture/d_ff",
-        minimum=1,
-        default=None,
-        help="MLP hidden width (null = 4 * d_model for gelu, ~8/3 * d_model for swiglu)",
-    )
-    block_size: int = field(
-        "architecture/block_size", minimum=1, default=1024, help="context (tokens)"
-    )
-    vocab_size: int | None = field(
-        "architecture/vocab_size",
-        minimum=1,
-        default=None,
-        help="vocabulary size (null = the training store's, padded up to a multiple of 128)",
-    )
-    vocab_used: int | None = field(
-        "architecture/vocab_used",
-        minimum=1,
-        default=None,
-        help="ids the model predicts (null = the training store's vocabulary); ids from here up "
-        "to vocab_size only pad the embedding for speed and get no probability",
-    )
-    dropout: float = field(
-        "architecture/dropout",
-        minimum=0,
-        below=1,
-        default=0.0,
-        help="on embeddings and residual branches",
-    )
-    dtype: str = field(
-        "architecture/dtype", default="bfloat16", choices=DTYPES, help="compute dtype"
-    )
-    param_dtype: str = field(
-        "architecture/param_dtype",
-        default="float32",
-        choices=DTYPES[:2],
-        help="master weights' dtype",
-    )
-    positions: str = field(
-        "architecture/positions",
-        default="learned",
-        choices=["learned", "rope"],
-        help="learned or rotary",
-    )
-    rope_theta: float = field("architecture/rope_theta", above=0, default=1e4, help="RoPE base")
-    mlp: str = field("architecture/mlp", default="gelu", choices=["gelu", "swiglu"], help="MLP")
-    norm: str = field(
-        "architecture/norm", default="layernorm", choices=["layernorm", "rmsnorm"], help="norm"
-    )
-    norm_eps: float = field("architecture/norm_eps", minimum=0, default=1e-5, help="norm epsilon")
-    tie_embeddings: bool = field(
-        "architecture/tie_embeddings",
-        default=True,
-        help="share the token embedding with the output head",
-    )
-    bias: bool = field("architecture/bias", default=True, help="biases in projections")
-    attention: str = field(
-        "architecture/attention",
-        default="auto",
-        choices=list(kernels.ATTENTION_KERNELS),
-        help="kernel: auto = cuDNN's on an NVIDIA GPU in bfloat16/float16, else XLA's",
-    )
-
-    def check(self) -> None:
-        """Refuse head shapes no attention can build (run with the config's validation, before
-        any work, and by the model it builds)."""
-        if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"architecture.d_model={self.d_model} does not split into n_heads={self.n_heads} "
-                "heads; choose n_heads dividing d_model"
-            )
-        if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"architecture.n_heads={self.n_heads} does not split into "
-                f"n_kv_heads={self.kv_heads} groups; choose n_kv_heads dividing n_heads"
-            )
-        if self.vocab_used and self.vocab_size and self.vocab_used > self.vocab_size:
-            raise ConfigError(
-                f"architecture.vocab_used={self.vocab_used} is above architecture.vocab_size="
-                f"{self.vocab_size}; raise vocab_size or lower vocab_used"
-            )
-        if self.positions == "rope" and self.head_dim % 2:
-            raise ConfigError(
-                f"architecture.positions=rope needs an even head width, but d_model={self.d_model} "
-                f"/ n_heads={self.n_heads} = {self.head_dim}; choose d_model and n_heads so that "
-                "d_model / n_heads is even"
-            )
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def hidden(self) -> int:
-        """The MLP hidden width, derived when `d_ff` is null."""
-        if self.d_ff:
-            return self.d_ff
-        if self.mlp == "swiglu":
-            return 256 * math.ceil(int(8 * self.d_model / 3) / 256)
-        return 4 * self.d_model
-
-    @property
-    def out_std(self) -> float:
-        """Init scale of the projections back into the residual stream (GPT-2's rule)."""
-        return 0.02 / math.sqrt(2 * self.n_layers)
-
-
-GPT2 = TransformerConfig()
-"""GPT-2 small: learned positions, LayerNorm, GELU, biases, tied embeddings."""
-
-LLAMA = dataclasses.replace(
-    GPT2,
-    n_kv_heads=4,
-    positions="rope",
-    mlp="swiglu",
-    norm="rmsnorm",
-    tie_embeddings=False,
-    bias=False,
-)
-"""Llama's architecture at GPT-2-small scale: RoPE, RMSNorm, SwiGLU, 4 key/value heads, no
-biases, an untied output head."""
 
 
 def param(
@@ -183,13 +41,14 @@ normal, zeros, ones = nnx.initializers.normal, nnx.initializers.zeros, nnx.initi
 
 
 class Norm(nnx.Module):
-    """LayerNorm (scale and bias: GPT-2) or RMSNorm (scale only: Llama), in float32."""
+    """LayerNorm (scale and bias: GPT-2) or RMSNorm (scale only: Llama), in float32, over the
+    last `width` features (default d_model; a head's width for `qk_norm`)."""
 
-    def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs) -> None:
-        self.eps, pdtype = c.norm_eps, jnp.dtype(c.param_dtype)
-        self.scale = param(rngs, ones, (c.d_model,), ("norm",), pdtype)
+    def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs, width: int | None = None) -> None:
+        self.eps, pdtype, width = c.norm_eps, jnp.dtype(c.param_dtype), width or c.d_model
+        self.scale = param(rngs, ones, (width,), ("norm",), pdtype)
         layernorm = c.norm == "layernorm"
-        self.bias = param(rngs, zeros, (c.d_model,), ("norm",), pdtype) if layernorm else None
+        self.bias = param(rngs, zeros, (width,), ("norm",), pdtype) if layernorm else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.bias is None:
@@ -228,33 +87,43 @@ class Linear(nnx.Module):
         self.kernel = param(rngs, normal(std), (d_in, d_out), axes, pdtype)
         with_bias = c.bias if bias is None else bias
         self.bias = param(rngs, zeros, (d_out,), axes[1:], pdtype) if with_bias else None
+        self.lora: nnx.Module | None = None  # a LoRA adapter, set by theseus.model.lora.attach
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.lora is not None:
+            y = y + self.lora(x.astype(self.dtype))
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class Attention(nnx.Module):
     """Causal self-attention; n_kv_heads < n_heads is grouped-query attention, positions="rope"
-    rotates q and k; with a KV cache, queries attend to the cache (`attend_cache`)."""
+    rotates q and k (their first `rotary_dim` features); block `layer` may see only a sliding
+    window of keys; with a KV cache, queries attend to the cache (`attend_cache`)."""
 
-    def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs) -> None:
+    def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs, layer: int = 0) -> None:
         d, n, kv, h = c.d_model, c.n_heads, c.kv_heads, c.head_dim
         self.dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         self.rope_theta = c.rope_theta if c.positions == "rope" else None
+        self.rotary_dim, self.window = c.rotary_dim, c.window(layer)
         self.kernel = kernels.attention_kernel(c.attention, self.dtype, h)
         self.joined = kernels.joins_qkv(n, kv)
         self.q = param(rngs, normal(0.02), (d, n, h), ("embed", "heads", "head_dim"), pdtype)
         self.k = param(rngs, normal(0.02), (d, kv, h), ("embed", "kv_heads", "head_dim"), pdtype)
         self.v = param(rngs, normal(0.02), (d, kv, h), ("embed", "kv_heads", "head_dim"), pdtype)
         self.o = param(rngs, normal(c.out_std), (n, h, d), ("heads", "head_dim", "embed"), pdtype)
-        if c.bias:
+        if c.bias or c.qkv_bias:  # Qwen2 biases q, k and v but not o
             self.q_bias = param(rngs, zeros, (n, h), ("heads", "head_dim"), pdtype)
             self.k_bias = param(rngs, zeros, (kv, h), ("kv_heads", "head_dim"), pdtype)
             self.v_bias = param(rngs, zeros, (kv, h), ("kv_heads", "head_dim"), pdtype)
-            self.o_bias = param(rngs, zeros, (d,), ("embed",), pdtype)
         else:
-            self.q_bias = self.k_bias = self.v_bias = self.o_bias = None
+            self.q_bias = self.k_bias = self.v_bias = None
+        self.o_bias = param(rngs, zeros, (d,), ("embed",), pdtype) if c.bias else None
+        # Qwen3: one norm of a head's width, shared by the heads, on each of q and k
+        self.q_norm = Norm(c, rngs=rngs, width=h) if c.qk_norm else None
+        self.k_norm = Norm(c, rngs=rngs, width=h) if c.qk_norm else None
+        # LoRA adapters of each projection, set by theseus.model.lora.attach
+        self.q_lora = self.k_lora = self.v_lora = self.o_lora = None
 
     def __call__(
         self, x: jax.Array, positions: jax.Array, cache: KVCache | None = None
@@ -273,37 +142,63 @@ class Attention(nnx.Module):
             q, k, v = (jnp.einsum("btd,dnh->btnh", x, w[i].astype(dtype)) for i in range(3))
             if b is not None:
                 q, k, v = q + b[0].astype(dtype), k + b[1].astype(dtype), v + b[2].astype(dtype)
+        q, k, v = (
+            t if adapter is None else t + adapter(x)
+            for t, adapter in ((q, self.q_lora), (k, self.k_lora), (v, self.v_lora))
+        )
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
-            q = kernels.rope(q, positions, self.rope_theta)
-            k = kernels.rope(k, positions, self.rope_theta)
+            q = rotate(q, positions, self.rope_theta, self.rotary_dim)
+            k = rotate(k, positions, self.rope_theta, self.rotary_dim)
         if cache is None:
-            y = kernels.causal_attention(q, k, v, self.kernel)
+            y = kernels.causal_attention(q, k, v, self.kernel, self.window)
         else:
-            y, cache = attend_cache(q, k, v, positions, cache)
+            y, cache = attend_cache(q, k, v, positions, cache, self.window)
         out = jnp.einsum("btnh,nhd->btd", y, self.o[...].astype(dtype))
+        if self.o_lora is not None:
+            out = out + self.o_lora(y)
         return (out if self.o_bias is None else out + self.o_bias[...].astype(dtype)), cache
 
 
+def rotate(x: jax.Array, positions: jax.Array, theta: float, dims: int) -> jax.Array:
+    """RoPE on the first `dims` features of each head of `x` [B, T, heads, head_dim]; the rest
+    pass unrotated (GPT-NeoX rotates a quarter of each head; other families all of it)."""
+    if dims == x.shape[-1]:
+        return kernels.rope(x, positions, theta)
+    return jnp.concatenate([kernels.rope(x[..., :dims], positions, theta), x[..., dims:]], -1)
+
+
 def attend_cache(
-    q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array, cache: KVCache
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    positions: jax.Array,
+    cache: KVCache,
+    window: int | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Write k and v into the cache from each row's first position (a prompt from 0, a decoded
-    token at its slot), then attend each query to the slots up to its own position: rows of
-    different lengths share a batch, and stale slots past a row's position are never read."""
+    token at its slot), then attend each query to the slots up to its own position (and, with a
+    `window`, the last `window` of them): rows of different lengths share a batch, and stale
+    slots past a row's position are never read."""
     write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, axis=0))
     start = positions[:, 0]
     keys = write(cache[0], k.astype(cache[0].dtype), start)
     values = write(cache[1], v.astype(cache[1].dtype), start)
-    visible = jnp.arange(keys.shape[1])[None, None, :] <= positions[:, :, None]  # [B, T, slots]
+    slots = jnp.arange(keys.shape[1])[None, None, :]
+    visible = slots <= positions[:, :, None]  # [B, T, slots]
+    if window is not None:
+        visible &= slots > positions[:, :, None] - window
     return jax.nn.dot_product_attention(q, keys, values, mask=visible[:, None]), (keys, values)
 
 
 class MLP(nnx.Module):
-    """ "gelu": down(gelu(fc(x))) (GPT-2); "swiglu": down(silu(gate(x)) * up(x)) (Llama)."""
+    """ "gelu": down(gelu(fc(x))) (GPT-2's tanh GELU; "gelu_exact": erf GELU, GPT-NeoX);
+    "swiglu": down(silu(gate(x)) * up(x)) (Llama)."""
 
     def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs) -> None:
         self.kind = c.mlp
-        if c.mlp == "gelu":
+        if c.mlp != "swiglu":
             self.fc = Linear(c, c.d_model, c.hidden, ("embed", "mlp"), rngs=rngs)
         else:
             self.gate = Linear(c, c.d_model, c.hidden, ("embed", "mlp"), rngs=rngs)
@@ -313,21 +208,30 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.kind == "gelu":
             return self.down(kernels.gelu(self.fc(x)))
+        if self.kind == "gelu_exact":
+            return self.down(kernels.gelu_exact(self.fc(x)))
         return self.down(kernels.swiglu(self.gate(x), self.up(x)))
 
 
 class Block(nnx.Module):
-    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)), dropout on both branches."""
+    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)), dropout on both branches; with
+    `parallel_residual`, both branches read x: x + attn(norm(x)) + mlp(norm'(x))."""
 
     def __init__(
-        self, c: TransformerConfig, dropout_rngs: nnx.Rngs | None, *, rngs: nnx.Rngs
+        self,
+        c: TransformerConfig,
+        dropout_rngs: nnx.Rngs | None,
+        *,
+        rngs: nnx.Rngs,
+        layer: int = 0,
     ) -> None:
         self.attn_norm = Norm(c, rngs=rngs)
-        self.attn = Attention(c, rngs=rngs)
+        self.attn = Attention(c, rngs=rngs, layer=layer)
         self.mlp_norm = Norm(c, rngs=rngs)
         self.mlp = MLP(c, rngs=rngs)
         self.dropout = nnx.Dropout(c.dropout) if c.dropout > 0 else None
         self.dropout_rngs = dropout_rngs
+        self.parallel = c.parallel_residual
 
     def _drop(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if self.dropout is None:
@@ -338,6 +242,9 @@ class Block(nnx.Module):
         self, x: jax.Array, positions: jax.Array, cache: KVCache | None, deterministic: bool
     ) -> tuple[jax.Array, KVCache | None]:
         h, cache = self.attn(self.attn_norm(x), positions, cache)
+        if self.parallel:
+            mlp = self._drop(self.mlp(self.mlp_norm(x)), deterministic)
+            return x + self._drop(h, deterministic) + mlp, cache
         x = x + self._drop(h, deterministic)
         return x + self._drop(self.mlp(self.mlp_norm(x)), deterministic), cache
 
@@ -364,7 +271,9 @@ class Transformer(nnx.Module):
             else None
         )
         self.embed_dropout = nnx.Dropout(c.dropout) if c.dropout > 0 else None
-        self.blocks = nnx.List(Block(c, self.dropout_rngs, rngs=rngs) for _ in range(c.n_layers))
+        self.blocks = nnx.List(
+            Block(c, self.dropout_rngs, rngs=rngs, layer=i) for i in range(c.n_layers)
+        )
         self.final_norm = Norm(c, rngs=rngs)
         self.lm_head = (
             None
@@ -430,5 +339,7 @@ class Transformer(nnx.Module):
             matmul_params -= self.position_embed.weight.size
         if self.lm_head is not None:
             matmul_params -= self.embed.weight.size
-        attention = 12 * c.n_layers * c.n_heads * c.head_dim * seq_len
+        # a layer with a sliding window scores each query against at most `window` keys
+        seen = [min(seq_len, c.window(i) or seq_len) for i in range(c.n_layers)]
+        attention = 12 * c.n_heads * c.head_dim * sum(seen)
         return float(6 * matmul_params + attention)

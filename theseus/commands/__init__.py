@@ -1,0 +1,1 @@
+"""The `theseus` commands beyond running jobs, each a click command `theseus.cli` adds."""
