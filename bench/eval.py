@@ -2,20 +2,25 @@
 harness's own Hugging Face backend (`hf`, PyTorch), same model, same task, same CPU, one run.
 
     python bench/eval.py [--docs 256] [--batch 32] [--layers 4] [--width 128] [--context 256]
+                         [--repeats 3]
 
 A random GPT-2 (bytes tokenizer) is written as a Hugging Face folder, with a local
 multiple-choice task of `--docs` questions of four choices each. Both backends answer the same
-loglikelihood requests (the tasks built once, then scored by each): theseus cold (its
-compiles included) and warm (a second pass), and `hf` at the same batch size, after a pass of
-the harness's dummy model (its own first-call costs belong to neither). Requests/s count the
-time in each backend's `loglikelihood`, and the whole evaluation beside it. Both must agree on
-every log-likelihood (to 1e-4) and on the accuracy. Needs the `hf` group (torch).
+loglikelihood requests (the tasks built once, then scored by each), after a pass of the
+harness's dummy model (its own first-call costs belong to neither): `hf` at the same batch
+size, and theseus cold (its compiles included), warm (a second pass in the same process) and
+cached (its programs read back from the persistent compilation cache, as a second `theseus
+eval` of the same model finds them). Requests/s count the time in each backend's
+`loglikelihood`, and the whole evaluation beside it; each figure is the best of `--repeats`
+interleaved passes (a shared machine slows one pass or another). Both must agree on every
+log-likelihood (to 1e-4) and on the accuracy. Needs the `hf` group (torch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -114,23 +119,26 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--context", type=int, default=256)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved passes; the best counts"
+    )
     args = parser.parse_args()
 
     from theseus.parallel.distributed import split_cpu_into_cores
 
     # as `theseus eval` does: one JAX device per core (the `hf` backend uses every core too)
     split_cpu_into_cores(None, global_batch=args.batch)
-    import os
-
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
     from lm_eval.models.dummy import DummyLM
     from lm_eval.models.huggingface import HFLM
 
-    from theseus.evaluation.engine import engine_for
+    from theseus.evaluation.engine import Engine, keep_compiled
     from theseus.evaluation.harness.lm import TheseusLM
     from theseus.evaluation.harness.run import load_tasks
     from theseus.evaluation.source import load_scored
 
+    best: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model, tasks = Path(tmp) / "model", Path(tmp) / "tasks"
         tasks.mkdir()
@@ -140,11 +148,28 @@ def main() -> None:
         # the harness's own first-call costs (templates, metrics), before either backend runs
         timed(DummyLM(), loaded)
         hf = HFLM(pretrained=str(model), device="cpu", dtype="float32", batch_size=args.batch)
-        torch_in, torch_all, reference = timed(hf, loaded)
         scorer = load_scored(model, None, args.batch).scorer
-        ours = TheseusLM(engine_for(scorer, scorer.tokenizer.vocab_size), scorer.tokenizer, model)
-        cold_in, cold_all, results = timed(ours, loaded)
-        warm_in, warm_all, _ = timed(ours, loaded)
+        keep_compiled(str(Path(tmp) / "xla"))  # as `theseus eval` keeps its programs
+
+        def theseus_lm() -> TheseusLM:
+            jax.clear_caches()  # as in a new process: nothing compiled in memory
+            return TheseusLM(Engine(scorer, scorer.tokenizer.vocab_size), scorer.tokenizer, model)
+
+        # the best of a few interleaved passes: a shared machine slows one pass or another
+        for attempt in range(args.repeats):
+            passes = {"hf (torch)": timed(hf, loaded)}
+            compilation_cache.reset_cache()  # an empty persistent cache: everything compiles
+            jax.config.update("jax_compilation_cache_dir", str(Path(tmp) / f"xla-{attempt}"))
+            ours = theseus_lm()
+            passes["theseus cold"] = timed(ours, loaded)
+            passes["theseus warm"] = timed(ours, loaded)
+            # a second `theseus eval` of the model: its programs read back from the cache
+            passes["theseus cached"] = timed(theseus_lm(), loaded)
+            if attempt == 0:
+                reference, results = passes["hf (torch)"][2], passes["theseus cold"][2]
+            for name, (inside, whole, _) in passes.items():
+                seen = best.get(name, (inside, whole))
+                best[name] = (min(seen[0], inside), min(seen[1], whole))
 
     requests = args.docs * 4
     worst = max(
@@ -159,23 +184,24 @@ def main() -> None:
     print(
         f"model: GPT-2 {args.layers} layers, {args.width} wide, context {args.context}; "
         f"{requests} loglikelihood requests, batch {args.batch}, {os.cpu_count()} CPUs, "
-        f"{len(jax.devices())} JAX devices"
+        f"{len(jax.devices())} JAX devices; best of {args.repeats}"
     )
-    print("requests/s     backend (its loglikelihood)   whole evaluation (harness included)")
-    for name, inside, whole in [
-        ("hf (torch)", torch_in, torch_all),
-        ("theseus cold", cold_in, cold_all),
-        ("theseus warm", warm_in, warm_all),
-    ]:
+    print("requests/s      backend (its loglikelihood)  whole evaluation (harness included)")
+    for name in ("hf (torch)", "theseus cold", "theseus cached", "theseus warm"):
+        inside, whole = best[name]
         print(
-            f"{name:13s} {requests / inside:9.1f} ({inside:5.2f} s)      {requests / whole:9.1f} ({whole:5.2f} s)"
+            f"{name:15s} {requests / inside:8.1f} ({inside:5.2f} s)        "
+            f"{requests / whole:8.1f} ({whole:5.2f} s)"
+        )
+    torch_in, torch_all = best["hf (torch)"]
+    for name in ("theseus cold", "theseus cached", "theseus warm"):
+        inside, whole = best[name]
+        print(
+            f"speed-up {name.split()[1]:6s} {torch_in / inside:.2f}x ({torch_all / whole:.2f}x whole)"
         )
     print(
-        f"speed-up      {torch_in / cold_in:.2f}x cold (compiles included), "
-        f"{torch_in / warm_in:.2f}x warm; whole evaluation {torch_all / cold_all:.2f}x cold"
-    )
-    print(
-        f"agreement     accuracy {accuracy:.4f} both: {same}; largest log-likelihood gap {worst:.2e}"
+        f"agreement       accuracy {accuracy:.4f} both: {same}; "
+        f"largest log-likelihood gap {worst:.2e}"
     )
 
 

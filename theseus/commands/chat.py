@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import click
 
-from theseus.commands.options import _do_loads, _echo, _load, _verbose
+from theseus.commands.options import _do_loads, _echo, _load, _top_p, _verbose
 
 
 def _terminal_lines(marker: str) -> Iterator[str]:
@@ -28,13 +28,7 @@ def _terminal_lines(marker: str) -> Iterator[str]:
 @click.option(
     "--temperature", type=click.FloatRange(min=0), default=0.7, show_default=True, help="0 = greedy"
 )
-@click.option(
-    "--top-p",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.95,
-    show_default=True,
-    help="nucleus sampling mass",
-)
+@_top_p
 @click.option(
     "--max-tokens",
     type=click.IntRange(min=1),

@@ -87,6 +87,9 @@ def evaluate(
     load_tasks(tasks, include_path)  # the datasets: a missing one stops before the model loads
     # on a CPU, one JAX device per core: the rows of a batch split over the cores
     split_cpu_into_cores(None, global_batch=batch_size)
+    from theseus.evaluation.engine import keep_compiled
+
+    keep_compiled()  # the next evaluation of this model and these tasks compiles nothing
     scored = load_scored(given, context, batch_size)
     results = run_harness(scored.scorer, settings)
     results["config"]["model"] = str(scored.path)

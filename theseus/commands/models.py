@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from theseus.commands.options import _do_loads, _load, _verbose
+from theseus.commands.options import _do_loads, _load, _top_p, _verbose
 
 
 @click.command()
@@ -18,13 +18,7 @@ from theseus.commands.options import _do_loads, _load, _verbose
 @click.option(
     "--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="0 = greedy"
 )
-@click.option(
-    "--top-p",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.95,
-    show_default=True,
-    help="nucleus sampling mass",
-)
+@_top_p
 @click.option(
     "--top-k",
     type=click.IntRange(min=0),

@@ -63,3 +63,13 @@ def _options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
         return f
 
     return apply
+
+
+# the sampling options `sample` and `chat` share
+_top_p = click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.95,
+    show_default=True,
+    help="nucleus sampling mass",
+)

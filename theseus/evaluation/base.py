@@ -127,5 +127,5 @@ def run_evaluations(
                 raise UserError(f"{name}: {key} is also a result of an earlier evaluation")
             results[key] = value
         if files is not None:
-            files.update(evaluation.files)
+            files.update(getattr(evaluation, "files", {}))  # an __init__ of its own may skip ours
     return results

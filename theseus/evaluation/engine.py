@@ -13,6 +13,7 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,6 +30,19 @@ from theseus.parallel.rules import variable_shardings
 
 DECODE_STEPS = 16  # greedy tokens per decode call: stop sequences are checked in between
 _IN_FLIGHT = 4  # scoring batches dispatched ahead of the one being read back
+
+
+def keep_compiled(folder: str = "~/.cache/theseus/xla", min_seconds: float = 0.2) -> None:
+    """Keep the programs this process compiles in JAX's persistent cache (the folder training
+    keeps its in), quick ones too: the next evaluation of the same model and shapes loads them
+    instead of compiling. A cache configured already (JAX_COMPILATION_CACHE_DIR) is kept."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
 
 
 def ladder(cap: int) -> list[int]:

@@ -143,3 +143,22 @@ def qwen_window(hf: HFConfig, path: Path, n_layers: int) -> tuple[int | None, in
             path, "layer_types", types, "theseus slides a window over the last layers only"
         )
     return int(size), first
+
+
+def layernorm_unexpressed(c: Any) -> list[str]:
+    """What of `c` neither GPT-2's nor GPT-NeoX's layout holds: both have LayerNorms, a GELU
+    MLP, biases everywhere, one key/value head per query head of width d_model / n_heads, no
+    q/k norms and no sliding window."""
+    return [
+        why
+        for why, bad in (
+            (f"norm={c.norm}", c.norm != "layernorm"),
+            (f"mlp={c.mlp}", c.mlp == "swiglu"),
+            ("bias=False", not c.bias),
+            (f"n_kv_heads={c.kv_heads}", c.kv_heads != c.n_heads),
+            (f"head_width={c.head_width}", c.head_dim * c.n_heads != c.d_model),
+            ("qk_norm", c.qk_norm),
+            (f"sliding_window={c.sliding_window}", c.sliding_window is not None),
+        )
+        if bad
+    ]

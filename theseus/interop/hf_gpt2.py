@@ -10,7 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from theseus.interop.hf_common import HFConfig, Rule, act, need, one, refuse, transpose
+from theseus.interop.hf_common import (
+    HFConfig,
+    Rule,
+    act,
+    layernorm_unexpressed,
+    need,
+    one,
+    refuse,
+    transpose,
+)
 from theseus.model.models import GPT2, TransformerConfig
 
 MODEL_TYPES = ("gpt2",)
@@ -89,20 +98,7 @@ def rules(c: TransformerConfig, model_type: str) -> Iterator[Rule]:
 
 def unexpressed(c: TransformerConfig) -> list[str]:
     """What of `c` GPT2LMHeadModel cannot hold (empty: it exports as gpt2)."""
-    return [
-        why
-        for why, bad in (
-            (f"norm={c.norm}", c.norm != "layernorm"),
-            (f"mlp={c.mlp}", c.mlp == "swiglu"),
-            ("bias=False", not c.bias),
-            (f"n_kv_heads={c.kv_heads}", c.kv_heads != c.n_heads),
-            (f"head_width={c.head_width}", c.head_dim * c.n_heads != c.d_model),
-            ("qk_norm", c.qk_norm),
-            ("parallel_residual", c.parallel_residual),
-            (f"sliding_window={c.sliding_window}", c.sliding_window is not None),
-        )
-        if bad
-    ]
+    return layernorm_unexpressed(c) + (["parallel_residual"] if c.parallel_residual else [])
 
 
 def write(c: TransformerConfig, model_type: str) -> HFConfig:

@@ -16,6 +16,7 @@ from theseus.interop.hf_common import (
     Rule,
     act,
     heads_out,
+    layernorm_unexpressed,
     need,
     one,
     refuse,
@@ -109,19 +110,7 @@ def rules(c: TransformerConfig, model_type: str) -> Iterator[Rule]:
 
 def unexpressed(c: TransformerConfig) -> list[str]:
     """What of `c` GPTNeoXForCausalLM cannot hold (empty: it exports as gpt_neox)."""
-    return [
-        why
-        for why, bad in (
-            (f"norm={c.norm}", c.norm != "layernorm"),
-            (f"mlp={c.mlp}", c.mlp == "swiglu"),
-            ("bias=False", not c.bias),
-            (f"n_kv_heads={c.kv_heads}", c.kv_heads != c.n_heads),
-            (f"head_width={c.head_width}", c.head_dim * c.n_heads != c.d_model),
-            ("qk_norm", c.qk_norm),
-            (f"sliding_window={c.sliding_window}", c.sliding_window is not None),
-        )
-        if bad
-    ]
+    return layernorm_unexpressed(c)
 
 
 def write(c: TransformerConfig, model_type: str) -> HFConfig:

@@ -10,6 +10,7 @@ a theseus run encodes as it was trained.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class TheseusLM(TemplateLM):
             eot = eos if eos is not None else eot
             self._prefix = bos if bos is not None else eot
         self._eot = eot
+        # a text that starts with this already has its BOS (the harness's own check)
+        self._prefix_text = self.tok_decode([self._prefix], skip=False)
 
     @property
     def eot_token_id(self) -> int:
@@ -73,8 +76,8 @@ class TheseusLM(TemplateLM):
     ) -> list[int]:
         if self._hf is None:
             return list(self.theseus_tokenizer.encode(string))
-        if add_special_tokens is None:  # a text that starts with the BOS already has one
-            add_special_tokens = not string.startswith(self.tok_decode([self._prefix], skip=False))
+        if add_special_tokens is None:
+            add_special_tokens = not string.startswith(self._prefix_text)
         return self._hf.encode(string, add_special_tokens=add_special_tokens).ids
 
     def tok_decode(self, tokens: list[int], skip: bool = True) -> str:
@@ -173,8 +176,6 @@ class TheseusLM(TemplateLM):
     def _generation_eot(self) -> int | None:
         """The id that ends a generation: the folder's generation_config eos, else end of text."""
         if self.hf_folder is not None:
-            import json
-
             path = self.hf_folder / "generation_config.json"
             if path.is_file():
                 eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
