@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -110,8 +111,11 @@ def reached(root: Path, project: str, name: str, step: int) -> bool:
 
 def stop_each_at(root: Path, project: str, stoppers: dict, timeout: float = 300) -> None:
     """For stoppers[NAME] = (STEP, stop), call stop() as soon as run NAME has logged STEP
-    (metrics read every 50 ms, the runs' states every few seconds)."""
+    (metrics read every 50 ms, the runs' states every few seconds). Each stop runs on its own
+    thread: a `theseus cancel` takes seconds on a loaded machine, and a fast run waiting behind
+    another's stop would train to its end before its own signal arrives."""
     waiting, deadline, polls = dict(stoppers), time.monotonic() + timeout, 0
+    stopping: list[threading.Thread] = []
     while waiting:
         assert time.monotonic() < deadline, f"{sorted(waiting)} never reached their steps"
         for name, (step, stop) in list(waiting.items()):
@@ -119,9 +123,12 @@ def stop_each_at(root: Path, project: str, stoppers: dict, timeout: float = 300)
                 polls % 60 == 59 and reached(root, project, name, step)
             ):
                 del waiting[name]
-                stop()
+                stopping.append(threading.Thread(target=stop))
+                stopping[-1].start()
         polls += 1
         time.sleep(0.05)
+    for thread in stopping:
+        thread.join()
 
 
 def kill_task(job_id: str, rank: int) -> int:
