@@ -119,8 +119,10 @@ def stop_each_at(root: Path, project: str, stoppers: dict, timeout: float = 300)
     while waiting:
         assert time.monotonic() < deadline, f"{sorted(waiting)} never reached their steps"
         for name, (step, stop) in list(waiting.items()):
+            # not while a stop runs: the in-process `cli` of both would swap sys.stdout
+            quiet = not any(thread.is_alive() for thread in stopping)
             if last_step(root, project, name) >= step or (
-                polls % 60 == 59 and reached(root, project, name, step)
+                polls % 60 == 59 and quiet and reached(root, project, name, step)
             ):
                 del waiting[name]
                 stopping.append(threading.Thread(target=stop))
