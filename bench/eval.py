@@ -133,9 +133,10 @@ def main() -> None:
     from lm_eval.models.dummy import DummyLM
     from lm_eval.models.huggingface import HFLM
 
-    from theseus.evaluation.engine import Engine, keep_compiled
+    from theseus.evaluation.engine import Engine
     from theseus.evaluation.harness.lm import TheseusLM
     from theseus.evaluation.harness.run import load_tasks
+    from theseus.evaluation.shapes import keep_compiled
     from theseus.evaluation.source import load_scored
 
     best: dict[str, tuple[float, float]] = {}

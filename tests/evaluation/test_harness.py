@@ -14,11 +14,12 @@ from tests.evaluation.tiny_harness import write_tasks
 from theseus.cli import main
 from theseus.data.tokenizers import BytesTokenizer
 from theseus.errors import UserError
-from theseus.evaluation.engine import Engine, ladder
+from theseus.evaluation.engine import Engine
 from theseus.evaluation.generation import Generation, GenerationConfig
 from theseus.evaluation.harness.run import metrics
 from theseus.evaluation.harness.tasks import builtin_index, resolve_tasks, task_folders
 from theseus.evaluation.scoring import Scorer
+from theseus.evaluation.shapes import ladder
 from theseus.model.models import GPT2, LLAMA, Transformer, TransformerConfig
 
 

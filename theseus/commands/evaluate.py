@@ -87,7 +87,7 @@ def evaluate(
     load_tasks(tasks, include_path)  # the datasets: a missing one stops before the model loads
     # on a CPU, one JAX device per core: the rows of a batch split over the cores
     split_cpu_into_cores(None, global_batch=batch_size)
-    from theseus.evaluation.engine import keep_compiled
+    from theseus.evaluation.shapes import keep_compiled
 
     keep_compiled()  # the next evaluation of this model and these tasks compiles nothing
     scored = load_scored(given, context, batch_size)

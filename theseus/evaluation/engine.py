@@ -13,7 +13,6 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -25,56 +24,12 @@ from jax.sharding import PartitionSpec as P
 
 from theseus.errors import UserError
 from theseus.evaluation.scoring import Scorer
+from theseus.evaluation.shapes import rung, widths
 from theseus.parallel.mesh import BATCH_AXES, Layout
 from theseus.parallel.rules import variable_shardings
 
 DECODE_STEPS = 16  # greedy tokens per decode call: stop sequences are checked in between
 _IN_FLIGHT = 4  # scoring batches dispatched ahead of the one being read back
-
-
-def keep_compiled(folder: str = "~/.cache/theseus/xla", min_seconds: float = 0.2) -> None:
-    """Keep the programs this process compiles in JAX's persistent cache (the folder training
-    keeps its in), quick ones too: the next evaluation of the same model and shapes loads them
-    instead of compiling. A cache configured already (JAX_COMPILATION_CACHE_DIR) is kept."""
-    if jax.config.jax_compilation_cache_dir:
-        return
-    from jax.experimental.compilation_cache import compilation_cache
-
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
-
-
-def ladder(cap: int) -> list[int]:
-    """Padded lengths up to `cap`: 16, 24, 32, 48, 64, 96, 128, 192, ... (each at most 1.5x the
-    one below, so a row pads by under half), and `cap` itself."""
-    rungs, n = [], 16
-    while n < cap:
-        rungs.append(n)
-        n = n * 3 // 2 if (n & (n - 1)) == 0 else (n * 4) // 3
-    return [*rungs, cap]
-
-
-def rung(length: int, cap: int) -> int:
-    """The padded length a row of `length` tokens runs at."""
-    if length > cap:
-        raise ValueError(f"a row of {length} tokens is longer than the window of {cap}")
-    return next(r for r in ladder(cap) if r >= length)
-
-
-def widths(needed: list[int], compiled: set[int], few: int = 2) -> list[int]:
-    """The padded length each batch runs at, given the rung each needs: a rung that at most
-    `few` batches would use runs at the nearest wider one already compiled (padding a batch or
-    two costs less than compiling a program); `compiled` gains the rungs that get compiled."""
-    counts = {r: needed.count(r) for r in set(needed)}
-    chosen = []
-    for r in needed:
-        wider = [w for w in compiled if w > r]
-        if r not in compiled and counts[r] <= few and wider:
-            r = min(wider)
-        compiled.add(r)
-        chosen.append(r)
-    return chosen
 
 
 class Engine:

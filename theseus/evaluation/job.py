@@ -83,7 +83,7 @@ class Evaluate(BasicJob[EvaluateConfig]):
 
         # on a CPU, one JAX device per core: the harness splits a batch's rows over them
         split_cpu_into_cores(None, global_batch=settings.batch_size)
-        from theseus.evaluation.engine import keep_compiled
+        from theseus.evaluation.shapes import keep_compiled
 
         keep_compiled()  # the next evaluation of this model compiles nothing
         loaded = load_scored(self.checkpoint_path(), self.config.context, settings.batch_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from theseus.base.chips import usable_cores
@@ -183,3 +184,18 @@ def barrier(name: str, timeout_s: float = 900.0) -> None:
     client = distributed.global_state.client
     if client is not None:
         client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
+def use_compilation_cache(folder: str | None, min_seconds: float | None = None) -> None:
+    """Point JAX's persistent compilation cache at `folder` (keeping programs that took at least
+    `min_seconds` to compile, when given), unless one is configured already."""
+    import jax
+
+    if folder is None or jax.config.jax_compilation_cache_dir:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
+    if min_seconds is not None:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -136,13 +135,3 @@ def compile_eval_step(model: Model, mesh: Mesh, frozen: nnx.State | None = None)
     if frozen is None:
         return evaluate
     return lambda params, batch: evaluate(params, batch, frozen)
-
-
-def use_compilation_cache(folder: str | None) -> None:
-    """Point JAX's persistent compilation cache at `folder`, unless one is configured already."""
-    if folder is None or jax.config.jax_compilation_cache_dir:
-        return
-    from jax.experimental.compilation_cache import compilation_cache
-
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))

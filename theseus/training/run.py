@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from theseus.base.stopping import StopSignals
 from theseus.errors import UserError
 from theseus.evaluation import check_evaluations
-from theseus.parallel.distributed import barrier
+from theseus.parallel.distributed import barrier, use_compilation_cache
 from theseus.parallel.mesh import Layout
 from theseus.parallel.placement import to_device
 from theseus.parallel.reduction import gradients_for
@@ -21,7 +21,6 @@ from theseus.training.compile import (
     compile_eval_step,
     compile_train_step,
     learning_rates,
-    use_compilation_cache,
 )
 from theseus.training.data import TrainingData
 from theseus.training.evaluate import evaluator
