@@ -164,7 +164,8 @@ class BasicJob(Generic[C]):
 
     CONFIG: ClassVar[type | None] = None
     DISTRIBUTED: ClassVar[bool] = False
-    """Whether one run may span several processes (jax.distributed); other jobs run as one."""
+    """Whether one run may span several processes (the tasks of a SLURM job: a trainer's join
+    through jax.distributed, a tokenize job's share its batches); other jobs run as one."""
 
     def __init__(self, cfg: DictConfig, spec: ExecutionSpec) -> None:
         self.cfg = cfg

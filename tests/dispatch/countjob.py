@@ -96,6 +96,6 @@ class CountJob(CheckpointedJob[CountConfig]):
 
 @job("test/dispatch/count-alone")
 class CountAlone(CountJob):
-    """The count job as one that runs as one process, as tokenizing does."""
+    """The count job as one that runs as one process, as training a tokenizer does."""
 
     DISTRIBUTED = False

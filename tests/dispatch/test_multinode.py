@@ -37,6 +37,7 @@ LONGER = f"training.steps={STEPS}"
 # How long a job may take to end once one of its processes is killed: srun's --wait=60 for the
 # others (job.sbatch), SLURM's KillWait of 10 s, and slack for a loaded machine.
 KILL_TIMEOUT = 120
+STOP_AT = 5
 
 
 @pytest.fixture
@@ -112,8 +113,8 @@ def reached(root: Path, project: str, name: str, step: int) -> bool:
 def stop_each_at(root: Path, project: str, stoppers: dict, timeout: float = 300) -> None:
     """For stoppers[NAME] = (STEP, stop), call stop() as soon as run NAME has logged STEP
     (metrics read every 50 ms, the runs' states every few seconds). Each stop runs on its own
-    thread: a `theseus cancel` takes seconds on a loaded machine, and a fast run waiting behind
-    another's stop would train to its end before its own signal arrives."""
+    thread: a stop (`scancel`, `theseus cancel`) takes seconds on a loaded machine, and a fast run
+    waiting behind another's stop would train to its end before its own signal arrives."""
     waiting, deadline, polls = dict(stoppers), time.monotonic() + timeout, 0
     stopping: list[threading.Thread] = []
     while waiting:
@@ -134,8 +135,9 @@ def stop_each_at(root: Path, project: str, stoppers: dict, timeout: float = 300)
 
 
 def kill_task(job_id: str, rank: int) -> int:
-    """SIGKILL the JAX process of task RANK of SLURM job JOB_ID (its node's namespaces share this
-    machine's process ids); returns its pid."""
+    """SIGKILL the theseus process of task RANK of SLURM job JOB_ID (its node's namespaces share
+    this machine's process ids), not a worker it forked (a tokenizer's); returns its pid."""
+    parents = {}
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
@@ -144,16 +146,19 @@ def kill_task(job_id: str, rank: int) -> int:
                 for item in (proc / "environ").read_bytes().split(b"\0")
                 if b"=" in item
             )
-        except OSError:
+            parent = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
             continue
         if (
             b"theseus.cli" in argv
             and env.get(b"SLURM_JOB_ID") == job_id.encode()
             and env.get(b"SLURM_PROCID") == str(rank).encode()
         ):
-            os.kill(int(proc.name), signal.SIGKILL)
-            return int(proc.name)
-    raise AssertionError(f"no process of task {rank} of job {job_id}")
+            parents[int(proc.name)] = parent
+    task = [pid for pid, parent in parents.items() if parent not in parents]
+    assert len(task) == 1, f"no single process of task {rank} of job {job_id}: {parents}"
+    os.kill(task[0], signal.SIGKILL)
+    return task[0]
 
 
 def finished(name: str) -> str:
@@ -179,19 +184,21 @@ def test_two_nodes_train_like_one_process_resume_bitwise_and_on_another_world_si
     """Six runs at once. On 2 nodes (one JAX process each): `two`, uninterrupted; `pre`,
     preempted (`scancel --signal=USR1 --full`: every process of the job is signalled), which
     checkpoints and requeues itself; `kill`, whose process on node2 is SIGKILLed, then requeued
-    by hand; `shrink`, stopped by `theseus cancel` (SIGTERM: a checkpoint) and resubmitted on 1
-    node. `grow`, on 1 node, stopped likewise and resubmitted on 2. And the single-process
-    reference, `ref`, on this machine.
+    by hand; `shrink`, stopped at step 5 by training.stop_at (a checkpoint, as on a signal) and
+    resubmitted without it on 1 node. `grow`, on 1 node, stopped likewise and resubmitted on 2.
+    And the single-process reference, `ref`, on this machine.
 
     `two` reaches the reference's losses within 1e-5 (gradients are summed in another order);
     `pre` and `kill` equal `two` bitwise; `shrink` and `grow` reach the reference's within 1e-5
     and say that the world changed."""
     root, yaml_path = train
     project = "n" + uuid.uuid4().hex[:8]
-    ids = {
-        name: submit(name, yaml_path, project, nodes_file, 2) for name in ("two", "pre", "shrink")
-    }
-    ids["grow"] = submit("grow", yaml_path, project, nodes_file, 1)
+    ids = {name: submit(name, yaml_path, project, nodes_file, 2) for name in ("two", "pre")}
+    # stopped at a step fixed in advance: a stop sent once a step is logged can arrive after a
+    # fast run's end
+    stop = f"training.stop_at={STOP_AT}"
+    ids["shrink"] = submit("shrink", yaml_path, project, nodes_file, 2, stop)
+    ids["grow"] = submit("grow", yaml_path, project, nodes_file, 1, stop)
     ids["kill"] = submit(
         "kill", yaml_path, project, nodes_file, 2, "logging.checkpoint_interval=10"
     )
@@ -229,15 +236,15 @@ def test_two_nodes_train_like_one_process_resume_bitwise_and_on_another_world_si
         project,
         {
             "pre": (5, lambda: subprocess.run(preempt, check=True, env=env)),
-            "shrink": (5, lambda: cli("cancel", "shrink")),
-            "grow": (5, lambda: cli("cancel", "grow")),
             "kill": (25, kill),
         },
     )
-    stops = {}
     for name in ("shrink", "grow"):
-        wait_state(name, ("cancelled",), timeout=120)
-        stops[name] = stop_at(name)
+        # exit code 0: the job is not queued again by itself, and is resubmitted without stop_at
+        state = wait_state(name, ("completed", "failed", "cancelled"), timeout=300)
+        text = cli("logs", name).stdout
+        assert state == "completed", text[-3000:]
+        assert f"stopped by training.stop_at at step {STOP_AT}; checkpoint saved" in text, text
         submit(name, yaml_path, project, nodes_file, 1 if name == "shrink" else 2)
 
     assert wait_state("kill", ("failed",), timeout=KILL_TIMEOUT) == "failed"
@@ -274,7 +281,7 @@ def test_two_nodes_train_like_one_process_resume_bitwise_and_on_another_world_si
     }
     for name, (before, after) in worlds.items():
         text = logs[name]
-        assert f"resuming {name} from its checkpoint at step {stops[name]}" in text, text[-3000:]
+        assert f"resuming {name} from its checkpoint at step {STOP_AT}" in text, text[-3000:]
         assert re.search(
             rf"note: the world changed since that checkpoint: written by {re.escape(before)}, "
             rf"\d+ cpu device\(s\), resumed on {re.escape(after)}",

@@ -287,24 +287,24 @@ def test_a_job_that_runs_as_one_process_is_not_started_as_several(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("THESEUS_HOME", str(tmp_path / "home"))
-    tokenize, train = tmp_path / "tok.yaml", tmp_path / "train.yaml"
-    assert main(["configure", "data/tokenize_variable_dataset", str(tokenize)]) == 0
+    bpe, train = tmp_path / "bpe.yaml", tmp_path / "train.yaml"
+    assert main(["configure", "data/train_tokenizer", str(bpe)]) == 0
     assert main(["configure", "gpt/train/pretrain", str(train)]) == 0
     host = {**SLURM_HOST, "chips": {"cpu": 4}, "partitions": {"cpu": "main"}, "gres": {}}
     dispatch = tmp_path / "d.yaml"
     dispatch.write_text(yaml.safe_dump({"clusters": {"hpc": CLUSTER}, "hosts": {"hpc": host}}))
     capsys.readouterr()
     args = ["-d", str(dispatch), "--exclude-cluster", "local", "--dry-run", "-n", "2"]
-    assert main(["submit", "tok", str(tokenize), *args]) == 2
+    assert main(["submit", "bpe", str(bpe), *args]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "error: data/tokenize_variable_dataset runs as one process, but 2 × cpu on hpc starts 2; "
+        "error: data/train_tokenizer runs as one process, but 2 × cpu on hpc starts 2; "
         "submit it on its own with -n 1\n"
     )
     assert main(["submit", "tr", str(train), *args]) == 0  # training spans the tasks
     monkeypatch.setenv("THESEUS_NUM_PROCESSES", "2")  # as one task of a user's own srun
     capsys.readouterr()
-    assert main(["run", "tok", str(tokenize), str(tmp_path / "out")]) == 2
+    assert main(["run", "bpe", str(bpe), str(tmp_path / "out")]) == 2
     assert "runs as one process, but this is one of several" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

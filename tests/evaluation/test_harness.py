@@ -3,12 +3,14 @@ the harness, bad input refused in one line, and the engine that batches the requ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.evaluation.tiny_harness import write_tasks
 from theseus.cli import main
@@ -129,18 +131,22 @@ def test_results_become_task_slash_metric():
     assert metrics(results) == {"arc_easy/acc": 0.5, "gsm8k/exact_match,strict-match": 0.25}
 
 
+class NoMask(Transformer):
+    def __call__(self, tokens, positions=None, *, cache=None, deterministic=True):
+        return super().__call__(tokens, positions, cache=cache, deterministic=deterministic)
+
+
 _MODELS: dict[tuple[str, int], Transformer] = {}
+WINDOWED = dataclasses.replace(LLAMA, sliding_window=6)
 
 
 def tiny_scorer(preset: TransformerConfig, batch: int, block: int = 64) -> Scorer:
     """A random 2-layer model of the bytes vocabulary, made once per preset and window; its
     weights drawn by NumPy (JAX's initializers compile one program per shape)."""
-    import dataclasses
-
     import jax
     from flax import nnx
 
-    key = (preset.positions, block)
+    key = (repr(preset), block)
     if key not in _MODELS:
         config = dataclasses.replace(
             preset, n_layers=2, n_heads=4, d_model=32, block_size=block, dtype="float32"
@@ -166,11 +172,19 @@ def _requests(seed: int = 0) -> list[tuple[list[int], list[int]]]:
     return pairs
 
 
-@pytest.mark.parametrize("preset", [GPT2, LLAMA], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("preset", [GPT2, LLAMA, WINDOWED], ids=["gpt2", "llama", "window"])
 def test_scores_do_not_depend_on_batching_or_shared_contexts(preset):
+    """Batch 1 or 16, packed rows (a question's answers sharing their context) or a row per
+    request, and the plain scorer: the same log-probabilities."""
     pairs = _requests()
     one, many = Engine(tiny_scorer(preset, 1, 32)), Engine(tiny_scorer(preset, 16, 32))
-    alone = many._score_rows([(c + k)[-33:] for c, k in pairs], [len(k) for _, k in pairs])
+    assert one.packs and many.packs
+    # a model of the user's that takes no mask: each request a row of its own
+    config = nnx.merge(many.scorer.graphdef, many.scorer.state).config
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: NoMask(config, rngs=nnx.Rngs(0))))
+    plain = Engine(Scorer(nnx.merge(graphdef, many.scorer.state), BytesTokenizer(), 32, 16))
+    assert not plain.packs
+    alone = plain.score(pairs)
     reference = one.scorer.continuation_logprobs([((c + k)[-33 : -len(k)], k) for c, k in pairs])
     for a, b, (logp, _), want in zip(
         one.score(pairs), many.score(pairs), alone, reference, strict=True
@@ -182,15 +196,15 @@ def test_scores_do_not_depend_on_batching_or_shared_contexts(preset):
 def test_greedy_ends_at_end_of_text_and_may_stop_early():
     engine = Engine(tiny_scorer(GPT2, 4))
     prompts = [[104, 105], [1, 2, 3, 4, 5, 6, 7], [120] * 16, [7]]
-    free = engine.greedy(prompts, 20, None)
+    free = engine.generate(prompts, 20, None)
     assert [len(row) for row in free] == [20] * 4
-    assert Engine(tiny_scorer(GPT2, 1)).greedy(prompts, 20, None) == free  # batched alike
+    assert Engine(tiny_scorer(GPT2, 1)).generate(prompts, 20, None) == free  # batched alike
     eot = free[0][5]
-    ended = engine.greedy(prompts, 20, eot)
+    ended = engine.generate(prompts, 20, eot)
     for row, full in zip(ended, free, strict=True):
         assert row == (full[: full.index(eot)] if eot in full else full)
     # a row whose stop sequence shows up is left alone after the decode call that found it
-    early = engine.greedy(prompts, 20, None, lambda tokens: len(tokens) >= 3)
+    early = engine.generate(prompts, 20, None, lambda tokens: len(tokens) >= 3)
     for row, full in zip(early, free, strict=True):
         assert 3 <= len(row) < 20 and row == full[: len(row)]
 

@@ -148,3 +148,29 @@ def test_local_tasks_never_ask_the_hub(folders, monkeypatch):
     monkeypatch.setattr(run, "_hub_reachable", refuse)
     loaded = load_tasks(["tiny_all"], str(folders["tasks"]))
     assert set(loaded["tasks"]) == set(TASKS)
+
+
+def _sampled(folders: dict[str, Path], tmp_path: Path, settings: str) -> list[str]:
+    """tiny_gen's texts with `settings` in its generation_kwargs."""
+    from lm_eval.evaluator import evaluate
+
+    task = (folders["tasks"] / "tiny_gen.yaml").read_text()
+    task = task.replace("task: tiny_gen", "task: tiny_draw")
+    task = task.replace("do_sample: false}", settings + "}")
+    folder = tmp_path / str(len(list(tmp_path.iterdir())))  # tasks are indexed once per folder
+    folder.mkdir()
+    (folder / "tiny_draw.yaml").write_text(task)
+    loaded = load_tasks(["tiny_draw"], str(folder))
+    results = evaluate(lm=theseus_lm(folders["gpt2"], 4), task_dict=loaded, log_samples=True)
+    return responses(results, "tiny_draw")
+
+
+def test_a_task_that_samples_draws_with_its_settings_and_the_harness_seed(folders, tmp_path):
+    greedy = _sampled(folders, tmp_path, "do_sample: false")
+    drawn = _sampled(folders, tmp_path, "do_sample: true, temperature: 1.5")
+    assert drawn == _sampled(folders, tmp_path, "do_sample: true, temperature: 1.5")
+    assert drawn != greedy
+    # only the likeliest id left to draw from: the greedy texts
+    assert _sampled(folders, tmp_path, "do_sample: true, top_k: 1") == greedy
+    with pytest.raises(UserError, match=r"tiny_draw asks for generation settings .*num_beams"):
+        _sampled(folders, tmp_path, "do_sample: false, num_beams: 4")

@@ -112,6 +112,32 @@ def test_windowed_attention_and_its_gradient_equal_the_textbook_masked_softmax(w
     np.testing.assert_allclose(grad, plain, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 5])
+def test_cpu_attention_in_query_blocks_with_a_mask_and_grouped_heads_is_the_textbook_one(window):
+    """A length that is no multiple of the blocks, 2 kv heads for 4 query heads, and a mask
+    (query t sees key s when (s + t) % 3 != 1, or s == t): the blocked forward and its
+    gradient equal the masked softmax written out."""
+    t = kernels.QUERY_CHUNK * 2 + 7
+    q = jax.random.normal(jax.random.key(0), (2, t, 4, 8))
+    k, v = (jax.random.normal(jax.random.key(i), (2, t, 2, 8)) for i in (1, 2))
+    s, r = np.arange(t)[None, :], np.arange(t)[:, None]
+    mask = jnp.asarray(np.broadcast_to(((s + r) % 3 != 1) | (s == r), (2, t, t)))
+    seen = (s <= r) & (True if window is None else s > r - window) & np.asarray(mask[0])
+
+    def plain(q):
+        wide = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, wide[0]) / np.sqrt(8)
+        weights = jax.nn.softmax(jnp.where(seen, scores, -jnp.inf), axis=-1)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, wide[1])
+
+    def ours(q):
+        return kernels.causal_attention(q, k, v, "xla", window, mask)
+
+    np.testing.assert_allclose(ours(q), plain(q), atol=1e-5)
+    grad = jax.grad(lambda q: jnp.sum(ours(q) ** 2))(q)
+    np.testing.assert_allclose(grad, jax.grad(lambda q: jnp.sum(plain(q) ** 2))(q), atol=1e-4)
+
+
 def test_the_window_reaches_cudnn_as_its_exclusive_left_bound(monkeypatch):
     """No GPU here: the call cuDNN's path makes is recorded. JAX turns (W - 1, 0) into cuDNN's
     sliding_window_length W, the window the XLA path masks (checked above)."""

@@ -66,6 +66,33 @@ def test_grouped_query_attention_equals_repeated_kv_heads():
     np.testing.assert_allclose(expected, np.asarray(mha(x)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cls, overrides",
+    [(GPT2, {}), (LLAMA, {"n_kv_heads": 2}), (LLAMA, {"sliding_window": 3})],
+    ids=["gpt2", "llama-gqa", "llama-window"],
+)
+def test_a_masked_row_packs_sequences_each_as_if_alone(cls, overrides):
+    """Two sequences and a third's two branches sharing its start, in one row: with their own
+    positions and a mask, each token's logits equal those of its sequence run alone."""
+    model = small(cls, **overrides)
+    a, b, shared, left, right = (tokens(seed, (1, n))[0] for seed, n in enumerate((5, 4, 3, 2, 2)))
+    row = jnp.concatenate([a, b, shared, left, right])[None]
+    positions = jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 3, 4, 3, 4]])
+    segment = np.array([0] * 5 + [1] * 4 + [2] * 7)
+    branch = np.array([0] * 12 + [1, 1, 2, 2])
+    sees = (segment[:, None] == segment[None]) & (
+        (branch[None] == 0) | (branch[:, None] == branch[None])
+    )
+    packed = np.asarray(model(row, positions, mask=jnp.asarray(sees)[None]))[0]
+    np.testing.assert_allclose(packed[:5], np.asarray(model(a[None]))[0], atol=1e-5)
+    np.testing.assert_allclose(packed[5:9], np.asarray(model(b[None]))[0], atol=1e-5)
+    for branch_slots, tail in ((slice(12, 14), left), (slice(14, 16), right)):
+        alone = np.asarray(model(jnp.concatenate([shared, tail])[None]))[0]
+        np.testing.assert_allclose(packed[9:12], alone[:3], atol=1e-5)
+        np.testing.assert_allclose(packed[branch_slots], alone[3:], atol=1e-5)
+
+
 @pytest.mark.parametrize("cls", [GPT2, LLAMA])
 def test_backward_pass_keeps_only_the_activations_matmuls_need(cls, capsys):
     """Norms, GELU/SwiGLU, RoPE and XLA's attention are recomputed in the backward pass: no

@@ -214,3 +214,44 @@ def test_a_second_run_of_the_same_name_is_refused_while_the_first_trains(root, t
     # a killed holder releases its lock: the run resumes
     assert main(cli_args("busy", train_yaml, root, "training.steps=2")) == 0
     assert not list(run_dir(root, "busy").parent.glob(".busy.lock"))
+
+
+def test_stop_at_stops_like_a_preemption_and_a_run_without_it_goes_on(
+    root, train_yaml, reference, capsys
+):
+    """training.stop_at=10: the run saves its checkpoint at step 10 and ends there with exit code
+    0 (a SLURM job is then not queued again); run again with it, it has nothing to do; without
+    it, it resumes and ends as the run never stopped did."""
+    overrides = ("logging.checkpoint_interval=1000",)
+    stopping = cli_args("paused", train_yaml, root, *STEPS, *overrides, "training.stop_at=10")
+    proc = spawn(stopping)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (
+        "stopped by training.stop_at at step 10; checkpoint saved; run again without "
+        "training.stop_at (or with a later one) to go on"
+    ) in out, out
+    assert [p.name for p in ckpt_dir(root, "paused").iterdir() if p.name.isdigit()] == ["10"]
+    assert losses(root, "paused") == reference[:10]
+    with pytest.raises(SystemExit) as again:
+        main(stopping)
+    assert again.value.code == 0 and "nothing to do" in capsys.readouterr().err
+    err = _resume(root, train_yaml, "paused", *overrides, capsys=capsys)
+    assert "resuming paused from its checkpoint at step 10" in err
+    assert losses(root, "paused") == reference
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ("training.stop_at=24",),
+        ("training.stop_at=0",),
+        ("training.tokens=2560", "training.stop_at=10"),  # 10 steps of 8 x 32 tokens
+    ],
+    ids=["at-the-end", "zero", "after-the-token-budget"],
+)
+def test_stop_at_must_be_a_step_before_the_last(root, train_yaml, settings, capsys):
+    assert main(cli_args("early", train_yaml, root, *STEPS, *settings)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "training.stop_at" in err and "\n" not in err, err
+    assert not ckpt_dir(root, "early").exists()

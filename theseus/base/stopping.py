@@ -16,10 +16,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StoppedEarly(SystemExit):
-    """A signal asked the job to stop; its progress is saved and it exits with code 75."""
+    """The job stopped before its end with its progress saved: on a signal it exits with code 75;
+    at a step a setting asked it to stop at (training.stop_at), with `code` 0, as it did what was
+    asked (SLURM then does not queue it again, as it does a job that exits with 75)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(EXIT_STOPPED)
+    def __init__(self, reason: str, code: int = EXIT_STOPPED) -> None:
+        super().__init__(code)
         self.reason = reason
 
 

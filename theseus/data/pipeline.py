@@ -3,7 +3,8 @@
 Output order is the source order whatever the parallelism: each batch is encoded by the
 tokenizer's own thread pool on every core (`encode_batch` keeps order), several batches at once,
 while the next batches are read and the previous one is written. After every batch the writer
-commits, so a killed run resumes at the last committed document.
+commits, so a killed run resumes at the last committed document. A job of several tasks encodes
+its batches apart and commits them here all the same, in order (`parts.py`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def batches(source: Source, skip: int, plan: TokenizePlan) -> Iterator[list[Docu
         yield batch
 
 
-class _Progress:
+class Progress:
     """A progress line on stderr: documents, tokens, rates, and an ETA when the size is known."""
 
     def __init__(self, description: str, total: int | None, done: int) -> None:
@@ -137,6 +138,28 @@ def tokenize(
 
     SIGTERM, SIGUSR1 or Ctrl-C stop it at the next commit with `StoppedEarly` (exit code 75)."""
     encoder = Encoder(tokenizer, plan, writer.manifest.dtype)
+    with EncodeWorkers(encoder) as workers:
+        read = prefetch(batches(source, writer.docs_read, plan), depth=4)
+        try:
+            return commit_all(workers.map(read), writer, plan, label, documents(source, plan))
+        finally:
+            read.close()
+
+
+def documents(source: Source, plan: TokenizePlan) -> int | None:
+    """How many documents will be read, when known."""
+    return source.size_hint() if plan.max_samples is None else plan.max_samples
+
+
+def commit_all(
+    encoded: Iterator[Encoded],
+    writer: StoreWriter,
+    plan: TokenizePlan,
+    label: str,
+    total: int | None,
+) -> dict[str, int]:
+    """Commit the batches `encoded` (those after the writer's last commit, in source order) until
+    `plan.max_tokens` is reached; returns the final counts. A stop signal ends it at a commit."""
     stats = {
         "docs_read": 0,
         "tokens": 0,
@@ -148,13 +171,10 @@ def tokenize(
         **writer.stats,
     }
     done = plan.max_tokens is not None and stats["tokens"] >= plan.max_tokens
-    total = source.size_hint() if plan.max_samples is None else plan.max_samples
-    with EncodeWorkers(encoder) as workers, StopSignals() as stop:
-        progress = _Progress(label, total, writer.docs_read)  # its thread starts after the fork
+    with StopSignals() as stop:
+        progress = Progress(label, total, writer.docs_read)  # its thread starts after the fork
         try:
-            stopped = not done and _tokenize_all(
-                source, workers, writer, plan, stats, progress, stop
-            )
+            stopped = not done and _commit_each(encoded, writer, plan, stats, progress, stop)
         finally:
             progress.close()
     sys.stderr.flush()
@@ -168,27 +188,21 @@ def tokenize(
     return stats
 
 
-def _tokenize_all(
-    source: Source,
-    workers: EncodeWorkers,
+def _commit_each(
+    encoded: Iterator[Encoded],
     writer: StoreWriter,
     plan: TokenizePlan,
     stats: dict[str, int],
-    progress: _Progress,
+    progress: Progress,
     stop: StopSignals,
 ) -> bool:
-    """Read, encode and write every batch after the last commit; True if a signal stopped it
-    before the end."""
-    read = prefetch(batches(source, writer.docs_read, plan), depth=4)
-    try:
-        for encoded in workers.map(read):
-            if _commit(encoded, writer, plan, stats, progress):
-                return False
-            if stop.signal_name is not None:
-                return True
-        return False
-    finally:
-        read.close()
+    """Commit batch after batch; True if a signal stopped it before the end."""
+    for batch in encoded:
+        if _commit(batch, writer, plan, stats, progress):
+            return False
+        if stop.signal_name is not None:
+            return True
+    return False
 
 
 def _commit(
@@ -196,7 +210,7 @@ def _commit(
     writer: StoreWriter,
     plan: TokenizePlan,
     stats: dict[str, int],
-    progress: _Progress,
+    progress: Progress,
 ) -> bool:
     """Write one encoded batch and commit it; True once `plan.max_tokens` is reached."""
     done = False

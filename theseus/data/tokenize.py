@@ -26,6 +26,7 @@ from theseus.job import BasicJob, ExecutionSpec
 from theseus.registry import job
 
 if TYPE_CHECKING:
+    from theseus.base.tasks import Task
     from theseus.data.encoding import TokenizePlan
 
 
@@ -124,10 +125,13 @@ def _say(message: str) -> None:
 
 
 class TokenizeJob(BasicJob[StoreConfig]):
-    """Shared by both tokenize jobs: open, check, resume or skip, run, finish."""
+    """Shared by both tokenize jobs: open, check, resume or skip, run, finish. Several tasks (a
+    SLURM job's) each encode a share of the batches, which task 0 writes into the store
+    (`theseus.data.parts`)."""
 
     CONFIG = StoreConfig
     KIND = "variable"
+    DISTRIBUTED = True
 
     @classmethod
     def components(cls) -> list[type]:
@@ -164,18 +168,24 @@ class TokenizeJob(BasicJob[StoreConfig]):
 
     def run(self) -> Path:
         from theseus.base.locks import exclusive
+        from theseus.base.tasks import this_task
         from theseus.config import configure
 
         self.source_config = configure(SourceConfig, self.cfg)
         tokenizer_config = configure(TokenizerConfig, self.cfg)
         final = store_path(self.spec, self.config.store)
+        task = this_task()
+        if task.index:  # the other tasks only save parts, which task 0 writes into the store
+            return self._write(final, tokenizer_config, task)
         # two writers would interleave their shards under one manifest
         with exclusive(final, f"token store {final.name}"):
-            return self._write(final, tokenizer_config)
+            return self._write(final, tokenizer_config, task)
 
-    def _write(self, final: Path, tokenizer_config: TokenizerConfig) -> Path:
+    def _write(self, final: Path, tokenizer_config: TokenizerConfig, task: Task) -> Path:
         from theseus.data.chat import resolve_template
         from theseus.data.datasets import open_source
+        from theseus.data.encoding import Encoder
+        from theseus.data.parts import Parts, parts_folder
         from theseus.data.pipeline import tokenize
         from theseus.data.store import Manifest, StoreWriter, TokenStore, token_dtype
         from theseus.data.tokenizers import make_tokenizer
@@ -228,11 +238,28 @@ class TokenizeJob(BasicJob[StoreConfig]):
             _say(
                 f"finishing the interrupted --fresh rebuild of {final.name}; it replaces the store"
             )
-        elif self.spec.fresh and writer.partial.exists():
+        elif self.spec.fresh and writer.partial.exists() and not task.index:
             shutil.rmtree(writer.partial)
         started = time.perf_counter()
+        parts = Parts(final, writer.fingerprint, plan, task) if task.count > 1 else None
+        n_batches = None
+        if parts is not None:
+            parts.write(source, Encoder(tokenizer, plan, dtype), final.name, self.spec.fresh)
+            if task.index:
+                parts.wait_for_merge(final)
+                return final
+            n_batches = parts.wait_for_tasks()
         unfinished = writer.partial.exists()
         resumed = writer.resume()
+        if parts is not None and parts.first_after(writer.docs_read) is None:
+            _say(
+                f"merging {final.name} from its start: {writer.partial.name} was begun by a "
+                "single process, whose batches end elsewhere than the parts'"
+            )
+            shutil.rmtree(writer.partial)
+            writer = StoreWriter(final, manifest, self.shard_rows())
+            writer.resume()
+            unfinished = resumed = False
         if resumed:
             _say(
                 f"resuming {final.name} after {writer.docs_read:,} documents (from {writer.partial.name})"
@@ -242,7 +269,10 @@ class TokenizeJob(BasicJob[StoreConfig]):
                 f"starting {final.name} over: the unfinished {writer.partial.name} was made with other settings"
             )
         try:
-            stats = tokenize(source, tokenizer, writer, plan, final.name)
+            if parts is None:
+                stats = tokenize(source, tokenizer, writer, plan, final.name)
+            else:
+                stats = parts.merge(writer, source, n_batches, final.name)
         except BaseException:
             if not resumed and writer.docs_read == 0 and writer.partial.exists():
                 shutil.rmtree(writer.partial)  # nothing done: leave nothing behind
@@ -260,6 +290,8 @@ class TokenizeJob(BasicJob[StoreConfig]):
         if final.exists():
             shutil.rmtree(final)  # --fresh: the old store goes only once the new one is complete
         store = writer.finish(extra)
+        # left by a job of several tasks (this one, or one that was stopped)
+        shutil.rmtree(parts_folder(final), ignore_errors=True)
         elapsed = time.perf_counter() - started
         total = store.n_tokens("train") + store.n_tokens("val")
         _say(

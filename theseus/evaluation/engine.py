@@ -1,17 +1,20 @@
 """Many scoring and greedy-generation requests through a model in a few static shapes.
 
-Evaluations send thousands of requests of every length. Each call here runs on `rows` rows (the
-batch, rounded up to the devices' batch shards) of a length from a short ladder, so a model
-compiles once per rung rather than once per request; rows are sorted by length so that a batch
-pads little. The rows are split over the devices the weights live on (a training run's mesh),
-or over every local device when the weights sit on one.
+Evaluations send thousands of requests of every length. Scoring packs them into rows of one
+width (theseus.evaluation.packing: a question's answers share their context's pass), so an
+evaluation compiles its scoring once. Greedy generation runs `rows` rows (the batch, rounded up
+to the devices' batch shards) of a length from a short ladder, so a model compiles once per
+rung rather than once per prompt. The rows are split over the devices the weights live on (a
+training run's mesh), or over every local device when the weights sit on one.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -23,13 +26,43 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from theseus.errors import UserError
+from theseus.evaluation.packing import (
+    Segment,
+    arrays,
+    batches,
+    pack,
+    row_width,
+    segments,
+    visible,
+)
 from theseus.evaluation.scoring import Scorer
 from theseus.evaluation.shapes import rung, widths
+from theseus.inference.generate import sample_logits
 from theseus.parallel.mesh import BATCH_AXES, Layout
 from theseus.parallel.rules import variable_shardings
 
 DECODE_STEPS = 16  # greedy tokens per decode call: stop sequences are checked in between
 _IN_FLIGHT = 4  # scoring batches dispatched ahead of the one being read back
+PACKED = ("tokens", "positions", "targets", "segments", "branches")  # the packed program's inputs
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How generated tokens are chosen: greedily (temperature 0), else drawn from the
+    temperature-scaled distribution cut to the top-k ids (0: all) and the top-p mass."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def pick(self) -> tuple[float, int, float]:
+        """What the compiled programs depend on (not the seed)."""
+        return (self.temperature, self.top_k, self.top_p)
+
+
+GREEDY = Sampling()
 
 
 class Engine:
@@ -42,11 +75,16 @@ class Engine:
         self.vocab_limit = vocab_limit
         graphdef = scorer.graphdef
         self._placed: tuple[Any, Any] | None = None  # (state as given, state on the mesh)
-        # a model with a KV cache: continuations can share their context's pass
-        self.cached = hasattr(nnx.merge(graphdef, scorer.state), "empty_cache")
+        # a model that takes a mask scores requests packed, a question's answers sharing its
+        # context's pass
+        model = nnx.merge(graphdef, scorer.state)
+        self.packs = "mask" in inspect.signature(type(model).__call__).parameters
+        # a token's attention against its matmuls: ~4 width flops per key against ~24 width^2
+        width = getattr(getattr(model, "config", None), "d_model", 512)
+        self.attention_scale = 6.0 * width
         self.mesh = _mesh_of(scorer.state)
-        shards = math.prod(self.mesh.shape[a] for a in BATCH_AXES)
-        self.rows = -(-scorer.batch_size // shards) * shards
+        self.shards = math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+        self.rows = -(-scorer.batch_size // self.shards) * self.shards
 
         @jax.jit
         def score(state: Any, inputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, ...]:
@@ -55,12 +93,24 @@ class Engine:
             picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
             return picked, jnp.argmax(logits, axis=-1) == targets
 
-        self._score = score
-        self._prefill = jax.jit(partial(_prefill, graphdef), static_argnames=("cache_len", "limit"))
-        self._decode = jax.jit(
-            partial(_decode, graphdef), static_argnames=("steps", "limit"), donate_argnums=(3,)
+        @jax.jit
+        def packed(state: Any, *given: jax.Array) -> tuple[jax.Array, ...]:
+            tokens, positions, targets, segments, branches = given
+            model = nnx.merge(graphdef, state)
+            logits = model(tokens, positions, mask=visible(segments, branches))
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+            return picked, jnp.argmax(logits, axis=-1) == targets
+
+        self._score, self._packed = score, packed
+        self._prefill = jax.jit(
+            partial(_prefill, graphdef), static_argnames=("cache_len", "pick", "limit")
         )
-        self._continue = jax.jit(partial(_continue, graphdef), donate_argnums=(1,))
+        self._decode = jax.jit(
+            partial(_decode, graphdef),
+            static_argnames=("steps", "pick", "limit"),
+            donate_argnums=(3,),
+        )
         # the padded lengths compiled so far, by program (and its other static sizes)
         self._compiled: dict[tuple[Any, ...], set[int]] = {}
 
@@ -90,23 +140,41 @@ class Engine:
         if len(unique) < len(pairs):
             scored = self.score(list(unique))
             return [scored[unique[(tuple(c), tuple(k))]] for c, k in pairs]
-        shared: dict[tuple[int, ...], list[int]] = {}
-        alone: list[int] = []
-        for i, (context, continuation) in enumerate(pairs):
-            whole = len(context) + len(continuation) <= self.max_length + 1
-            if whole and self.cached:
-                shared.setdefault(tuple(context), []).append(i)
-            else:
-                alone.append(i)
-        for members in [m for m in shared.values() if len(m) == 1]:
-            alone += members
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-        rows = [(list(pairs[i][0]) + list(pairs[i][1]))[-(self.max_length + 1) :] for i in alone]
-        counts = [len(pairs[i][1]) for i in alone]
-        for i, result in zip(alone, self._score_rows(rows, counts), strict=True):
-            results[i] = result
-        groups = [(list(c), m) for c, m in shared.items() if len(m) > 1]
-        self._score_shared(groups, pairs, results)
+        if not pairs:
+            return []
+        if not self.packs:  # a model that takes no mask: each request a row of its own
+            rows = [(list(c) + list(k))[-(self.max_length + 1) :] for c, k in pairs]
+            return self._score_rows(rows, [len(k) for _, k in pairs])
+        return self._score_packed(segments(pairs, self.max_length), len(pairs))
+
+    def _score_packed(self, parts: list[Segment], n: int) -> list[tuple[float, bool]]:
+        """The requests the segments score, in rows packed to one width."""
+        state = self._state()
+        width = row_width(parts, self.rows, self.shards, self.attention_scale)
+        rows = pack(parts, width)
+        _, each = batches(len(rows), self.rows, self.shards)
+        results: list[tuple[float, bool]] = [(0.0, False)] * n
+        pending: list[tuple[list[list[Segment]], Any]] = []
+
+        def collect(batch: list[list[Segment]], out: Any) -> None:
+            picked, greedy = (np.asarray(x) for x in out)
+            for r, row in enumerate(batch):
+                at = 0
+                for part in row:
+                    for i, slot, count in part.scored:
+                        span = slice(at + slot, at + slot + count)
+                        results[i] = _summed(picked[r, span], greedy[r, span])
+                    at += len(part.tokens)
+
+        for start in range(0, len(rows), each):
+            batch = rows[start : start + each]
+            given = arrays(batch, each, width)
+            out = self._packed(state, *(self._put(given[k]) for k in PACKED))
+            pending.append((batch, out))
+            if len(pending) > _IN_FLIGHT:  # the host packs the next batch while this one runs
+                collect(*pending.pop(0))
+        for batch, out in pending:
+            collect(batch, out)
         return results
 
     def _score_rows(self, rows: list[list[int]], counts: list[int]) -> list[tuple[float, bool]]:
@@ -138,121 +206,17 @@ class Engine:
             collect(chunk, out)
         return results
 
-    def _score_shared(
-        self,
-        groups: list[tuple[list[int], list[int]]],
-        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-        results: list[tuple[float, bool]],
-    ) -> None:
-        """Contexts with several continuations (a multiple-choice question's): all but the
-        context's last token fill a KV cache once; then each round feeds every row one of its
-        continuations, after that last token, at the positions that follow. A round overwrites
-        the cache slots of the round before, and attends only to slots up to its positions."""
-        if not groups:
-            return
-        state = self._state()
-        # longest continuations first: later rounds, of shorter ones, run narrower
-        groups = [
-            (context, sorted(members, key=lambda i: -len(pairs[i][1])))
-            for context, members in sorted(groups, key=lambda g: -len(g[0]))
-        ]
-        batches = [groups[start : start + self.rows] for start in range(0, len(groups), self.rows)]
-        longest = max(len(pairs[members[0]][1]) for _, members in groups)
-        # one cache length for the whole call: programs by context length and by round width,
-        # not by pairs of them
-        cache_len = rung(len(groups[0][0]) - 1 or 1, self.max_length) + rung(
-            longest, self.max_length
-        )
-        needed = [rung(len(batch[0][0]) - 1 or 1, self.max_length) for batch in batches]
-        prefills = widths(needed, self._compiled.setdefault(("prefill", cache_len), set()))
-        rounds = [
-            [
-                rung(max(len(pairs[m[k]][1]) for _, m in batch if k < len(m)), self.max_length)
-                for k in range(max(len(m) for _, m in batch))
-            ]
-            for batch in batches
-        ]
-        flat = widths(
-            [w for steps in rounds for w in steps],
-            self._compiled.setdefault(("continue", cache_len), set()),
-        )
-        pending: list[tuple[list[tuple[list[int], list[int]]], list[Any]]] = []
-        for batch, width, steps in zip(batches, prefills, rounds, strict=True):
-            steps, flat = flat[: len(steps)], flat[len(steps) :]
-            outs = self._shared_batch(state, batch, pairs, width, cache_len, steps)
-            pending.append((batch, outs))
-            if len(pending) > 1:  # the host packs the next batch while this one runs
-                self._collect_shared(*pending.pop(0), pairs, results)
-        for batch, outs in pending:
-            self._collect_shared(batch, outs, pairs, results)
-
-    def _shared_batch(
-        self,
-        state: Any,
-        batch: list[tuple[list[int], list[int]]],
-        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-        width: int,
-        cache_len: int,
-        rounds: list[int],
-    ) -> list[Any]:
-        """Dispatch one batch of contexts, then its rounds of continuations (each padded to its
-        width in `rounds`); returns each round's (log-probabilities, greedy flags), still on
-        the devices."""
-        tokens = np.zeros((self.rows, width), np.int32)
-        lengths = np.ones((self.rows,), np.int32)
-        starts = np.zeros((self.rows, 1), np.int32)
-        for slot, (context, _) in enumerate(batch):
-            tokens[slot, : len(context) - 1] = context[:-1]
-            lengths[slot] = max(len(context) - 1, 1)
-            starts[slot, 0] = len(context) - 1
-        _, cache = self._prefill(
-            state,
-            self._put(tokens),
-            self._put(lengths),
-            cache_len=cache_len,
-            limit=self.vocab_limit,
-        )
-        outs = []
-        for round_, steps in enumerate(rounds):
-            inputs = np.zeros((self.rows, steps), np.int32)
-            targets = np.zeros((self.rows, steps), np.int32)
-            for slot, (context, members) in enumerate(batch):
-                if round_ < len(members):
-                    continuation = list(pairs[members[round_]][1])
-                    inputs[slot, : len(continuation)] = [context[-1], *continuation[:-1]]
-                    targets[slot, : len(continuation)] = continuation
-            # padding past a row's continuation stays inside the model's positions: a learned
-            # embedding looked up past its end is NaN, which masked cache slots still spread
-            at = np.minimum(starts + np.arange(steps), self.max_length - 1)
-            picked, greedy, cache = self._continue(
-                state, cache, self._put(inputs), self._put(at), self._put(targets)
-            )
-            outs.append((picked, greedy))
-        return outs
-
-    def _collect_shared(
-        self,
-        batch: list[tuple[list[int], list[int]]],
-        outs: list[Any],
-        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-        results: list[tuple[float, bool]],
-    ) -> None:
-        for round_, (picked, greedy) in enumerate(outs):
-            picked, greedy = np.asarray(picked), np.asarray(greedy)
-            for slot, (_, members) in enumerate(batch):
-                if round_ < len(members):
-                    n = len(pairs[members[round_]][1])
-                    results[members[round_]] = _summed(picked[slot, :n], greedy[slot, :n])
-
-    def greedy(
+    def generate(
         self,
         prompts: Sequence[Sequence[int]],
         max_new: int,
         eot_id: int | None,
         stopped: Callable[[list[int]], bool] | None = None,
+        sampling: Sampling = GREEDY,
     ) -> list[list[int]]:
-        """Each prompt's greedy continuation, at most `max_new` tokens, ending before `eot_id`;
-        `stopped(tokens)` says a row may end early (its stop sequence is in the text)."""
+        """Each prompt's continuation, at most `max_new` tokens, ending before `eot_id`;
+        `stopped(tokens)` says a row may end early (its stop sequence is in the text). Greedy,
+        or drawn as `sampling` says (the same seed and batch give the same draws)."""
         if max_new < 1:
             raise UserError(f"max_new must be >= 1, got {max_new}")
         state = self._state()
@@ -261,19 +225,24 @@ class Engine:
         for start in range(0, len(order), self.rows):
             chunk = order[start : start + self.rows]
             batch = [list(prompts[i]) for i in chunk]
+            key = jax.random.fold_in(jax.random.key(sampling.seed), start)
             for i, row in zip(
-                chunk, self._greedy_batch(state, batch, max_new, eot_id, stopped), strict=True
+                chunk,
+                self._generate_batch(state, batch, max_new, eot_id, stopped, sampling, key),
+                strict=True,
             ):
                 results[i] = row
         return results
 
-    def _greedy_batch(
+    def _generate_batch(
         self,
         state: Any,
         prompts: list[list[int]],
         max_new: int,
         eot_id: int | None,
         stopped: Callable[[list[int]], bool] | None,
+        sampling: Sampling,
+        key: jax.Array,
     ) -> list[list[int]]:
         width = rung(max(len(p) for p in prompts), self.max_length)
         steps = -(-(max_new - 1) // DECODE_STEPS) * DECODE_STEPS
@@ -284,19 +253,24 @@ class Engine:
             lengths[slot] = len(prompt)
         # every decode step writes its own slot: none is ever clamped onto another
         cache_len = width + steps + 1
+        pick = {"pick": sampling.pick, "limit": self.vocab_limit}
         last, cache = self._prefill(
-            state,
-            self._put(tokens),
-            self._put(lengths),
-            cache_len=cache_len,
-            limit=self.vocab_limit,
+            state, self._put(tokens), self._put(lengths), key, cache_len=cache_len, **pick
         )
         out = [[int(t)] for t in np.asarray(last)[: len(prompts)]]
         positions = self._put(lengths)
         done = [_finished(row, max_new, eot_id, stopped) for row in out]
+        calls = 0
         while not all(done):
+            calls += 1
             block, last, positions, cache = self._decode(
-                state, last, positions, cache, steps=DECODE_STEPS, limit=self.vocab_limit
+                state,
+                last,
+                positions,
+                cache,
+                jax.random.fold_in(key, calls),
+                steps=DECODE_STEPS,
+                **pick,
             )
             for slot, row in enumerate(np.asarray(block)[: len(prompts)].tolist()):
                 if not done[slot]:
@@ -322,12 +296,13 @@ def _trimmed(row: list[int], max_new: int, eot_id: int | None) -> list[int]:
     return row[: row.index(eot_id)] if eot_id is not None and eot_id in row else row
 
 
-def _pick(logits: jax.Array, limit: int | None) -> jax.Array:
-    """The most likely id of each row of [B, V] logits, among the first `limit` ids."""
-    logits = logits.astype(jnp.float32)
-    if limit is not None and limit < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < limit, logits, -jnp.inf)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def _choose(
+    logits: jax.Array, key: jax.Array, pick: tuple[float, int, float], limit: int | None
+) -> jax.Array:
+    temperature, top_k, top_p = pick
+    return sample_logits(
+        logits, key, temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=limit
+    )
 
 
 def _prefill(
@@ -335,8 +310,10 @@ def _prefill(
     state: Any,
     tokens: jax.Array,
     lengths: jax.Array,
+    key: jax.Array,
     *,
     cache_len: int,
+    pick: tuple[float, int, float],
     limit: int | None,
 ) -> tuple[jax.Array, Any]:
     """The prompts [B, W] (each row its `lengths` first tokens) into a fresh KV cache; returns
@@ -347,24 +324,7 @@ def _prefill(
     logits = model(tokens, cache=cache)
     room = ((0, 0), (0, cache_len - tokens.shape[1]), (0, 0), (0, 0))
     cache = [tuple(jnp.pad(part, room) for part in layer) for layer in cache]
-    return _pick(logits[jnp.arange(tokens.shape[0]), lengths - 1], limit), cache
-
-
-def _continue(
-    graphdef: Any,
-    state: Any,
-    cache: Any,
-    inputs: jax.Array,
-    positions: jax.Array,
-    targets: jax.Array,
-) -> tuple[jax.Array, jax.Array, Any]:
-    """Log-probabilities of `targets` (and whether each is the likeliest id) after `inputs` fed
-    at `positions` into the cache, which comes back with them written."""
-    cache = list(cache)  # filled in place by the model
-    logits = nnx.merge(graphdef, state)(inputs, positions, cache=cache).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return picked, jnp.argmax(logits, axis=-1) == targets, cache
+    return _choose(logits[jnp.arange(tokens.shape[0]), lengths - 1], key, pick, limit), cache
 
 
 def _decode(
@@ -373,22 +333,24 @@ def _decode(
     last: jax.Array,
     positions: jax.Array,
     cache: Any,
+    key: jax.Array,
     *,
     steps: int,
+    pick: tuple[float, int, float],
     limit: int | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
-    """`steps` greedy tokens per row after `last`, which sits at `positions`."""
+    """`steps` tokens per row after `last`, which sits at `positions`."""
     model = nnx.merge(graphdef, state)
 
-    def step(carry: tuple, _: None) -> tuple[tuple, jax.Array]:
+    def step(carry: tuple, step_key: jax.Array) -> tuple[tuple, jax.Array]:
         last, positions, cache = carry
         cache = list(cache)  # filled in place by the model: this step's copy
         logits = model(last[:, None], positions[:, None], cache=cache)
-        token = _pick(logits[:, 0], limit)
+        token = _choose(logits[:, 0], step_key, pick, limit)
         return (token, positions + 1, cache), token
 
     (last, positions, cache), block = jax.lax.scan(
-        step, (last, positions, cache), None, length=steps
+        step, (last, positions, cache), jax.random.split(key, steps)
     )
     return block.T, last, positions, cache
 

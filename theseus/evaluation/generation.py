@@ -124,7 +124,7 @@ class Generation(Evaluation):
             return any(stop in text for stop in stops)
 
         prompts = self._prompts(items, tokenizer, scorer.seq_len)
-        outputs = engine.greedy(prompts, self.config.max_new, tokenizer.eot_id, stopped)
+        outputs = engine.generate(prompts, self.config.max_new, tokenizer.eot_id, stopped)
         texts = []
         for tokens in outputs:
             text = tokenizer.decode(tokens)

@@ -194,17 +194,26 @@ def attention_kernel(setting: str, dtype: Any, head_dim: int) -> str:
 
 
 def causal_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, kernel: str, window: int | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kernel: str,
+    window: int | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(d), causal) v for [B, T, heads, head_dim] inputs, with `kernel`.
 
     With a `window`, query t sees keys t - window + 1 .. t: the last `window` positions, itself
-    included (Mistral's and Qwen2's sliding window, as Hugging Face masks it)."""
-    if kernel == "cudnn":
+    included (Mistral's and Qwen2's sliding window, as Hugging Face masks it). A `mask` [B, T, T]
+    (query t sees key s) narrows the causal one further: rows that pack several sequences. It
+    runs on XLA's kernel, which takes any mask."""
+    if kernel == "cudnn" and mask is None:
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=True, local_window_size=_left(window), implementation="cudnn"
         )
-    return _xla_causal_attention(q, k, v, window)
+    if backend() == "cpu":
+        return _cpu_causal_attention(q, k, v, window, mask)
+    return _xla_causal_attention(q, k, v, window, mask)
 
 
 def _left(window: int | None) -> tuple[int, int] | None:
@@ -212,13 +221,89 @@ def _left(window: int | None) -> tuple[int, int] | None:
     return None if window is None else (window - 1, 0)
 
 
-@partial(jax.checkpoint, static_argnums=(3,))
-def _xla_causal_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, window: int | None
+def _dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, window: int | None, mask: jax.Array | None
 ) -> jax.Array:
-    # the backward pass recomputes the [T, T] scores and probabilities rather than keeping
-    # four of them per layer alive
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=_left(window))
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=None if mask is None else mask[:, None],
+        is_causal=True,
+        local_window_size=_left(window),
+    )
+
+
+# the backward pass recomputes the [T, T] scores and probabilities rather than keeping four of
+# them per layer alive
+_xla_causal_attention = jax.checkpoint(_dot_product_attention, static_argnums=(3,))
+
+
+QUERY_CHUNK = 64  # CPU attention's queries per block (bench/FINDINGS.md)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _cpu_causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, window: int | None, mask: jax.Array | None
+) -> jax.Array:
+    """Blocks of queries when only the output is wanted (evaluation, sampling); XLA's kernel,
+    rematerialized, when the gradient is: it differentiates faster than the blocks do."""
+    return _blocked_attention(q, k, v, window, mask)
+
+
+def _cpu_attention_fwd(
+    q: jax.Array, k: jax.Array, v: jax.Array, window: int | None, mask: jax.Array | None
+) -> tuple[jax.Array, Any]:
+    return _dot_product_attention(q, k, v, window, mask), (q, k, v, mask)
+
+
+def _cpu_attention_bwd(window: int | None, residuals: Any, grad: jax.Array) -> Any:
+    q, k, v, mask = residuals
+    _, pull = jax.vjp(lambda q, k, v: _dot_product_attention(q, k, v, window, mask), q, k, v)
+    return (*pull(grad), None)
+
+
+_cpu_causal_attention.defvjp(_cpu_attention_fwd, _cpu_attention_bwd)
+
+
+def _blocked_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, window: int | None, mask: jax.Array | None
+) -> jax.Array:
+    """The causal attention a block of queries at a time (one compiled body, looped): a
+    block's [queries, keys] scores stay in the CPU's caches, where all [T, T] at once do not."""
+    batch, t, heads, width = q.shape
+    kv_heads, blocks = k.shape[2], -(-t // QUERY_CHUNK)
+    padded = blocks * QUERY_CHUNK
+    # grouped-query attention: each kv head serves a group of query heads
+    q = jnp.pad(q, ((0, 0), (0, padded - t), (0, 0), (0, 0)))
+    q = q.reshape(batch, blocks, QUERY_CHUNK, kv_heads, heads // kv_heads, width)
+    if mask is not None:
+        mask = jnp.pad(mask, ((0, 0), (0, padded - t), (0, 0)))
+        mask = mask.reshape(batch, blocks, QUERY_CHUNK, t)
+    key = jnp.arange(t)[None, :]
+
+    def block(i: jax.Array) -> jax.Array:
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q[:, i], k, preferred_element_type=jnp.float32) * (
+            width**-0.5
+        )
+        query = i * QUERY_CHUNK + jnp.arange(QUERY_CHUNK)[:, None]
+        seen = key <= query
+        if window is not None:
+            seen &= key > query - window
+        seen = seen[None, None, None]
+        if mask is not None:
+            seen = seen & mask[:, i, None, None]
+        scores = jnp.where(seen, scores, jnp.finfo(jnp.float32).min)
+        weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+        out = jnp.einsum(
+            "bkgqs,bskd->bqkgd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+        )
+        # normalized after the product: [queries, width] divisions instead of [queries, keys]
+        return (out / jnp.moveaxis(weights.sum(axis=-1), 3, 1)[..., None]).astype(q.dtype)
+
+    out = jax.lax.map(block, jnp.arange(blocks))  # [blocks, B, QUERY_CHUNK, kv, group, width]
+    out = jnp.moveaxis(out, 0, 1).reshape(batch, padded, heads, width)
+    return out[:, :t]
 
 
 def joins_qkv(n_heads: int, n_kv_heads: int) -> bool:

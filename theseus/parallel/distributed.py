@@ -14,31 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from theseus.base.chips import usable_cores
+from theseus.base.tasks import env_int
 from theseus.errors import UserError
 from theseus.parallel.mesh import Layout
 
 _initialized = False
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r} is not an integer") from None
-
-
 def is_multiprocess() -> bool:
     """Whether the environment describes a job of several processes (THESEUS_NUM_PROCESSES or
     SLURM_NTASKS above 1). A coordinator alone does not: a SLURM job of one task names one too."""
     coordinated = os.environ.get("THESEUS_COORDINATOR")
-    if coordinated and None in (_env_int("THESEUS_NUM_PROCESSES"), _env_int("THESEUS_PROCESS_ID")):
+    if coordinated and None in (env_int("THESEUS_NUM_PROCESSES"), env_int("THESEUS_PROCESS_ID")):
         raise UserError(
             "THESEUS_COORDINATOR is set but THESEUS_NUM_PROCESSES or THESEUS_PROCESS_ID is not; set all three"
         )
-    return (_env_int("THESEUS_NUM_PROCESSES") or 1) > 1 or (_env_int("SLURM_NTASKS") or 1) > 1
+    return (env_int("THESEUS_NUM_PROCESSES") or 1) > 1 or (env_int("SLURM_NTASKS") or 1) > 1
 
 
 GPU_XLA_FLAGS = {"xla_gpu_enable_triton_gemm": "false"}
@@ -141,8 +132,8 @@ def initialize_distributed() -> None:
     if _initialized or not is_multiprocess():
         return
     coordinator = os.environ.get("THESEUS_COORDINATOR")
-    num_processes = _env_int("THESEUS_NUM_PROCESSES")
-    process_id = _env_int("THESEUS_PROCESS_ID")
+    num_processes = env_int("THESEUS_NUM_PROCESSES")
+    process_id = env_int("THESEUS_PROCESS_ID")
 
     import jax
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from flax import nnx
 from omegaconf import DictConfig
 
-from theseus.base.stopping import StopSignals
+from theseus.base.stopping import StoppedEarly, StopSignals
 from theseus.config import configure
 from theseus.errors import UserError
 from theseus.job import RestoreableJob
@@ -147,6 +147,14 @@ class BaseTrainer(RestoreableJob[C], Generic[C, M]):
                 if state.step >= state.plan.steps:
                     out.log.info(f"{self.spec.name} already finished at step {state.step}")
                     return {"step": state.step}
+                stop_at = settings.training.stop_at
+                if stop_at is not None and state.step >= stop_at:
+                    out.log.info(
+                        f"{self.spec.name} is at step {state.step}, not before training.stop_at="
+                        f"{stop_at}: nothing to do; run it without training.stop_at (or with a "
+                        "later one) to go on"
+                    )
+                    raise StoppedEarly(f"training.stop_at at step {state.step}", code=0)
                 out.write_config()
                 step_fn, compile_s = compile_steps(settings, mesh, layout, state, out)
                 loop = make_loop(self, settings, mesh, layout, data, state, out, step_fn, compile_s)

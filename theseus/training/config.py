@@ -25,6 +25,13 @@ class BaseTrainerConfig:
         default=5000,
         help="optimizer steps (ignored when training.tokens is set)",
     )
+    stop_at: int | None = field(
+        "training/stop_at",
+        minimum=1,
+        default=None,
+        help="stop at this step as a preemption does (checkpoint saved, the schedule still over "
+        "training.steps), with exit code 0; run again without it, or with a later one, to go on",
+    )
     tokens: int | None = field(
         "training/tokens",
         minimum=1,
@@ -98,5 +105,10 @@ class BaseTrainerConfig:
                 "training.dataset is empty; name a token store, e.g. [{name: pystdlib}]"
             )
         check_rates([mix.rate for mix in self.dataset])
+        if self.stop_at is not None and self.tokens is None and self.stop_at >= self.steps:
+            raise UserError(
+                f"training.stop_at={self.stop_at} is not before the last step "
+                f"(training.steps={self.steps}); lower it, or leave it unset"
+            )
         for k, mix in enumerate(self.dataset):
             check_store_name(f"training.dataset.{k}.name", mix.name)

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from theseus.base.stopping import StoppedEarly, StopSignals, wait_interruptibly
+from theseus.base.stopping import EXIT_STOPPED, StoppedEarly, StopSignals, wait_interruptibly
 from theseus.data.loader import Loader
 from theseus.errors import UserError
 from theseus.parallel.distributed import gathered
@@ -42,6 +42,7 @@ class TrainingLoop:
         peak_flops: float,
         peak_source: str,
         steps_ahead: int | None,
+        stop_at: int | None,
         skip_nonfinite: bool,
         z_loss: bool,
     ) -> None:
@@ -54,6 +55,7 @@ class TrainingLoop:
         self.peak_measured = peak_source == MEASURED  # here, in this process (CPU), not a datasheet
         # steps dispatched past the one the loop waits for (None: once per logging interval)
         self.steps_ahead, self.skip_nonfinite, self.z_loss = steps_ahead, skip_nonfinite, z_loss
+        self.stop_at = stop_at  # training.stop_at: below the plan's last step
         self.pending: list[tuple[int, Any]] = []  # (step, metrics) not fetched from devices yet
         self.last_saved = run.step
         self.last: dict[str, Any] = {"step": run.step}
@@ -106,6 +108,9 @@ class TrainingLoop:
                 if evaluate_now:
                     with self._not_training():
                         self.last.update(self.evaluate(done))
+                if done == self.stop_at:
+                    self._flush()
+                    self._stop(done, "training.stop_at", code=0)
                 # a signal in the last step finds the run done: it ends as done, not stopped
                 if done < plan.steps and self._stop_requested(stop):
                     self._flush()
@@ -220,7 +225,7 @@ class TrainingLoop:
         """A signal reached this process, or (multi-process) any other: all stop together."""
         return bool(gathered(stop.signal_name is not None).any())
 
-    def _stop(self, step: int, reason: str) -> None:
+    def _stop(self, step: int, reason: str, code: int = EXIT_STOPPED) -> None:
         s = self.run_state
         before = len(s.checkpointer.failures)
         if self.last_saved != step:
@@ -230,7 +235,10 @@ class TrainingLoop:
                 f"stopped by {reason} at step {step}, but the checkpoint failed: "
                 f"{s.checkpointer.failures[-1]}"
             )
-        self.log.info(
-            f"stopped by {reason} at step {step}; checkpoint saved; run again to resume (exit code 75)"
+        then = (
+            f"run again to resume (exit code {EXIT_STOPPED})"
+            if code == EXIT_STOPPED
+            else f"run again without {reason} (or with a later one) to go on"
         )
-        raise StoppedEarly(f"{reason} at step {step}")
+        self.log.info(f"stopped by {reason} at step {step}; checkpoint saved; {then}")
+        raise StoppedEarly(f"{reason} at step {step}", code)

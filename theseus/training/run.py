@@ -99,6 +99,12 @@ def build_state(
             compute_bytes=np.dtype(jax.numpy.dtype(arch.dtype)).itemsize,
         ),
     )
+    # the step count training.tokens gives (training.steps's was checked with the config)
+    if training.stop_at is not None and training.stop_at >= plan.steps:
+        raise UserError(
+            f"training.stop_at={training.stop_at} is not before the last step ({plan.steps}, "
+            "from training.tokens); lower it, or leave it unset"
+        )
     from theseus.registry import JOBS
 
     job = type(trainer)
@@ -203,6 +209,7 @@ def make_loop(
         peak_flops=peak,
         peak_source=source,
         steps_ahead=steps_ahead,
+        stop_at=settings.training.stop_at,
         skip_nonfinite=settings.training.on_nonfinite == "skip",
         z_loss=bool(settings.training.z_loss),
     )

@@ -2,8 +2,8 @@
 
 The requests are answered as the harness's own Hugging Face backend (`hf`) answers them, so
 that a score here is the score people report: continuations scored after their context cut to
-the model's window from the left, rolling windows for perplexities, greedy generation until a
-stop sequence with the context cut to leave room for it. A model from a Hugging Face folder
+the model's window from the left, rolling windows for perplexities, generation (greedy, or
+sampled as the task asks) until a stop sequence with the context cut to leave room for it. A model from a Hugging Face folder
 encodes text as `transformers` does there (its tokenizer's own special tokens, a BOS it adds);
 a theseus run encodes as it was trained.
 """
@@ -24,9 +24,10 @@ from lm_eval.models.utils import (
 )
 
 from theseus.errors import UserError
-from theseus.evaluation.engine import Engine
+from theseus.evaluation.engine import GREEDY, Engine, Sampling
 
 MAX_GEN_TOKS = 256  # the `hf` backend's default when a task sets none
+SAMPLING_SEED = 1234  # the harness's default seed for torch, which its `hf` backend samples with
 
 
 class TheseusLM(TemplateLM):
@@ -133,8 +134,10 @@ class TheseusLM(TemplateLM):
         return totals
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations, cut at the first stop sequence (the tokenizer's end of text
-        is one), each context cut from the left to leave room for max_gen_toks new tokens."""
+        """Continuations, cut at the first stop sequence (the tokenizer's end of text is one),
+        each context cut from the left to leave room for max_gen_toks new tokens: greedy, or
+        sampled when the task says do_sample (its temperature, top_k and top_p over those of
+        the model's generation_config.json, over transformers' defaults)."""
         results: list[str] = [""] * len(requests)
         groups: dict[str, list[int]] = {}
         for k, request in enumerate(requests):  # requests with the same settings share batches
@@ -142,11 +145,7 @@ class TheseusLM(TemplateLM):
         eos = self.tok_decode([self.eot_token_id], skip=False)
         for members in groups.values():
             kwargs = normalize_gen_kwargs(requests[members[0]].args[1], MAX_GEN_TOKS)
-            if kwargs.get("do_sample") or kwargs.get("temperature", 0.0) > 0:
-                raise UserError(
-                    "harness: theseus generates greedily; a task that samples "
-                    f"({requests[members[0]].task_name}) is not supported"
-                )
+            sampling = self._sampling(kwargs, requests[members[0]].task_name)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_new = int(kwargs.pop("max_gen_toks"))
             room = self.max_length - max_new
@@ -166,12 +165,42 @@ class TheseusLM(TemplateLM):
                 text = self.tok_decode(tokens)
                 return any(stop in text for stop in stops)
 
-            outputs = self.engine.greedy(prompts, max_new, self._generation_eot(), stopped)
+            outputs = self.engine.generate(
+                prompts, max_new, self._generation_eot(), stopped, sampling
+            )
             for k, tokens in zip(members, outputs, strict=True):
                 text = postprocess_generated_text(self.tok_decode(tokens), until, None)
                 results[k] = text
                 self.cache_hook.add_partial("generate_until", requests[k].args, text)
         return results
+
+    def _sampling(self, kwargs: dict[str, Any], task: str) -> Sampling:
+        """How a task's generations are chosen; a setting theseus cannot apply is refused."""
+        ignored = sorted(
+            set(kwargs) - {"do_sample", "temperature", "top_k", "top_p", "until", "max_gen_toks"}
+        )
+        if ignored:
+            raise UserError(
+                f"harness: {task} asks for generation settings theseus does not apply "
+                f"({', '.join(ignored)}); remove them from its generation_kwargs"
+            )
+        if not kwargs.get("do_sample"):
+            return GREEDY
+        chosen = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, **self._generation_config()}
+        chosen.update({k: kwargs[k] for k in ("temperature", "top_k", "top_p") if k in kwargs})
+        return Sampling(
+            float(chosen["temperature"]),
+            int(chosen["top_k"] or 0),
+            float(chosen["top_p"]),
+            seed=SAMPLING_SEED,
+        )
+
+    def _generation_config(self) -> dict[str, Any]:
+        """The sampling settings of the folder's generation_config.json, if it has any."""
+        if self.hf_folder is None or not (self.hf_folder / "generation_config.json").is_file():
+            return {}
+        config = json.loads((self.hf_folder / "generation_config.json").read_text("utf-8"))
+        return {k: config[k] for k in ("temperature", "top_k", "top_p") if k in config}
 
     def _generation_eot(self) -> int | None:
         """The id that ends a generation: the folder's generation_config eos, else end of text."""

@@ -126,9 +126,14 @@ class Attention(nnx.Module):
         self.q_lora = self.k_lora = self.v_lora = self.o_lora = None
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, cache: KVCache | None = None
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        cache: KVCache | None = None,
+        mask: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """x [B, T, d_model] at `positions` [B, T] -> ([B, T, d_model], the updated cache)."""
+        """x [B, T, d_model] at `positions` [B, T] -> ([B, T, d_model], the updated cache); a
+        `mask` [B, T, T] narrows which earlier tokens each token sees."""
         x, dtype = x.astype(self.dtype), self.dtype
         w = [p[...] for p in (self.q, self.k, self.v)]
         b = (
@@ -152,7 +157,13 @@ class Attention(nnx.Module):
             q = rotate(q, positions, self.rope_theta, self.rotary_dim)
             k = rotate(k, positions, self.rope_theta, self.rotary_dim)
         if cache is None:
-            y = kernels.causal_attention(q, k, v, self.kernel, self.window)
+            window = self.window
+            if mask is not None and window is not None:
+                # packed sequences each count positions from their own start: the window is
+                # one of positions, not of slots in the row
+                mask &= positions[:, :, None] - positions[:, None, :] < window
+                window = None
+            y = kernels.causal_attention(q, k, v, self.kernel, window, mask)
         else:
             y, cache = attend_cache(q, k, v, positions, cache, self.window)
         out = jnp.einsum("btnh,nhd->btd", y, self.o[...].astype(dtype))
@@ -239,9 +250,14 @@ class Block(nnx.Module):
         return self.dropout(x, deterministic=deterministic, rngs=self.dropout_rngs)
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, cache: KVCache | None, deterministic: bool
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        cache: KVCache | None,
+        mask: jax.Array | None,
+        deterministic: bool,
     ) -> tuple[jax.Array, KVCache | None]:
-        h, cache = self.attn(self.attn_norm(x), positions, cache)
+        h, cache = self.attn(self.attn_norm(x), positions, cache, mask)
         if self.parallel:
             mlp = self._drop(self.mlp(self.mlp_norm(x)), deterministic)
             return x + self._drop(h, deterministic) + mlp, cache
@@ -287,14 +303,21 @@ class Transformer(nnx.Module):
         positions: jax.Array | None = None,
         *,
         cache: list[KVCache] | None = None,
+        mask: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
         """tokens int32 [B, T] at `positions` [B, T] (default 0..T-1) -> logits [B, T, vocab].
 
         `cache` (one KVCache per layer, from `empty_cache`) is read and replaced in place: a
-        prompt fills it, then each decoded token attends to it."""
+        prompt fills it, then each decoded token attends to it. Without a cache, `mask`
+        [B, T, T] (token t may see token s, for s <= t) lets a row hold several sequences:
+        evaluation packs requests, a question's answers each seeing only its context."""
+        if cache is not None and mask is not None:
+            raise ValueError("a mask packs sequences into rows without a KV cache; pass one")
         c, dtype = self.config, jnp.dtype(self.config.dtype)
-        if tokens.shape[1] > c.block_size and c.positions == "learned":
+        # rows packed with sequences give each its own positions, and may be wider
+        learned = c.positions == "learned" and positions is None
+        if tokens.shape[1] > c.block_size and learned:
             raise ValueError(
                 f"sequence of {tokens.shape[1]} tokens exceeds block_size {c.block_size}"
             )
@@ -306,7 +329,8 @@ class Transformer(nnx.Module):
         if self.embed_dropout is not None:
             x = self.embed_dropout(x, deterministic=deterministic, rngs=self.dropout_rngs)
         for i, block in enumerate(self.blocks):
-            x, layer_cache = block(x, positions, None if cache is None else cache[i], deterministic)
+            layer_cache = None if cache is None else cache[i]
+            x, layer_cache = block(x, positions, layer_cache, mask, deterministic)
             if cache is not None:
                 cache[i] = layer_cache
         x = self.final_norm(x)
