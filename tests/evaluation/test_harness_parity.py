@@ -150,7 +150,7 @@ def test_local_tasks_never_ask_the_hub(folders, monkeypatch):
     assert set(loaded["tasks"]) == set(TASKS)
 
 
-def _sampled(folders: dict[str, Path], tmp_path: Path, settings: str) -> list[str]:
+def _sampled(lm: TheseusLM, folders: dict[str, Path], tmp_path: Path, settings: str) -> list[str]:
     """tiny_gen's texts with `settings` in its generation_kwargs."""
     from lm_eval.evaluator import evaluate
 
@@ -161,16 +161,16 @@ def _sampled(folders: dict[str, Path], tmp_path: Path, settings: str) -> list[st
     folder.mkdir()
     (folder / "tiny_draw.yaml").write_text(task)
     loaded = load_tasks(["tiny_draw"], str(folder))
-    results = evaluate(lm=theseus_lm(folders["gpt2"], 4), task_dict=loaded, log_samples=True)
-    return responses(results, "tiny_draw")
+    return responses(evaluate(lm=lm, task_dict=loaded, log_samples=True), "tiny_draw")
 
 
 def test_a_task_that_samples_draws_with_its_settings_and_the_harness_seed(folders, tmp_path):
-    greedy = _sampled(folders, tmp_path, "do_sample: false")
-    drawn = _sampled(folders, tmp_path, "do_sample: true, temperature: 1.5")
-    assert drawn == _sampled(folders, tmp_path, "do_sample: true, temperature: 1.5")
+    lm = theseus_lm(folders["gpt2"], 4)
+    greedy = _sampled(lm, folders, tmp_path, "do_sample: false")
+    drawn = _sampled(lm, folders, tmp_path, "do_sample: true, temperature: 1.5")
+    assert drawn == _sampled(lm, folders, tmp_path, "do_sample: true, temperature: 1.5")
     assert drawn != greedy
     # only the likeliest id left to draw from: the greedy texts
-    assert _sampled(folders, tmp_path, "do_sample: true, top_k: 1") == greedy
+    assert _sampled(lm, folders, tmp_path, "do_sample: true, top_k: 1") == greedy
     with pytest.raises(UserError, match=r"tiny_draw asks for generation settings .*num_beams"):
-        _sampled(folders, tmp_path, "do_sample: false, num_beams: 4")
+        _sampled(lm, folders, tmp_path, "do_sample: false, num_beams: 4")

@@ -306,7 +306,12 @@ def test_validation_time_is_left_out_of_tokens_per_s_and_steps_before_it_are_not
         original(self, step_fn=step, eval_fn=evaluate, **kwargs)
 
     monkeypatch.setattr(loop.TrainingLoop, "__init__", slowed)
-    overrides = ("training.steps=4", "logging.interval=4", "logging.val_interval=2")
+    overrides = (
+        "training.steps=4",
+        "logging.interval=4",
+        "logging.val_interval=2",
+        "logging.val_batches=1",  # one 1 s evaluation per validation
+    )
     assert main(cli_args("timed", train_yaml, root, *overrides)) == 0
     [line] = [
         r for r in read_metrics(run_dir(root, "timed") / "metrics.jsonl") if "tokens_per_s" in r

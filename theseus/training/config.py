@@ -30,7 +30,7 @@ class BaseTrainerConfig:
         minimum=1,
         default=None,
         help="stop at this step as a preemption does (checkpoint saved, the schedule still over "
-        "training.steps), with exit code 0; run again without it, or with a later one, to go on",
+        "all the steps), with exit code 0; run again without it, or with a later one, to go on",
     )
     tokens: int | None = field(
         "training/tokens",
