@@ -14,6 +14,7 @@ tokenization does. The parts are removed once the store is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,16 +46,7 @@ from theseus.errors import UserError
 
 POLL_S = 0.5
 # Per written document (see `Encoded`); the rows of each split are stored as "<split>.<array>".
-_FIELDS = (
-    "index",
-    "held_out",
-    "tokens",
-    "rows",
-    "truncated",
-    "unlearned",
-    "cut_off",
-    "empty_chats",
-)
+_FIELDS = tuple(f.name for f in dataclasses.fields(Encoded) if f.name not in ("n_read", "arrays"))
 
 
 def parts_folder(final: Path) -> Path:

@@ -111,8 +111,8 @@ class Engine:
             static_argnames=("steps", "pick", "limit"),
             donate_argnums=(3,),
         )
-        # the padded lengths compiled so far, by program (and its other static sizes)
-        self._compiled: dict[tuple[Any, ...], set[int]] = {}
+        # the padded lengths the whole-row program has compiled so far
+        self._row_widths: set[int] = set()
 
     def _state(self) -> Any:
         """The scorer's current weights, on the mesh (placed once per new set of weights)."""
@@ -192,9 +192,7 @@ class Engine:
 
         chunks = [order[start : start + self.rows] for start in range(0, len(order), self.rows)]
         needed = [rung(len(rows[chunk[0]]) - 1, self.max_length) for chunk in chunks]
-        for chunk, width in zip(
-            chunks, widths(needed, self._compiled.setdefault(("score",), set())), strict=True
-        ):
+        for chunk, width in zip(chunks, widths(needed, self._row_widths), strict=True):
             tokens = np.zeros((self.rows, width + 1), np.int32)
             for slot, i in enumerate(chunk):
                 tokens[slot, : len(rows[i])] = rows[i]

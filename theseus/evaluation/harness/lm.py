@@ -10,6 +10,7 @@ a theseus run encodes as it was trained.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,10 @@ class TheseusLM(TemplateLM):
             )
         if not kwargs.get("do_sample"):
             return GREEDY
-        chosen = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, **self._generation_config()}
-        chosen.update({k: kwargs[k] for k in ("temperature", "top_k", "top_p") if k in kwargs})
+        # the task's settings over the folder's generation_config.json over transformers' defaults
+        chosen: dict[str, Any] = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+        for given in (self._folder_generation_config, kwargs):
+            chosen.update({k: given[k] for k in chosen if k in given})
         return Sampling(
             float(chosen["temperature"]),
             int(chosen["top_k"] or 0),
@@ -195,19 +198,16 @@ class TheseusLM(TemplateLM):
             seed=SAMPLING_SEED,
         )
 
-    def _generation_config(self) -> dict[str, Any]:
-        """The sampling settings of the folder's generation_config.json, if it has any."""
+    @functools.cached_property
+    def _folder_generation_config(self) -> dict[str, Any]:
+        """The folder's generation_config.json, read once ({} when there is none)."""
         if self.hf_folder is None or not (self.hf_folder / "generation_config.json").is_file():
             return {}
-        config = json.loads((self.hf_folder / "generation_config.json").read_text("utf-8"))
-        return {k: config[k] for k in ("temperature", "top_k", "top_p") if k in config}
+        return json.loads((self.hf_folder / "generation_config.json").read_text("utf-8"))
 
     def _generation_eot(self) -> int | None:
         """The id that ends a generation: the folder's generation_config eos, else end of text."""
-        if self.hf_folder is not None:
-            path = self.hf_folder / "generation_config.json"
-            if path.is_file():
-                eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-                if isinstance(eos, int):
-                    return eos
+        eos = self._folder_generation_config.get("eos_token_id")
+        if isinstance(eos, int):
+            return eos
         return self.eot_token_id
