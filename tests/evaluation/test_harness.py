@@ -16,6 +16,7 @@ from tests.evaluation.tiny_harness import write_tasks
 from theseus.cli import main
 from theseus.data.tokenizers import BytesTokenizer
 from theseus.errors import UserError
+from theseus.evaluation import engine as engine_module
 from theseus.evaluation.engine import Engine
 from theseus.evaluation.generation import Generation, GenerationConfig
 from theseus.evaluation.harness.run import metrics
@@ -191,6 +192,19 @@ def test_scores_do_not_depend_on_batching_or_shared_contexts(preset):
     ):
         assert a[0] == pytest.approx(b[0], abs=1e-5) and a[1] == b[1]
         assert a[0] == pytest.approx(logp, abs=1e-5) and a[0] == pytest.approx(want[0], abs=1e-5)
+
+
+def test_cpu_calls_take_fewer_rows_than_would_leave_the_caches_and_score_the_same(monkeypatch):
+    pairs = _requests(1)
+    engine = Engine(tiny_scorer(GPT2, 16, 32))
+    assert engine.on_cpu and engine._call_rows(64) == engine.rows  # 16 rows of 64: 128 KiB
+    whole = engine.score(pairs)
+    row = 64 * 32 * 4  # a row of 64 tokens, d_model 32, float32
+    monkeypatch.setattr(engine_module, "CPU_CALL_BYTES", 2 * row)
+    assert engine._call_rows(64) == min(engine.rows, 2 * engine.shards)
+    assert engine._call_rows(10 * 64) == engine.shards  # at least a row a device
+    for a, b in zip(engine.score(pairs), whole, strict=True):
+        assert a[0] == pytest.approx(b[0], abs=1e-5) and a[1] == b[1]
 
 
 def test_greedy_ends_at_end_of_text_and_may_stop_early():

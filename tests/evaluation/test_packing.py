@@ -52,6 +52,6 @@ def test_calls_are_even_and_the_width_pays_for_itself():
     assert batches(32, 32, 2) == (1, 32)
     # 64 segments of 70 tokens: one a row at 128 (64 rows), two at 192 (32), three at 256 (22)
     parts = segments([([i] * 40, [1] * 31) for i in range(64)], window=512)
-    assert row_width(parts, 32, 1, attention_scale=1e9) == 256  # fewest slots
-    # when attending to the whole row costs as much as the rest, 192 pays best
-    assert row_width(parts, 32, 1, attention_scale=128) == 192
+    assert row_width(parts, lambda width: 32, 1, attention_scale=1e9) == 256  # fewest slots
+    # when attending to half the row costs as much as the rest, 192 pays best
+    assert row_width(parts, lambda width: 32, 1, attention_scale=64) == 192

@@ -112,16 +112,17 @@ def test_windowed_attention_and_its_gradient_equal_the_textbook_masked_softmax(w
     np.testing.assert_allclose(grad, plain, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_cpu_attention_in_query_blocks_with_a_mask_and_grouped_heads_is_the_textbook_one(window):
-    """A length that is no multiple of the blocks, 2 kv heads for 4 query heads, and a mask
-    (query t sees key s when (s + t) % 3 != 1, or s == t): the blocked forward and its
-    gradient equal the masked softmax written out."""
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("window", [None, 5, kernels.QUERY_CHUNK + 9])
+def test_cpu_attention_in_tiles_with_a_mask_and_grouped_heads_is_the_textbook_one(window, masked):
+    """A length that is no multiple of the tiles, 2 kv heads for 4 query heads, windows that
+    skip whole tiles of keys, and a mask (query t sees key s when (s + t) % 3 != 1, or
+    s == t): the tiled forward and its gradient equal the masked softmax written out."""
     t = kernels.QUERY_CHUNK * 2 + 7
     q = jax.random.normal(jax.random.key(0), (2, t, 4, 8))
     k, v = (jax.random.normal(jax.random.key(i), (2, t, 2, 8)) for i in (1, 2))
     s, r = np.arange(t)[None, :], np.arange(t)[:, None]
-    mask = jnp.asarray(np.broadcast_to(((s + r) % 3 != 1) | (s == r), (2, t, t)))
+    mask = jnp.asarray(np.broadcast_to(((s + r) % 3 != 1) | (s == r) | (not masked), (2, t, t)))
     seen = (s <= r) & (True if window is None else s > r - window) & np.asarray(mask[0])
 
     def plain(q):
@@ -131,7 +132,7 @@ def test_cpu_attention_in_query_blocks_with_a_mask_and_grouped_heads_is_the_text
         return jnp.einsum("bhqk,bkhd->bqhd", weights, wide[1])
 
     def ours(q):
-        return kernels.causal_attention(q, k, v, "xla", window, mask)
+        return kernels.causal_attention(q, k, v, "xla", window, mask if masked else None)
 
     np.testing.assert_allclose(ours(q), plain(q), atol=1e-5)
     grad = jax.grad(lambda q: jnp.sum(ours(q) ** 2))(q)

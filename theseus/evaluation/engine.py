@@ -42,6 +42,10 @@ from theseus.parallel.mesh import BATCH_AXES, Layout
 from theseus.parallel.rules import variable_shardings
 
 DECODE_STEPS = 16  # greedy tokens per decode call: stop sequences are checked in between
+# on a CPU, past about 2 MB of residual stream a device, a scoring call's activations leave the
+# cores' caches and every token costs about a third more; calls of half that cost no more a
+# row than larger ones below it (bench/FINDINGS.md)
+CPU_CALL_BYTES = 1 << 20
 _IN_FLIGHT = 4  # scoring batches dispatched ahead of the one being read back
 PACKED = ("tokens", "positions", "targets", "segments", "branches")  # the packed program's inputs
 
@@ -80,11 +84,12 @@ class Engine:
         model = nnx.merge(graphdef, scorer.state)
         self.packs = "mask" in inspect.signature(type(model).__call__).parameters
         # a token's attention against its matmuls: ~4 width flops per key against ~24 width^2
-        width = getattr(getattr(model, "config", None), "d_model", 512)
-        self.attention_scale = 6.0 * width
+        self.d_model = getattr(getattr(model, "config", None), "d_model", 512)
+        self.attention_scale = 6.0 * self.d_model
         self.mesh = _mesh_of(scorer.state)
         self.shards = math.prod(self.mesh.shape[a] for a in BATCH_AXES)
         self.rows = -(-scorer.batch_size // self.shards) * self.shards
+        self.on_cpu = self.mesh.devices.flat[0].platform == "cpu"
 
         @jax.jit
         def score(state: Any, inputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, ...]:
@@ -121,6 +126,14 @@ class Engine:
             self._placed = (state, jax.device_put(state, variable_shardings(state, self.mesh)))
         return self._placed[1]
 
+    def _call_rows(self, width: int) -> int:
+        """Packed rows of `width` a scoring call takes: the batch, fewer on a CPU where the
+        batch's activations would not stay in cache (float32, the residual stream's width)."""
+        if not self.on_cpu:
+            return self.rows
+        fits = CPU_CALL_BYTES // (width * self.d_model * 4)
+        return min(self.rows, max(1, fits) * self.shards)
+
     def _put(self, array: np.ndarray) -> jax.Array:
         spec = P(BATCH_AXES, *([None] * (array.ndim - 1)))
         return jax.device_put(array, NamedSharding(self.mesh, spec))
@@ -150,9 +163,9 @@ class Engine:
     def _score_packed(self, parts: list[Segment], n: int) -> list[tuple[float, bool]]:
         """The requests the segments score, in rows packed to one width."""
         state = self._state()
-        width = row_width(parts, self.rows, self.shards, self.attention_scale)
+        width = row_width(parts, self._call_rows, self.shards, self.attention_scale)
         rows = pack(parts, width)
-        _, each = batches(len(rows), self.rows, self.shards)
+        _, each = batches(len(rows), self._call_rows(width), self.shards)
         results: list[tuple[float, bool]] = [(0.0, False)] * n
         pending: list[tuple[list[list[Segment]], Any]] = []
 

@@ -10,13 +10,13 @@ evaluation: it compiles once.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import jax
 import numpy as np
 
-ROWS_OF = 64  # row widths are multiples of this (CPU attention's query blocks)
+ROWS_OF = 64  # row widths are multiples of this: few widths, few compiled programs
 
 
 @dataclass
@@ -92,16 +92,18 @@ def pack(parts: list[Segment], width: int) -> list[list[Segment]]:
     return rows
 
 
-def row_width(parts: list[Segment], rows: int, shards: int, attention_scale: float) -> int:
+def row_width(
+    parts: list[Segment], rows: Callable[[int], int], shards: int, attention_scale: float
+) -> int:
     """The width to pack rows to: of the widths from the longest segment's to twice it, the one
-    whose batches (at most `rows` rows) cost least. Wider rows fill better (large segments pair
-    up) but every token attends to the whole row: a token's cost grows by width /
-    attention_scale."""
+    whose batches (at most `rows(width)` rows a call) cost least. Wider rows fill better (large
+    segments pair up) but a token's attention grows with its row: the keys before it, about
+    half the row on average, add width / (2 * attention_scale) to its cost."""
     longest = -(-max(len(p.tokens) for p in parts) // ROWS_OF) * ROWS_OF
     best: tuple[float, int] | None = None
     for width in range(longest, max(2 * longest, 2 * ROWS_OF) + 1, ROWS_OF):
-        calls, each = batches(len(pack(parts, width)), rows, shards)
-        cost = calls * each * width * (1 + width / attention_scale)
+        calls, each = batches(len(pack(parts, width)), rows(width), shards)
+        cost = calls * each * width * (1 + width / (2 * attention_scale))
         if best is None or cost < best[0]:
             best = (cost, width)
     assert best is not None

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 from typing import Any
 
@@ -239,16 +240,16 @@ def _dot_product_attention(
 _xla_causal_attention = jax.checkpoint(_dot_product_attention, static_argnums=(3,))
 
 
-QUERY_CHUNK = 64  # CPU attention's queries per block (bench/FINDINGS.md)
+QUERY_CHUNK = 192  # about how many queries a chunk of CPU attention holds (bench/FINDINGS.md)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _cpu_causal_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, window: int | None, mask: jax.Array | None
 ) -> jax.Array:
-    """Blocks of queries when only the output is wanted (evaluation, sampling); XLA's kernel,
-    rematerialized, when the gradient is: it differentiates faster than the blocks do."""
-    return _blocked_attention(q, k, v, window, mask)
+    """Chunks of queries when only the output is wanted (evaluation, sampling); XLA's kernel,
+    rematerialized, when the gradient is: it differentiates faster than the chunks do."""
+    return _chunked_attention(q, k, v, window, mask)
 
 
 def _cpu_attention_fwd(
@@ -266,44 +267,46 @@ def _cpu_attention_bwd(window: int | None, residuals: Any, grad: jax.Array) -> A
 _cpu_causal_attention.defvjp(_cpu_attention_fwd, _cpu_attention_bwd)
 
 
-def _blocked_attention(
+def _chunked_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, window: int | None, mask: jax.Array | None
 ) -> jax.Array:
-    """The causal attention a block of queries at a time (one compiled body, looped): a
-    block's [queries, keys] scores stay in the CPU's caches, where all [T, T] at once do not."""
+    """The causal attention a few chunks of queries at a time, each against only the keys it
+    can see (those up to its last query, within the window): the chunks skip most of the
+    square's upper half, and their scores stay closer to the CPU's caches."""
     batch, t, heads, width = q.shape
-    kv_heads, blocks = k.shape[2], -(-t // QUERY_CHUNK)
-    padded = blocks * QUERY_CHUNK
-    # grouped-query attention: each kv head serves a group of query heads
-    q = jnp.pad(q, ((0, 0), (0, padded - t), (0, 0), (0, 0)))
-    q = q.reshape(batch, blocks, QUERY_CHUNK, kv_heads, heads // kv_heads, width)
-    if mask is not None:
-        mask = jnp.pad(mask, ((0, 0), (0, padded - t), (0, 0)))
-        mask = mask.reshape(batch, blocks, QUERY_CHUNK, t)
-    key = jnp.arange(t)[None, :]
-
-    def block(i: jax.Array) -> jax.Array:
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q[:, i], k, preferred_element_type=jnp.float32) * (
-            width**-0.5
-        )
-        query = i * QUERY_CHUNK + jnp.arange(QUERY_CHUNK)[:, None]
-        seen = key <= query
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    chunks = -(-t // QUERY_CHUNK)
+    # even chunks, cut at multiples of 64 (whole SIMD-friendly blocks of queries)
+    cuts = sorted({0, t} | {min(t, -(-(t * c // chunks) // 64) * 64) for c in range(1, chunks)})
+    lowest = jnp.finfo(jnp.float32).min
+    outs = []
+    for start, end in itertools.pairwise(cuts):
+        first = 0 if window is None else max(0, start - window + 1)
+        queries, keys = jnp.arange(start, end)[:, None], jnp.arange(first, end)[None, :]
+        seen = keys <= queries
         if window is not None:
-            seen &= key > query - window
-        seen = seen[None, None, None]
-        if mask is not None:
-            seen = seen & mask[:, i, None, None]
-        scores = jnp.where(seen, scores, jnp.finfo(jnp.float32).min)
+            seen &= keys > queries - window
+        seen = seen[None] if mask is None else seen & mask[:, start:end, first:end]
+        # heads first, a kv head's group of query heads stacked as rows: one batched matmul
+        # over (row, kv head)
+        chunk = q[:, start:end].reshape(batch, end - start, kv_heads, group, width)
+        chunk = chunk.transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, -1, width)
+        k_seen, v_seen = (x[:, first:end].transpose(0, 2, 1, 3) for x in (k, v))
+        scores = jnp.einsum("bkqd,bksd->bkqs", chunk, k_seen, preferred_element_type=jnp.float32)
+        scores = scores.reshape(batch, kv_heads, group, end - start, end - first)
+        scores = jnp.where(seen[:, None, None], scores * width**-0.5, lowest)
         weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
         out = jnp.einsum(
-            "bkgqs,bskd->bqkgd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+            "bkqs,bksd->bkqd",
+            weights.reshape(batch, kv_heads, -1, end - first).astype(v.dtype),
+            v_seen,
+            preferred_element_type=jnp.float32,
         )
         # normalized after the product: [queries, width] divisions instead of [queries, keys]
-        return (out / jnp.moveaxis(weights.sum(axis=-1), 3, 1)[..., None]).astype(q.dtype)
-
-    out = jax.lax.map(block, jnp.arange(blocks))  # [blocks, B, QUERY_CHUNK, kv, group, width]
-    out = jnp.moveaxis(out, 0, 1).reshape(batch, padded, heads, width)
-    return out[:, :t]
+        out = out.reshape(batch, kv_heads, group, end - start, width) / weights.sum(-1)[..., None]
+        outs.append(out.transpose(0, 3, 1, 2, 4).reshape(batch, end - start, heads, width))
+    return jnp.concatenate(outs, axis=1).astype(q.dtype)
 
 
 def joins_qkv(n_heads: int, n_kv_heads: int) -> bool:
