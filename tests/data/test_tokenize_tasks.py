@@ -107,7 +107,9 @@ def test_a_task_killed_midway_and_a_merge_killed_midway_resume(tmp_path: Path) -
         return {p: p.stat().st_mtime_ns for p in found if int(p.stem) % 2 == index}
 
     first = [task(tmp_path, yaml_path, i, 2, "201") for i in (0, 1)]
-    wait_for(lambda: len(saved(1)) >= 10 or first[1].poll() is not None)
+    # task 0 tokenizing too (a stop signal before it starts would end it as SIGTERM does any
+    # process that has saved nothing, not with 75)
+    wait_for(lambda: (len(saved(1)) >= 10 and saved(0)) or first[1].poll() is not None)
     os.killpg(first[1].pid, signal.SIGKILL)
     finish(first[1], -signal.SIGKILL)
     first[0].send_signal(signal.SIGTERM)

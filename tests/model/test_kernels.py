@@ -114,10 +114,10 @@ def test_windowed_attention_and_its_gradient_equal_the_textbook_masked_softmax(w
 
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("window", [None, 5, kernels.QUERY_CHUNK + 9])
-def test_cpu_attention_in_tiles_with_a_mask_and_grouped_heads_is_the_textbook_one(window, masked):
-    """A length that is no multiple of the tiles, 2 kv heads for 4 query heads, windows that
-    skip whole tiles of keys, and a mask (query t sees key s when (s + t) % 3 != 1, or
-    s == t): the tiled forward and its gradient equal the masked softmax written out."""
+def test_cpu_attention_in_chunks_with_a_mask_and_grouped_heads_is_the_textbook_one(window, masked):
+    """A length that is no multiple of the chunks, 2 kv heads for 4 query heads, windows that
+    leave a chunk's first keys out, and a mask (query t sees key s when (s + t) % 3 != 1, or
+    s == t): the chunked forward and its gradient equal the masked softmax written out."""
     t = kernels.QUERY_CHUNK * 2 + 7
     q = jax.random.normal(jax.random.key(0), (2, t, 4, 8))
     k, v = (jax.random.normal(jax.random.key(i), (2, t, 2, 8)) for i in (1, 2))

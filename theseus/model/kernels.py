@@ -277,7 +277,7 @@ def _chunked_attention(
     kv_heads = k.shape[2]
     group = heads // kv_heads
     chunks = -(-t // QUERY_CHUNK)
-    # even chunks, cut at multiples of 64 (whole SIMD-friendly blocks of queries)
+    # about even chunks, cut at multiples of 64 queries (matmul-friendly shapes)
     cuts = sorted({0, t} | {min(t, -(-(t * c // chunks) // 64) * 64) for c in range(1, chunks)})
     lowest = jnp.finfo(jnp.float32).min
     outs = []
